@@ -1,0 +1,206 @@
+"""A compression candidate (k, r): pruned head, early exit at the split, fine-tuned, evaluated, cached.
+
+The exit branch reads the (pruned) split tensor and is trained on the frozen head's features, so it
+never changes what the server receives.  The evaluation keeps per-sample arrays, so the accuracy and
+exit rate of any threshold, and of any codec, cost no inference.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from compress import codec as codecs
+from compress import store
+from compress.base import BaseModel
+from compress.data import DataSplits
+from compress.prune import check, prune
+from compress.train import Recipe, fit, seed_everything
+from compress.zoo import SplitModel
+
+FINETUNE = Recipe(epochs=3, lr=1e-3, patience=2)
+EXIT_EPOCHS = 6
+SPLITS = ("val", "test")
+
+
+class ExitBranch(nn.Module):
+    """A cheap classifier on the split tensor: 1x1 conv, pooling and a linear layer."""
+
+    def __init__(self, channels: int, num_classes: int, hidden: int = 64):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden),
+                                  nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@dataclass
+class Evaluation:
+    """Per-sample arrays of one candidate on one split; `final` and `final_top5` are per codec."""
+
+    label: np.ndarray
+    exit_conf: np.ndarray | None  # max softmax of the exit; None where the split has no exit
+    exit_pred: np.ndarray | None
+    exit_top5: np.ndarray | None  # label within the exit's top five
+    final: dict[str, np.ndarray]
+    final_top5: dict[str, np.ndarray]
+
+    def exit_rate(self, thresholds) -> np.ndarray:
+        """Fraction answered at the exit for each threshold (None = no exit)."""
+        return np.array([0.0 if t is None or self.exit_conf is None else float(np.mean(self.exit_conf >= t))
+                         for t in np.atleast_1d(np.asarray(thresholds, dtype=object))])
+
+    def accuracy(self, thresholds, codec: str = "fp32", metric: str = "top1") -> np.ndarray:
+        """Accuracy for each threshold: the exit answers where its confidence >= t, the tail elsewhere."""
+        final = self.final[codec] == self.label if metric == "top1" else self.final_top5[codec]
+        out = []
+        for t in np.atleast_1d(np.asarray(thresholds, dtype=object)):
+            if t is None or self.exit_conf is None:
+                out.append(float(final.mean()))
+                continue
+            at_exit = self.exit_conf >= t
+            exit_ok = self.exit_pred == self.label if metric == "top1" else self.exit_top5
+            out.append(float(np.where(at_exit, exit_ok, final).mean()))
+        return np.array(out)
+
+    def to_state(self) -> dict:
+        return {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else
+                    {c: torch.from_numpy(a) for c, a in v.items()} if isinstance(v, dict) else v)
+                for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Evaluation":
+        return cls(**{k: (v.numpy() if isinstance(v, torch.Tensor) else
+                          {c: a.numpy() for c, a in v.items()} if isinstance(v, dict) else v)
+                      for k, v in state.items()})
+
+
+@dataclass
+class Candidate:
+    k: int
+    ratio: float
+    model: SplitModel  # pruned network: head(k) on the device, tail(k) on the server
+    exit: ExitBranch | None
+    evaluations: dict[str, Evaluation]  # "val" and "test"
+    meta: dict = field(default_factory=dict)  # timings, fine-tune history, bytes, cache path
+
+    def head(self) -> nn.Sequential:
+        return self.model.head(self.k).eval()
+
+    def tail(self) -> nn.Sequential:
+        return self.model.tail(self.k).eval()
+
+
+def exit_allowed(k: int, K: int) -> bool:
+    return 0 < k < K
+
+
+def _topk_hit(logits: torch.Tensor, labels: torch.Tensor, k: int = 5) -> torch.Tensor:
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+
+
+@torch.no_grad()
+def evaluate(model: SplitModel, exit_branch: nn.Module | None, k: int, data: DataSplits, split: str,
+             codec_names=codecs.CODECS) -> Evaluation:
+    """Per-sample exit and final predictions on a split, the split tensor passed through each codec."""
+    model.eval()
+    head, tail = model.head(k).eval(), model.tail(k).eval()
+    if exit_branch is not None:
+        exit_branch.eval()
+    cols: dict[str, list] = {"label": [], "conf": [], "pred": [], "top5": []}
+    finals: dict[str, list] = {c: [] for c in codec_names}
+    finals5: dict[str, list] = {c: [] for c in codec_names}
+    for images, labels in data.loader(split, batch_size=256):
+        x = data.normalize(images)
+        feats = head(x)
+        cols["label"].append(labels)
+        if exit_branch is not None:
+            probs = F.softmax(exit_branch(feats), dim=1)
+            conf, pred = probs.max(dim=1)
+            cols["conf"].append(conf)
+            cols["pred"].append(pred)
+            cols["top5"].append(_topk_hit(probs, labels))
+        for c in codec_names:
+            # k = 0 sends the raw uint8 image and k = K sends nothing: no codec loss there
+            sent = feats if k in (0, model.K) else codecs.roundtrip(feats, c)
+            logits = tail(sent)
+            finals[c].append(logits.argmax(1))
+            finals5[c].append(_topk_hit(logits, labels))
+    cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
+    return Evaluation(cat(cols["label"]), cat(cols["conf"]), cat(cols["pred"]), cat(cols["top5"]),
+                      {c: cat(v) for c, v in finals.items()}, {c: cat(v) for c, v in finals5.items()})
+
+
+def train_exit(head: nn.Module, exit_branch: ExitBranch, data: DataSplits, epochs: int, seed: int,
+               lr: float = 3e-3) -> None:
+    """Train the exit on the frozen head's features (the head stays as it is)."""
+    seed_everything(seed)
+    head.eval()
+    opt = torch.optim.AdamW(exit_branch.parameters(), lr=lr, weight_decay=1e-4)
+    for _ in range(epochs):
+        exit_branch.train()
+        for images, labels in data.loader("train", batch_size=64, shuffle=True, seed=seed):
+            with torch.no_grad():
+                feats = head(data.normalize(images))
+            loss = F.cross_entropy(exit_branch(feats), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    exit_branch.eval()
+
+
+def build_candidate(base: BaseModel, data: DataSplits, k: int, ratio: float, importance: str = "magnitude",
+                    recipe: Recipe = FINETUNE, exit_epochs: int = EXIT_EPOCHS, seed: int = 0,
+                    on_epoch: Callable[[int, float], None] | None = None, progress: bool = True) -> Candidate:
+    """Prune, fine-tune (r > 0, distilling from the base model), train the exit and evaluate; cached.
+
+    `on_epoch(epoch, val_acc)` sees every fine-tuning epoch and may raise to abandon the candidate
+    (nothing is cached then).
+    """
+    ratio = round(float(ratio), 4)
+    check(base.model, k, ratio, importance)
+    key = {"base": base.digest, "k": k, "r": ratio, "importance": importance, "recipe": recipe.key(),
+           "exit_epochs": exit_epochs, "seed": seed}
+    path = store.cache_root() / "candidates" / base.digest / f"k{k}-r{ratio}-{store.digest(key)}.pt"
+    with store.locked(path):
+        model = prune(base.model, k, ratio, data.input_size, importance)
+        exit_branch = _make_exit(model, k, data) if exit_allowed(k, model.K) else None
+        if path.exists():
+            entry = store.load(path)
+            model.load_state_dict(entry["model"])
+            if exit_branch is not None:
+                exit_branch.load_state_dict(entry["exit"])
+            evals = {s: Evaluation.from_state(entry["evaluations"][s]) for s in SPLITS}
+            return Candidate(k, ratio, model.eval(), exit_branch, evals, {**entry["meta"], "cached": True})
+        start = time.perf_counter()
+        history = []
+        if ratio > 0 and k > 0:
+            history = fit(model, data, recipe, seed=seed, teacher=base.model, on_epoch=on_epoch,
+                          desc=f"fine-tune k={k} r={ratio}", progress=progress)
+        finetune_s = time.perf_counter() - start
+        if exit_branch is not None:
+            train_exit(model.head(k), exit_branch, data, exit_epochs, seed)
+        evals = {s: evaluate(model, exit_branch, k, data, s) for s in SPLITS}
+        meta = {**key, "history": history, "finetune_seconds": round(finetune_s, 3),
+                "total_seconds": round(time.perf_counter() - start, 3), "path": str(path),
+                "val_acc": float(evals["val"].accuracy([None])[0]),
+                "test_acc": float(evals["test"].accuracy([None])[0])}
+        store.save({"model": model.state_dict(), "exit": exit_branch.state_dict() if exit_branch else None,
+                    "evaluations": {s: e.to_state() for s, e in evals.items()}, "meta": meta}, path)
+    return Candidate(k, ratio, model.eval(), exit_branch, evals, {**meta, "cached": False})
+
+
+def _make_exit(model: SplitModel, k: int, data: DataSplits) -> ExitBranch:
+    with torch.no_grad():
+        feats = model.head(k).eval()(torch.zeros(1, 3, data.input_size, data.input_size))
+    torch.manual_seed(k)
+    return ExitBranch(feats.shape[1], data.num_classes)

@@ -1,0 +1,29 @@
+"""Shared fixtures: a small digits set and session-wide base models (trained once, cached)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("SPLITOPT_CACHE", str(ROOT / ".cache"))
+
+from compress import data as datasets  # noqa: E402
+from compress.base import base_model  # noqa: E402
+from compress.train import Recipe  # noqa: E402
+
+TINY = Recipe(epochs=2, lr=3e-3, patience=2)  # enough for tests that need *a* trained model
+
+
+@pytest.fixture(scope="session")
+def digits32():
+    return datasets.load("digits", input_size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def resnet_base(digits32):
+    """A quickly trained resnet18 on digits at 32 px (about 10 s the first time, then cached)."""
+    return base_model("resnet18", digits32, seed=0, recipe=TINY, progress=False)
