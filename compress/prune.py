@@ -41,22 +41,42 @@ def prune(model: SplitModel, k: int, ratio: float, input_size: int, importance: 
     pruned = copy.deepcopy(model).eval()
     if k == 0 or ratio == 0.0:
         return pruned
-    ignored: list[nn.Module] = list(pruned.tail(k).modules())
-    ignored += [m for m in pruned.modules() if isinstance(m, nn.Linear) and m.out_features == _classes(pruned)]
+    example = torch.zeros(1, 3, input_size, input_size)
     pruner = tp.pruner.MetaPruner(
         pruned,
-        example_inputs=torch.zeros(1, 3, input_size, input_size),
+        example_inputs=example,
         importance=IMPORTANCES[importance](),
         pruning_ratio=float(ratio),
-        ignored_layers=ignored,
+        ignored_layers=_server_only_layers(pruned, k, example),
     )
     pruner.step()
     pruned.arch = model.arch
     return pruned
 
 
-def _classes(model: SplitModel) -> int:
-    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
+def _server_only_layers(model: SplitModel, k: int, example: torch.Tensor) -> list[nn.Module]:
+    """Layers whose output channels must stay: every tail layer not coupled to a head layer's channels.
+
+    A coupled group (for example a ResNet stage whose residual stream starts in the stem) is pruned as
+    a whole, tail members included: the dependency graph keeps the network consistent.  The classifier
+    keeps its classes.
+    """
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    head = set(model.head(k).modules())
+    coupled: set[nn.Module] = set()
+    for group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
+        outs = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
+        if any(m in head for m in outs):
+            coupled.update(outs)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [m for m in layers if m not in head and m not in coupled] + [layers[-1]]
+
+
+def coupled_tail_layers(model: SplitModel, pruned: SplitModel, k: int) -> list[str]:
+    """Names of server-side layers whose output channels pruning changed (shared residual channels)."""
+    before = dict(model.tail(k).named_modules())
+    return [name for name, m in pruned.tail(k).named_modules()
+            if isinstance(m, nn.Conv2d) and m.out_channels != before[name].out_channels]
 
 
 def count_params(module: nn.Module) -> int:
