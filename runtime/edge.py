@@ -1,0 +1,424 @@
+"""The edge client: runs head.onnx on the device, answers at the exit or asks the cloud for the rest.
+
+    python -m runtime.edge --model-dir DIR --server HOST:PORT [--bandwidth MBPS|auto] [--rtt MS]
+        [--slowdown F] [--limit N] [--csv PATH] [--secret-file F] [--tls-ca C]
+
+Per test sample, one row (all times in ms, measured with perf_counter):
+
+- device_ms: normalisation + head.onnx (which includes the exit branch: one graph, so exit_ms is 0)
+  + encoding the split tensor when it is sent, then the emulated slowdown: (F - 1) x that compute is
+  slept, so an "emulated-10x" device takes 10x as long as this host.
+- transfer_ms: from handing the frame to the link until the reply is read, minus server_ms; with a
+  shaped link it includes the rtt and the paced serialization (runtime.link), so it matches
+  T_N(b) = rtt + 8 b / bandwidth plus the real loopback cost.
+- server_ms: the server's own time for the request (decode, queue, tail inference), from the reply.
+- total_ms: wall time of the whole sample, about the sum of the parts.
+
+Faults: a request that times out, or whose connection fails, is retried with exponential back-off
+(`retries` times, a fresh request id each, the old connection closed so a late reply can never be
+taken for a new one).  If every attempt fails the device answers alone: fallback=True, the exit's
+prediction when the split has an exit, else pred = -1 (counted wrong).  After such a failure, later
+requests skip the network until a back-off (doubling up to `max_backoff`) has passed, then probe the
+server again, so a dead server costs each sample little and a restarted one is found again.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from compress.onnx_io import session
+from runtime import link as links
+from runtime import manifest as mf
+from runtime import protocol as wire
+from runtime.protocol import MsgType, ProtocolError, RemoteError
+
+COLUMNS = ["index", "device_ms", "exit_ms", "transfer_ms", "server_ms", "total_ms", "exited", "fallback",
+           "bytes_sent", "pred", "label", "correct", "attempts", "error"]
+
+
+class AuthError(RemoteError):
+    """The server refused our credentials: a configuration error, not a network fault."""
+
+
+class Client:
+    """One connection to the cloud server, (re)opened on demand, through an emulated `Link`."""
+
+    def __init__(self, host: str, port: int, secret: bytes | None = None, tls_ca: str | None = None,
+                 timeout: float = 5.0, link: links.Link | None = None, max_frame: int = wire.DEFAULT_MAX_FRAME):
+        self.host, self.port = host, int(port)
+        self.secret = secret
+        self.timeout = timeout
+        self.link = link or links.Link()
+        self.max_frame = max_frame
+        self._tls = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+        self.sock: socket.socket | None = None
+        self._next_id = 1
+
+    def new_id(self) -> int:
+        rid, self._next_id = self._next_id, self._next_id + 1
+        return rid
+
+    def connect(self) -> None:
+        self.close()
+        raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames must not wait for Nagle
+            sock = self._tls.wrap_socket(raw, server_hostname=self.host) if self._tls else raw
+            hello = self._read(sock)
+            if hello.type == MsgType.ERROR:
+                raise RemoteError(wire.error_message(hello))
+            if hello.type != MsgType.HELLO:
+                raise ProtocolError(f"expected HELLO from the server, got {hello.type.name}")
+            if hello.payload:
+                if self.secret is None:
+                    raise AuthError("the server requires a shared secret (--secret-file)")
+                rid = self.new_id()
+                sock.sendall(wire.pack(MsgType.AUTH, rid, wire.digest(self.secret, hello.payload)))
+                answer = self._read(sock)
+                if answer.type == MsgType.ERROR:
+                    raise AuthError(wire.error_message(answer))
+                if answer.type != MsgType.AUTH_OK or answer.request_id != rid:
+                    raise ProtocolError(f"expected AUTH_OK from the server, got {answer.type.name}")
+        except BaseException:
+            raw.close()
+            raise
+        self.sock = sock
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+
+    def _read(self, sock: socket.socket) -> wire.Frame:
+        frame = wire.read_frame(sock, self.max_frame)
+        if frame is None:
+            raise ConnectionError("the server closed the connection")
+        return frame
+
+    def exchange(self, data: bytes, rid: int) -> wire.Frame:
+        """Send one frame through the link and read the answer with the same request id."""
+        if self.sock is None:
+            self.connect()
+        assert self.sock is not None
+        self.link.send(self.sock, data)
+        frame = self._read(self.sock)
+        self.link.received()
+        if frame.request_id != rid:
+            raise ProtocolError(f"reply for request {frame.request_id} while waiting for {rid}")
+        return frame
+
+    def infer(self, tensor: wire.Encoded) -> wire.Reply:
+        rid = self.new_id()
+        return wire.parse_reply(self.exchange(tensor.frame(rid), rid))
+
+    def ping(self) -> float:
+        rid = self.new_id()
+        start = time.perf_counter()
+        self._expect(self.exchange(wire.pack(MsgType.PING, rid), rid), MsgType.PONG)
+        return time.perf_counter() - start
+
+    def sink(self, nbytes: int) -> float:
+        rid = self.new_id()
+        data = wire.pack(MsgType.SINK, rid, bytes(nbytes))
+        start = time.perf_counter()
+        self._expect(self.exchange(data, rid), MsgType.SINK_ACK)
+        return time.perf_counter() - start
+
+    @staticmethod
+    def _expect(frame: wire.Frame, kind: MsgType) -> None:
+        if frame.type == MsgType.ERROR:
+            raise RemoteError(wire.error_message(frame), frame.request_id)
+        if frame.type != kind:
+            raise ProtocolError(f"expected {kind.name}, got {frame.type.name}")
+
+
+class Remote:
+    """Requests with retries, exponential back-off and a fallback signal (None) instead of an exception."""
+
+    def __init__(self, client: Client, retries: int = 2, backoff: float = 0.05, max_backoff: float = 2.0):
+        self.client = client
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._failures = 0  # consecutive requests that exhausted their retries
+        self._next_try = 0.0
+
+    def infer(self, tensor: wire.Encoded) -> tuple[wire.Reply | None, int, str]:
+        """(reply or None, attempts made, last error)."""
+        if time.monotonic() < self._next_try:
+            return None, 0, "server unavailable: backing off"
+        error = ""
+        for attempt in range(self.retries + 1):
+            try:
+                reply = self.client.infer(tensor)
+                self._failures = 0
+                return reply, attempt + 1, ""
+            except AuthError:
+                self.client.close()
+                raise
+            except RemoteError as e:  # the server understood and refused this request: retrying cannot help
+                self.client.close()
+                return None, attempt + 1, f"server error: {e}"
+            except (OSError, ProtocolError) as e:  # refused, reset, timed out, garbled: a new connection may work
+                self.client.close()
+                error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                if attempt < self.retries:
+                    time.sleep(self.backoff * 2 ** attempt)
+        self._failures += 1
+        self._next_try = time.monotonic() + min(self.backoff * 2 ** (self.retries + self._failures - 1),
+                                                self.max_backoff)
+        return None, self.retries + 1, error
+
+
+def parse_address(server: str | tuple[str, int]) -> tuple[str, int]:
+    if isinstance(server, tuple):
+        return server[0], int(server[1])
+    host, sep, port = server.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"server address must be HOST:PORT, got {server!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _softmax_max(logits: np.ndarray) -> float:
+    z = logits - logits.max()
+    p = np.exp(z)
+    return float(p.max() / p.sum())
+
+
+def run_edge(model_dir: str | Path, server: str | tuple[str, int] | None = None, *,
+             bandwidth: float | str | None = None, rtt: float = 0.0, slowdown: float = 1.0,
+             limit: int | None = None, csv: str | Path | None = None, secret: bytes | None = None,
+             tls_ca: str | None = None, timeout: float = 5.0, retries: int = 2, backoff: float = 0.05,
+             max_backoff: float = 2.0, data=None, data_root: str | None = None,
+             on_sample: Callable[[dict[str, Any]], None] | None = None, progress: bool = False) -> pd.DataFrame:
+    """Run the device side over the manifest's test split; one row per sample (see the module doc).
+
+    `bandwidth` in Mbit/s shapes the uplink; None uses the link as it is; "auto" measures it (then
+    leaves it unshaped) and records the result.  `data` may pass the already loaded DataSplits.
+    `on_sample(row)` sees every finished row (tests use it to kill the server mid-run).
+    The DataFrame's `attrs` hold the run's settings; `summarize(df)` gives the headline numbers.
+    """
+    manifest = mf.load(model_dir)
+    if not slowdown >= 1.0:
+        raise ValueError(f"slowdown must be >= 1 (a factor on this host's compute time), got {slowdown}")
+    k, K = manifest["k"], manifest["K"]
+    needs_server = k < K
+    if needs_server and server is None:
+        raise ValueError(f"split k={k} < K={K} needs a server address (HOST:PORT)")
+    images, labels = _test_split(manifest, data, data_root)
+    n = len(images) if limit is None else min(int(limit), len(images))
+
+    head = session(Path(model_dir) / manifest["head"]["file"], threads=1) if manifest["head"] else None
+    head_input = head.get_inputs()[0].name if head else None
+    if head is not None:  # the first run allocates: keep it out of the first sample's time
+        head.run(None, {head_input: mf.normalize(images[:1], manifest)})
+    codec = None if k == 0 else manifest["codec"]
+    use_exit = bool(manifest["exit"])
+    t = manifest["t"]
+
+    attrs: dict[str, Any] = {"model_dir": str(model_dir), "server": None, "bandwidth_mbps": None,
+                             "bandwidth_measured": False, "rtt_ms": float(rtt), "slowdown": float(slowdown),
+                             "k": k, "K": K, "r": manifest["r"], "t": t, "codec": manifest["codec"],
+                             "predicted": manifest.get("predicted")}
+    remote = None
+    if needs_server:
+        host, port = parse_address(server)  # type: ignore[arg-type]
+        attrs["server"] = f"{host}:{port}"
+        shaped = None if bandwidth in (None, "auto") else float(bandwidth)  # type: ignore[arg-type]
+        client = Client(host, port, secret, tls_ca, timeout, links.Link(shaped, float(rtt)))
+        attrs["bandwidth_mbps"] = shaped
+        try:
+            client.connect()  # connect up front, so the first sample does not pay the handshake
+            if bandwidth == "auto":
+                mbps, measured_rtt = links.measure(client)
+                attrs.update(bandwidth_mbps=mbps, bandwidth_measured=True, measured_rtt_ms=measured_rtt)
+        except AuthError:
+            raise
+        except (OSError, ProtocolError, RemoteError) as e:
+            client.close()
+            attrs["connect_error"] = str(e)  # the samples will retry and fall back on their own
+        remote = Remote(client, retries, backoff, max_backoff)
+
+    rows = []
+    iterator = range(n)
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(iterator, desc="edge", unit="sample")
+    try:
+        for i in iterator:
+            row = _sample(i, images[i:i + 1], int(labels[i]), manifest, head, head_input, use_exit, t, codec,
+                          slowdown, remote)
+            rows.append(row)
+            if on_sample is not None:
+                on_sample(row)
+    finally:
+        if remote is not None:
+            remote.client.close()
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs.update(attrs)
+    if csv is not None:
+        Path(csv).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(csv, index=False)
+    return df
+
+
+def _sample(i: int, image: np.ndarray, label: int, manifest: dict, head, head_input: str | None, use_exit: bool,
+            t: float | None, codec: str | None, slowdown: float, remote: Remote | None) -> dict[str, Any]:
+    start = time.perf_counter()
+    row: dict[str, Any] = {"index": i, "exit_ms": 0.0, "transfer_ms": 0.0, "server_ms": 0.0, "exited": False,
+                           "fallback": False, "bytes_sent": 0, "label": label, "attempts": 0, "error": ""}
+    exit_pred = -1
+    x: np.ndarray = image  # k = 0 sends the uint8 image as it is
+    if head is not None:
+        outs = head.run(None, {head_input: mf.normalize(image, manifest)})
+        if remote is None:  # k = K: the head is the whole model
+            return _finish(row, start, slowdown, start, pred=int(outs[0][0].argmax()))
+        if use_exit:
+            exit_logits, x = outs
+            exit_pred = int(exit_logits[0].argmax())
+            if _softmax_max(exit_logits[0]) >= t:
+                row["exited"] = True
+                return _finish(row, start, slowdown, start, pred=exit_pred)
+        else:
+            x = outs[0]
+    assert remote is not None
+    tensor = wire.encode(x, codec)
+    compute = time.perf_counter() - start  # normalisation, head, exit, encoding
+    _slow(compute, slowdown)
+    device_end = time.perf_counter()
+    reply, attempts, error = remote.infer(tensor)
+    done = time.perf_counter()
+    row.update(device_ms=(device_end - start) * 1e3, attempts=attempts, error=error)
+    if reply is None:
+        row.update(fallback=True, transfer_ms=(done - device_end) * 1e3, bytes_sent=0)
+        return _finish(row, start, 1.0, None, pred=exit_pred)
+    row.update(server_ms=reply.server_ms, transfer_ms=max((done - device_end) * 1e3 - reply.server_ms, 0.0),
+               bytes_sent=len(tensor.payload))  # the payload, as the prediction's bytes(k, r) counts
+    return _finish(row, start, 1.0, None, pred=int(reply.classes[0]))
+
+
+def _slow(compute_s: float, slowdown: float) -> None:
+    """The emulated device: what took `compute_s` here takes `slowdown` times as long."""
+    if slowdown > 1.0:
+        time.sleep((slowdown - 1.0) * compute_s)
+
+
+def _finish(row: dict[str, Any], start: float, slowdown: float, device_from: float | None, pred: int) -> dict:
+    """Close a row; when `device_from` is given, all time since then was device compute (slowed here)."""
+    if device_from is not None:
+        _slow(time.perf_counter() - device_from, slowdown)
+        row["device_ms"] = (time.perf_counter() - device_from) * 1e3
+    row["total_ms"] = (time.perf_counter() - start) * 1e3
+    row["pred"] = pred
+    row["correct"] = pred == row["label"]
+    return row
+
+
+def _test_split(manifest: dict, data, data_root: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 test images and labels the manifest names (the same split seed as the search)."""
+    spec = manifest["data"]
+    if data is None:
+        from compress import data as datasets
+        data = datasets.load(spec["name"], data_root, spec["input_size"], spec["seed"])
+    elif (data.name, data.input_size) != (spec["name"], spec["input_size"]):
+        raise ValueError(f"data {data.name}@{data.input_size}px does not match the manifest's "
+                         f"{spec['name']}@{spec['input_size']}px")
+    images, labels = data.arrays(spec.get("split", "test"))
+    return images.numpy(), labels.numpy()
+
+
+def summarize(df: pd.DataFrame) -> dict[str, Any]:
+    """Headline numbers of an edge run; per-part means are over all samples (0 where a part did not run),
+    so they add up like DESIGN's T = T_D + (1 - p_exit) (T_N + T_C)."""
+    sent = df[df.bytes_sent > 0]
+    out: dict[str, Any] = {
+        "n": int(len(df)),
+        "mean_ms": float(df.total_ms.mean()) if len(df) else float("nan"),
+        "p50_ms": float(df.total_ms.quantile(0.5)) if len(df) else float("nan"),
+        "p95_ms": float(df.total_ms.quantile(0.95)) if len(df) else float("nan"),
+        "exit_rate": float(df.exited.mean()) if len(df) else float("nan"),
+        "fallback_rate": float(df.fallback.mean()) if len(df) else float("nan"),
+        "failed": int((df.pred < 0).sum()),
+        "accuracy": float(df.correct.mean()) if len(df) else float("nan"),
+        "bytes_per_request": float(sent.bytes_sent.mean()) if len(sent) else 0.0,
+        "bytes_per_sample": float(df.bytes_sent.mean()) if len(df) else 0.0,
+    }
+    for part in ("device_ms", "exit_ms", "transfer_ms", "server_ms"):
+        out[part] = float(df[part].mean()) if len(df) else float("nan")
+    out.update({k: v for k, v in df.attrs.items() if k != "model_dir"})
+    return out
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [f"{s['n']} samples, k={s.get('k')}/{s.get('K')} r={s.get('r')} t={s.get('t')} codec={s.get('codec')}",
+             f"latency ms: mean {s['mean_ms']:.2f}  p50 {s['p50_ms']:.2f}  p95 {s['p95_ms']:.2f}",
+             f"  mean parts: device {s['device_ms']:.2f}  exit {s['exit_ms']:.2f}  transfer {s['transfer_ms']:.2f}"
+             f"  server {s['server_ms']:.2f}",
+             f"exit rate {s['exit_rate']:.3f}  fallback rate {s['fallback_rate']:.3f}  failed {s['failed']}"
+             f"  accuracy {s['accuracy']:.4f}",
+             f"bytes per request {s['bytes_per_request']:.0f}  (per sample {s['bytes_per_sample']:.0f})"]
+    if s.get("bandwidth_measured"):
+        lines.append(f"measured link: {s['bandwidth_mbps']:.1f} Mbit/s, rtt {s['measured_rtt_ms']:.3f} ms")
+    predicted = s.get("predicted")
+    if isinstance(predicted, dict) and "total_ms" in predicted:
+        lines.append(f"predicted mean: {predicted['total_ms']:.2f} ms")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime.edge", description="Run the device side of an exported split.")
+    p.add_argument("--model-dir", required=True, help="directory with manifest.json and head.onnx")
+    p.add_argument("--server", help="cloud server HOST:PORT (not needed when k = K)")
+    p.add_argument("--bandwidth", default=None,
+                   help="uplink shaping in Mbit/s, or 'auto' to measure the real link (default: unshaped)")
+    p.add_argument("--rtt", type=float, default=0.0, help="emulated round-trip time in ms, half each way")
+    p.add_argument("--slowdown", type=float, default=1.0, help="device emulation factor >= 1 on head compute")
+    p.add_argument("--limit", type=int, default=None, help="first N test samples only")
+    p.add_argument("--csv", default=None, help="write the per-sample table here")
+    p.add_argument("--secret-file", default=None, help="shared secret for the server's HMAC challenge")
+    p.add_argument("--tls-ca", default=None, help="CA (or self-signed) certificate: connect over TLS")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait on the server per attempt")
+    p.add_argument("--retries", type=int, default=2, help="retries per request before the fallback")
+    p.add_argument("--data-root", default=None, help="local CIFAR-10 / ImageFolder copy, as for auto.py")
+    return p
+
+
+def _bandwidth(value: str | None) -> float | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        mbps = float(value)
+    except ValueError:
+        raise ValueError(f"--bandwidth must be a number of Mbit/s or 'auto', got {value!r}") from None
+    if not mbps > 0:
+        raise ValueError(f"--bandwidth must be > 0 Mbit/s, got {value}")
+    return mbps
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        secret = wire.read_secret(args.secret_file) if args.secret_file else None
+        df = run_edge(args.model_dir, args.server, bandwidth=_bandwidth(args.bandwidth), rtt=args.rtt,
+                      slowdown=args.slowdown, limit=args.limit, csv=args.csv, secret=secret, tls_ca=args.tls_ca,
+                      timeout=args.timeout, retries=args.retries, data_root=args.data_root, progress=True)
+    except (ValueError, FileNotFoundError, AuthError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summarize(df)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

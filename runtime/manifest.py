@@ -1,0 +1,55 @@
+"""manifest.json of an exported split: what the edge and the cloud each need to run their part.
+
+Kept free of torch so the cloud server only needs numpy and ONNX Runtime to read it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = 1
+NAME = "manifest.json"
+HEAD, TAIL = "head.onnx", "tail.onnx"
+
+
+def load(model_dir: str | Path) -> dict[str, Any]:
+    """Read and sanity-check `model_dir/manifest.json`; one-line errors for anything missing."""
+    path = Path(model_dir) / NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {NAME} in {str(model_dir)!r}: export the split first (runtime.export_split)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} has manifest format {manifest.get('format')!r}; this runtime reads {FORMAT}")
+    for part in ("head", "tail"):
+        entry = manifest.get(part)
+        if entry and not (Path(model_dir) / entry["file"]).is_file():
+            raise FileNotFoundError(f"{path} names {entry['file']} but it is missing")
+    return manifest
+
+
+def save(manifest: dict[str, Any], model_dir: str | Path) -> Path:
+    path = Path(model_dir) / NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, default=_jsonable) + "\n")
+    tmp.replace(path)  # a reader never sees half a manifest
+    return path
+
+
+def normalize(images: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:
+    """uint8 NCHW -> float32 model input, the same arithmetic as compress.data.DataSplits.normalize."""
+    mean = np.asarray(manifest["data"]["mean"], dtype=np.float32).reshape(1, -1, 1, 1) * np.float32(255.0)
+    std = np.asarray(manifest["data"]["std"], dtype=np.float32).reshape(1, -1, 1, 1) * np.float32(255.0)
+    return ((images.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")

@@ -1,0 +1,310 @@
+"""The wire protocol between edge and cloud: fixed binary header, raw little-endian payload, no pickle.
+
+Every message is one frame::
+
+    header  <4s B B B B Q 6I I>  (44 bytes, little-endian)
+            magic b"SPLT", version, message type, dtype code, ndim, request id,
+            shape (6 x uint32; dims past ndim are 0), payload length
+    payload `length` raw bytes
+
+A connection opens with the server's HELLO (a 32-byte nonce when a shared secret is required, else
+empty); the client answers AUTH = HMAC-SHA256(secret, nonce) and gets AUTH_OK, or an ERROR and a
+closed connection.  Then the client sends REQUESTs (one tensor each) and gets one REPLY or ERROR per
+request, with the same request id.
+
+Payloads by message type:
+
+- REQUEST: the tensor, encoded by its dtype: UINT8 raw image bytes (k = 0), FP32/FP16 plain casts,
+  INT8 the affine code of `compress.codec` (float32 offset and scale, then the codes).
+- REPLY: dtype FP32, shape (n, classes); payload = float64 server compute ms, n int64 classes,
+  then the float32 logits.
+- ERROR: a utf-8 message.  HELLO: the nonce.  AUTH: the 32-byte digest.  PING/PONG: empty.
+  SINK: any bytes (for measuring the uplink); the server answers SINK_ACK once it has read them.
+
+Header faults that lose the frame boundary (magic, version, a length above the maximum frame) are
+fatal: the peer gets an ERROR and the connection closes.  Anything else is reported for that request
+id and the connection stays in sync.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import math
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from compress import codec as codecs
+
+MAGIC = b"SPLT"
+VERSION = 1
+MAX_DIMS = 6
+HEADER = struct.Struct("<4sBBBBQ6II")
+DEFAULT_MAX_FRAME = 64 << 20  # 64 MiB: a 224 px fp32 feature map of any zoo model fits many times over
+NONCE_BYTES = 32
+MAX_ERROR_CHARS = 1000
+_REPLY_PREFIX = struct.Struct("<d")
+
+
+class MsgType(enum.IntEnum):
+    HELLO = 1
+    AUTH = 2
+    AUTH_OK = 3
+    REQUEST = 4
+    REPLY = 5
+    ERROR = 6
+    PING = 7
+    PONG = 8
+    SINK = 9
+    SINK_ACK = 10
+
+
+class DType(enum.IntEnum):
+    NONE = 0
+    UINT8 = 1
+    FP32 = 2
+    FP16 = 3
+    INT8 = 4  # compress.codec's affine 8-bit code: float32 offset and scale, then uint8 codes
+
+
+CODEC_DTYPES = {"fp32": DType.FP32, "fp16": DType.FP16, "int8": DType.INT8}
+DTYPE_CODECS = {v: k for k, v in CODEC_DTYPES.items()}
+
+
+class ProtocolError(ValueError):
+    """A malformed frame; `fatal` when the frame boundary is lost and the connection must close."""
+
+    def __init__(self, message: str, request_id: int = 0, fatal: bool = False):
+        super().__init__(message)
+        self.request_id = request_id
+        self.fatal = fatal
+
+
+class RemoteError(RuntimeError):
+    """The peer answered with an ERROR frame."""
+
+    def __init__(self, message: str, request_id: int = 0):
+        super().__init__(message)
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: MsgType
+    request_id: int
+    dtype: DType
+    shape: tuple[int, ...]
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Reply:
+    request_id: int
+    logits: np.ndarray  # (n, classes) float32
+    classes: np.ndarray  # (n,) int64
+    server_ms: float
+
+
+def payload_size(dtype: DType, shape: tuple[int, ...]) -> int:
+    """Payload bytes of a tensor frame of this dtype and shape."""
+    numel = math.prod(shape)
+    if dtype == DType.UINT8:
+        return numel
+    if dtype in DTYPE_CODECS:
+        return codecs.payload_bytes(numel, DTYPE_CODECS[dtype])
+    raise ValueError(f"dtype {dtype!r} carries no tensor")
+
+
+def pack(type: MsgType, request_id: int = 0, payload: bytes = b"", dtype: DType = DType.NONE,
+         shape: tuple[int, ...] = ()) -> bytes:
+    """One frame as bytes (header and payload)."""
+    if len(shape) > MAX_DIMS:
+        raise ValueError(f"a frame carries at most {MAX_DIMS} dims, got {len(shape)}")
+    dims = tuple(int(d) for d in shape) + (0,) * (MAX_DIMS - len(shape))
+    return HEADER.pack(MAGIC, VERSION, int(type), int(dtype), len(shape), int(request_id), *dims,
+                       len(payload)) + bytes(payload)
+
+
+class Header(NamedTuple):
+    type: int
+    request_id: int
+    dtype: int
+    ndim: int
+    dims: tuple[int, ...]  # all MAX_DIMS of them
+    length: int
+
+
+def unpack_header(buf: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Header:
+    """Parse a header; only the fatal faults raise here.
+
+    The other checks wait until the payload is read (`validate`), so the stream stays in sync.
+    """
+    magic, version, type_, dtype, ndim, rid, *rest = HEADER.unpack(buf)
+    header = Header(type_, rid, dtype, ndim, tuple(rest[:MAX_DIMS]), rest[MAX_DIMS])
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r} (expected {MAGIC!r})", rid, fatal=True)
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version} (this side speaks {VERSION})", rid, fatal=True)
+    if header.length > max_frame:
+        raise ProtocolError(f"frame payload of {header.length} bytes exceeds the maximum of {max_frame}", rid,
+                            fatal=True)
+    return header
+
+
+def validate(header: Header, payload: bytes) -> Frame:
+    """Check the non-fatal header fields against the payload and build the Frame."""
+    rid, ndim, dims = header.request_id, header.ndim, header.dims
+    try:
+        mtype = MsgType(header.type)
+    except ValueError:
+        raise ProtocolError(f"unknown message type {header.type}", rid) from None
+    try:
+        dt = DType(header.dtype)
+    except ValueError:
+        raise ProtocolError(f"unknown dtype code {header.dtype}", rid) from None
+    if ndim > MAX_DIMS:
+        raise ProtocolError(f"ndim {ndim} exceeds the maximum of {MAX_DIMS}", rid)
+    if any(dims[ndim:]):
+        raise ProtocolError(f"shape has non-zero dims past ndim={ndim}: {dims}", rid)
+    shape = tuple(dims[:ndim])
+    if mtype == MsgType.REQUEST:
+        if dt == DType.NONE:
+            raise ProtocolError("a REQUEST must carry a tensor (dtype NONE given)", rid)
+        if ndim == 0 or 0 in shape:
+            raise ProtocolError(f"a REQUEST tensor needs a non-empty shape, got {shape}", rid)
+        expected = payload_size(dt, shape)
+        if len(payload) != expected:
+            raise ProtocolError(f"{dt.name} tensor of shape {shape} needs {expected} payload bytes, "
+                                f"got {len(payload)}", rid)
+    return Frame(mtype, rid, dt, shape, payload)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """Exactly n bytes; None on EOF before the first byte; ConnectionError on EOF inside."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        r = sock.recv_into(view[got:], min(n - got, 1 << 20))
+        if r == 0:
+            if got == 0:
+                return None
+            raise ConnectionError(f"connection closed after {got} of {n} bytes")
+        got += r
+    return bytes(buf)
+
+
+def read_frame(sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> Frame | None:
+    """The next frame; None on a clean EOF between frames.  Raises ProtocolError or ConnectionError."""
+    head = recv_exact(sock, HEADER.size)
+    if head is None:
+        return None
+    header = unpack_header(head, max_frame)  # the size limit is checked before reading the payload
+    payload = recv_exact(sock, header.length) if header.length else b""
+    if payload is None:
+        raise ConnectionError(f"connection closed before the {header.length}-byte payload")
+    return validate(header, payload)
+
+
+def send_frame(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(data)
+
+
+# -- typed messages ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tensor ready for the wire: encoded once, framed per attempt with a fresh request id."""
+
+    payload: bytes
+    dtype: DType
+    shape: tuple[int, ...]
+
+    def frame(self, request_id: int) -> bytes:
+        return pack(MsgType.REQUEST, request_id, self.payload, self.dtype, self.shape)
+
+
+def encode(x: np.ndarray, codec: str | None) -> Encoded:
+    """uint8 `x` goes raw (codec None, k = 0); anything else under `codec`."""
+    if codec is None:
+        x = np.ascontiguousarray(x, dtype=np.uint8)
+        return Encoded(x.tobytes(), DType.UINT8, x.shape)
+    return Encoded(codecs.encode(x, codec), CODEC_DTYPES[codecs.check(codec)], tuple(np.shape(x)))
+
+
+def request(request_id: int, x: np.ndarray, codec: str | None) -> bytes:
+    """A REQUEST frame of `x` (see `encode`)."""
+    return encode(x, codec).frame(request_id)
+
+
+def tensor(frame: Frame) -> np.ndarray:
+    """Decode the tensor of a (validated) REQUEST frame: uint8 for UINT8, float32 otherwise."""
+    if frame.dtype == DType.UINT8:
+        return np.frombuffer(frame.payload, dtype=np.uint8).reshape(frame.shape)
+    if frame.dtype not in DTYPE_CODECS:
+        raise ProtocolError(f"dtype {frame.dtype.name} carries no tensor", frame.request_id)
+    return codecs.decode(frame.payload, DTYPE_CODECS[frame.dtype], frame.shape)
+
+
+def reply(request_id: int, logits: np.ndarray, server_ms: float) -> bytes:
+    logits = np.ascontiguousarray(logits, dtype="<f4")
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (n, classes), got shape {logits.shape}")
+    classes = logits.argmax(axis=1).astype("<i8")
+    payload = _REPLY_PREFIX.pack(float(server_ms)) + classes.tobytes() + logits.tobytes()
+    return pack(MsgType.REPLY, request_id, payload, DType.FP32, logits.shape)
+
+
+def parse_reply(frame: Frame) -> Reply:
+    if frame.type == MsgType.ERROR:
+        raise RemoteError(error_message(frame), frame.request_id)
+    if frame.type != MsgType.REPLY or frame.dtype != DType.FP32 or len(frame.shape) != 2:
+        raise ProtocolError(f"expected a REPLY with (n, classes) float32 logits, got {frame.type.name} "
+                            f"{frame.dtype.name} {frame.shape}", frame.request_id)
+    n, c = frame.shape
+    if len(frame.payload) != _REPLY_PREFIX.size + 8 * n + 4 * n * c:
+        raise ProtocolError(f"REPLY payload of {len(frame.payload)} bytes does not fit shape {frame.shape}",
+                            frame.request_id)
+    (server_ms,) = _REPLY_PREFIX.unpack_from(frame.payload)
+    classes = np.frombuffer(frame.payload, dtype="<i8", count=n, offset=_REPLY_PREFIX.size).astype(np.int64)
+    logits = np.frombuffer(frame.payload, dtype="<f4", offset=_REPLY_PREFIX.size + 8 * n).reshape(n, c)
+    return Reply(frame.request_id, logits.astype(np.float32), classes, float(server_ms))
+
+
+def error(request_id: int, message: str) -> bytes:
+    """An ERROR frame; the message is cut to one line of at most MAX_ERROR_CHARS characters."""
+    line = " ".join(str(message).split())[:MAX_ERROR_CHARS]
+    return pack(MsgType.ERROR, request_id, line.encode("utf-8"))
+
+
+def error_message(frame: Frame) -> str:
+    return frame.payload.decode("utf-8", errors="replace")
+
+
+# -- authentication ---------------------------------------------------------------------------------
+
+def nonce() -> bytes:
+    return os.urandom(NONCE_BYTES)
+
+
+def digest(secret: bytes, challenge: bytes) -> bytes:
+    """The AUTH answer to a HELLO nonce: HMAC-SHA256(secret, nonce)."""
+    return hmac.new(secret, challenge, hashlib.sha256).digest()
+
+
+def verify(secret: bytes, challenge: bytes, answer: bytes) -> bool:
+    return hmac.compare_digest(digest(secret, challenge), answer)
+
+
+def read_secret(path: str) -> bytes:
+    """A shared secret from a file (surrounding whitespace ignored); refuses an empty one."""
+    with open(path, "rb") as f:
+        secret = f.read().strip()
+    if not secret:
+        raise ValueError(f"secret file {path!r} is empty")
+    return secret

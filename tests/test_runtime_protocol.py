@@ -1,0 +1,149 @@
+"""runtime.protocol: frames round-trip, codecs stay within compress.codec.max_error, faults are caught."""
+from __future__ import annotations
+
+import socket
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from compress import codec as codecs
+from runtime import protocol as wire
+from runtime.protocol import DType, MsgType, ProtocolError
+
+
+def _through_socket(data: bytes, max_frame: int = wire.DEFAULT_MAX_FRAME):
+    a, b = socket.socketpair()
+    try:
+        a.sendall(data)
+        a.shutdown(socket.SHUT_WR)
+        return wire.read_frame(b, max_frame)
+    finally:
+        a.close()
+        b.close()
+
+
+shapes = st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple)
+floats = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
+
+
+@settings(max_examples=150, deadline=None)
+@given(codec=st.sampled_from(codecs.CODECS), x=hnp.arrays(np.float32, shapes, elements=floats))
+def test_every_codec_roundtrips_within_max_error(codec, x):
+    frame = _through_socket(wire.request(7, x, codec))
+    assert (frame.type, frame.request_id, frame.dtype, frame.shape) == (MsgType.REQUEST, 7, wire.CODEC_DTYPES[codec],
+                                                                        x.shape)
+    assert len(frame.payload) == codecs.payload_bytes(x.size, codec)
+    got = wire.tensor(frame)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    assert float(np.max(np.abs(got - x))) <= codecs.max_error(x, codec)
+
+
+@settings(max_examples=50, deadline=None)
+@given(x=hnp.arrays(np.uint8, shapes))
+def test_uint8_images_are_sent_raw(x):
+    frame = _through_socket(wire.request(1, x, None))
+    assert frame.dtype == DType.UINT8 and len(frame.payload) == x.size
+    np.testing.assert_array_equal(wire.tensor(frame), x)
+
+
+@settings(max_examples=100, deadline=None)
+@given(type_=st.sampled_from(list(MsgType)), rid=st.integers(0, 2 ** 64 - 1),
+       shape=st.lists(st.integers(0, 2 ** 32 - 1), max_size=wire.MAX_DIMS).map(tuple), payload=st.binary(max_size=64))
+def test_header_roundtrip(type_, rid, shape, payload):
+    if type_ == MsgType.REQUEST:
+        type_ = MsgType.PING  # a REQUEST's payload must fit its shape; that is tested above
+    frame = _through_socket(wire.pack(type_, rid, payload, DType.FP32, shape))
+    assert (frame.type, frame.request_id, frame.dtype, frame.shape, frame.payload) == (type_, rid, DType.FP32,
+                                                                                       shape, payload)
+
+
+def test_reply_roundtrip():
+    logits = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]], dtype=np.float32)
+    reply = wire.parse_reply(_through_socket(wire.reply(9, logits, 1.25)))
+    assert reply.request_id == 9 and reply.server_ms == 1.25
+    np.testing.assert_array_equal(reply.logits, logits)
+    np.testing.assert_array_equal(reply.classes, [1, 0])
+
+
+def test_error_frame_is_one_line_and_raises_remote_error():
+    frame = _through_socket(wire.error(3, "bad\nthing " + "x" * 5000))
+    assert frame.type == MsgType.ERROR
+    message = wire.error_message(frame)
+    assert "\n" not in message and len(message) == wire.MAX_ERROR_CHARS and message.startswith("bad thing")
+    with pytest.raises(wire.RemoteError, match="bad thing"):
+        wire.parse_reply(frame)
+
+
+def _header(magic=wire.MAGIC, version=wire.VERSION, type_=MsgType.REQUEST, dtype=DType.FP32, ndim=1,
+            rid=5, dims=(4, 0, 0, 0, 0, 0), length=16) -> bytes:
+    return wire.HEADER.pack(magic, version, int(type_), int(dtype), ndim, rid, *dims, length)
+
+
+@pytest.mark.parametrize("header, message", [
+    (_header(magic=b"HTTP"), "bad magic"),
+    (_header(version=2), "unsupported protocol version 2"),
+    (_header(length=1 << 20), "exceeds the maximum"),
+])
+def test_fatal_header_faults(header, message):
+    # only the header is sent: the size check must not wait for a payload that never comes
+    with pytest.raises(ProtocolError, match=message) as e:
+        _through_socket(header, max_frame=1 << 16)
+    assert e.value.fatal
+
+
+@pytest.mark.parametrize("header, payload, message", [
+    (_header(type_=99), bytes(16), "unknown message type 99"),
+    (_header(dtype=42), bytes(16), "unknown dtype code 42"),
+    (_header(ndim=7), bytes(16), "ndim 7 exceeds"),
+    (_header(dims=(4, 0, 3, 0, 0, 0)), bytes(16), "non-zero dims past ndim"),
+    (_header(length=12), bytes(12), "needs 16 payload bytes, got 12"),
+    (_header(dtype=DType.NONE), bytes(16), "must carry a tensor"),
+    (_header(ndim=0, dims=(0,) * 6, length=0), b"", "non-empty shape"),
+    (_header(dtype=DType.INT8, length=4), bytes(4), "needs 12 payload bytes"),
+])
+def test_non_fatal_faults_keep_the_stream(header, payload, message):
+    with pytest.raises(ProtocolError, match=message) as e:
+        _through_socket(header + payload)
+    assert not e.value.fatal and e.value.request_id == 5
+
+
+def test_huge_shape_does_not_allocate():
+    header = _header(ndim=6, dims=(2 ** 32 - 1,) * 6, length=8)
+    with pytest.raises(ProtocolError, match="payload bytes"):
+        _through_socket(header + bytes(8))
+
+
+def test_truncation_and_clean_eof():
+    data = wire.request(1, np.zeros((1, 4), np.float32), "fp32")
+    assert _through_socket(b"") is None
+    with pytest.raises(ConnectionError):
+        _through_socket(data[:10])
+    with pytest.raises(ConnectionError):
+        _through_socket(data[:-1])
+
+
+def test_header_layout_is_fixed():
+    assert wire.HEADER.size == 44
+    raw = wire.pack(MsgType.PING, 0x0102030405060708)
+    assert raw[:4] == b"SPLT" and struct.unpack_from("<Q", raw, 8)[0] == 0x0102030405060708
+
+
+def test_hmac_challenge():
+    nonce = wire.nonce()
+    assert len(nonce) == wire.NONCE_BYTES and nonce != wire.nonce()
+    answer = wire.digest(b"key", nonce)
+    assert wire.verify(b"key", nonce, answer)
+    assert not wire.verify(b"other", nonce, answer)
+    assert not wire.verify(b"key", nonce, answer[:-1])
+
+
+def test_secret_file(tmp_path):
+    (tmp_path / "s").write_bytes(b"  s3cret\n")
+    assert wire.read_secret(str(tmp_path / "s")) == b"s3cret"
+    (tmp_path / "e").write_bytes(b"\n")
+    with pytest.raises(ValueError, match="is empty"):
+        wire.read_secret(str(tmp_path / "e"))

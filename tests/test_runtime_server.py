@@ -1,0 +1,343 @@
+"""Cloud server + edge client over real loopback sockets and real ONNX Runtime sessions.
+
+Answers must match PyTorch; auth and TLS refuse who they should; a server that dies, hangs or garbles
+mid-run makes the edge fall back, and every sample is answered exactly once.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compress import zoo
+from compress.candidate import Candidate, ExitBranch
+from runtime import protocol as wire
+from runtime.cloud import CloudServer
+from runtime.deploy import deploy
+from runtime.edge import COLUMNS, AuthError, Client, main as edge_main, run_edge, summarize
+from runtime.export import export_split
+from runtime.protocol import MsgType
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 40  # test samples per edge run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return zoo.build("resnet18", 10, 32).eval()
+
+
+@pytest.fixture(scope="module")
+def split(model, digits32, tmp_path_factory):
+    """k = 3 with an exit whose threshold sends about half the samples to the server.
+
+    Returns the model dir and PyTorch's per-sample reference: exit taken, exit and final predictions.
+    """
+    k = 3
+    torch.manual_seed(1)
+    exit_branch = ExitBranch(128, 10).eval()
+    images, labels = digits32.arrays("test")
+    with torch.no_grad():
+        feats = model.head(k).eval()(digits32.normalize(images[:N]))
+        conf, exit_pred = F.softmax(exit_branch(feats), dim=1).max(dim=1)
+        final = model.tail(k).eval()(feats).argmax(1)
+    c = np.sort(conf.numpy())
+    t = float((c[N // 2 - 1] + c[N // 2]) / 2)  # halfway between two samples: no sample sits on the boundary
+    out = tmp_path_factory.mktemp("k3")
+    export_split(Candidate(k, 0.0, model, exit_branch, {}, {}), digits32, out, threshold=t, codec="fp32",
+                 predicted={"total_ms": 1.0})
+    exited = conf.numpy() >= t
+    ref = {"exited": exited, "exit_pred": exit_pred.numpy(), "final": final.numpy(), "labels": labels[:N].numpy(),
+           "pred": np.where(exited, exit_pred.numpy(), final.numpy())}
+    return out, ref
+
+
+@pytest.fixture
+def server(split):
+    with CloudServer(split[0]) as s:
+        yield s
+    assert s.stats["internal_errors"] == 0
+
+
+def _check_once(df, n=N):
+    assert list(df["index"]) == list(range(n))  # every sample answered, exactly once, in order
+
+
+def test_edge_and_server_match_pytorch(split, server, digits32):
+    out, ref = split
+    df = run_edge(out, ("127.0.0.1", server.port), data=digits32, limit=N)
+    _check_once(df)
+    assert list(df.columns) == COLUMNS
+    assert not df.fallback.any() and (df.error == "").all()
+    np.testing.assert_array_equal(df.exited, ref["exited"])
+    np.testing.assert_array_equal(df.pred, ref["pred"])
+    np.testing.assert_array_equal(df.correct, ref["pred"] == ref["labels"])
+    sent = df[~df.exited]
+    assert (sent.bytes_sent == 128 * 4 * 4 * 4).all() and (df[df.exited].bytes_sent == 0).all()
+    assert (sent.server_ms > 0).all() and (df[df.exited].server_ms == 0).all()
+    assert server.stats["requests"] == len(sent)
+    s = summarize(df)
+    assert s["exit_rate"] == pytest.approx(ref["exited"].mean())
+    assert s["accuracy"] == pytest.approx((ref["pred"] == ref["labels"]).mean())
+    assert s["bytes_per_request"] == 8192 and s["failed"] == 0 and s["predicted"] == {"total_ms": 1.0}
+    for key in ("mean_ms", "p50_ms", "p95_ms", "device_ms", "exit_ms", "transfer_ms", "server_ms"):
+        assert s[key] >= 0
+
+
+def test_k0_and_kK(model, digits32, tmp_path):
+    images, _ = digits32.arrays("test")
+    with torch.no_grad():
+        want = model.eval()(digits32.normalize(images[:10])).argmax(1).numpy()
+    for k in (0, model.K):
+        out = tmp_path / f"k{k}"
+        export_split(Candidate(k, 0.0, model, None, {}, {}), digits32, out, threshold=None, codec="int8", samples=4)
+        df, s = deploy(out, digits32, bandwidth=None, rtt=0.0, limit=10)
+        _check_once(df, 10)
+        np.testing.assert_array_equal(df.pred, want)
+        assert not df.fallback.any()
+        assert s["bytes_per_request"] == (3 * 32 * 32 if k == 0 else 0)
+
+
+def test_deploy_with_shaping_and_emulation(split, digits32, tmp_path):
+    df, s = deploy(split[0], digits32, bandwidth=50.0, rtt=1.0, slowdown=2.0, limit=8, csv=tmp_path / "d.csv")
+    _check_once(df, 8)
+    assert (tmp_path / "d.csv").is_file()
+    assert {"mean_ms", "p50_ms", "p95_ms", "exit_rate", "accuracy", "bytes_per_request", "device_ms", "exit_ms",
+            "transfer_ms", "server_ms"} <= set(s)
+    assert (s["bandwidth_mbps"], s["rtt_ms"], s["slowdown"]) == (50.0, 1.0, 2.0)
+    assert s["server_stats"]["requests"] == (~df.exited).sum()
+
+
+def test_bandwidth_auto_measures_the_link(split, server, digits32):
+    df = run_edge(split[0], f"127.0.0.1:{server.port}", data=digits32, limit=3, bandwidth="auto")
+    assert df.attrs["bandwidth_measured"] and df.attrs["bandwidth_mbps"] > 0 and df.attrs["measured_rtt_ms"] >= 0
+    assert not df.fallback.any()
+
+
+def test_shared_secret(split, digits32):
+    with CloudServer(split[0], secret=b"right key") as s:
+        df = run_edge(split[0], ("127.0.0.1", s.port), data=digits32, limit=6, secret=b"right key")
+        assert not df.fallback.any()
+        for key in (None, b"wrong key"):
+            with pytest.raises(AuthError, match="secret" if key is None else "authentication failed"):
+                run_edge(split[0], ("127.0.0.1", s.port), data=digits32, limit=2, secret=key)
+        # (the keyless edge gave up by itself;) a raw client that skips AUTH gets an ERROR frame, then a closed connection
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as raw:
+            hello = wire.read_frame(raw)
+            assert hello.type == MsgType.HELLO and len(hello.payload) == wire.NONCE_BYTES
+            raw.sendall(wire.request(1, np.zeros((1, 128, 4, 4), np.float32), "fp32"))
+            answer = wire.read_frame(raw)
+            assert answer.type == MsgType.ERROR and "authentication required" in wire.error_message(answer)
+            assert wire.read_frame(raw) is None
+        assert s.stats["refused_auth"] == 2 and s.stats["requests"] == (~df.exited).sum()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make a self-signed cert")
+def test_tls(split, digits32, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    with CloudServer(split[0], tls_cert=str(cert), tls_key=str(key), secret=b"k") as s:
+        df = run_edge(split[0], ("127.0.0.1", s.port), data=digits32, limit=6, tls_ca=str(cert), secret=b"k")
+        assert not df.fallback.any()
+        # a plaintext client cannot talk to it: every request falls back, none is lost
+        df = run_edge(split[0], ("127.0.0.1", s.port), data=digits32, limit=6, secret=b"k", timeout=0.2,
+                      retries=0)
+        _check_once(df, 6)
+        assert df[~df.exited].fallback.all()
+        assert s.stats["internal_errors"] == 0
+
+
+def test_server_stopped_mid_run_then_restarted(split, digits32):
+    out, ref = split
+    s = CloudServer(out).start()
+    port = s.port
+    state = {"server": s}
+
+    def chaos(row):
+        if row["index"] == 12:
+            state["server"].stop()  # drops every connection, refuses new ones
+        if row["index"] == 25:
+            state["server"] = CloudServer(out, port=port).start()
+        if row["index"] >= 25:
+            time.sleep(0.01)  # longer than max_backoff: the edge probes the restarted server again
+
+    try:
+        df = run_edge(out, ("127.0.0.1", port), data=digits32, limit=N, retries=1, backoff=0.001,
+                      max_backoff=0.005, on_sample=chaos)
+    finally:
+        state["server"].stop()
+    _check_once(df)
+    sent = df[~df.exited]
+    assert not sent[sent["index"] <= 12].fallback.any()
+    down = sent[(sent["index"] > 12) & (sent["index"] <= 25)]
+    assert len(down) and down.fallback.all()
+    assert not sent[sent["index"] > 26].fallback.any()  # reconnected
+    # the device answered the fallbacks with its exit, which PyTorch agrees on
+    np.testing.assert_array_equal(down.pred, ref["exit_pred"][down["index"]])
+    np.testing.assert_array_equal(df.exited, ref["exited"])
+    assert (down.bytes_sent == 0).all() and (down.server_ms == 0).all()
+
+
+def test_server_process_killed_mid_run(split, digits32):
+    out, _ = split
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cloud", "--model-dir", str(out), "--port", "0"],
+                            stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), line
+        port = int(line.split()[2].rsplit(":", 1)[1])
+
+        def kill(row):
+            if row["index"] == 10:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+
+        df = run_edge(out, ("127.0.0.1", port), data=digits32, limit=N, retries=1, backoff=0.001, on_sample=kill)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    _check_once(df)
+    sent = df[~df.exited]
+    assert not sent[sent["index"] <= 10].fallback.any()
+    assert sent[sent["index"] > 10].fallback.all()
+
+
+def test_sigterm_is_a_clean_shutdown(split):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cloud", "--model-dir", str(split[0]), "--port", "0"],
+                            stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        port = int(proc.stdout.readline().split()[2].rsplit(":", 1)[1])
+        client = Client("127.0.0.1", port)
+        client.ping()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read().startswith("stopped after")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_slow_server_times_out_into_fallback(split, digits32):
+    out, ref = split
+    with CloudServer(out, delay=1.0) as s:
+        df = run_edge(out, ("127.0.0.1", s.port), data=digits32, limit=8, timeout=0.1, retries=1, backoff=0.01)
+    _check_once(df, 8)
+    sent = df[~df.exited]
+    assert len(sent) and sent.fallback.all()
+    assert sent.error.str.contains("timed out|backing off").all()
+    np.testing.assert_array_equal(sent.pred, ref["exit_pred"][sent["index"]])
+
+
+class FakeServer:
+    """A misbehaving server: after the handshake, `behaviour(sock, frame)` answers each request."""
+
+    def __init__(self, behaviour):
+        self.behaviour = behaviour
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.requests = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.listener.settimeout(0.1)
+        while self.listener.fileno() >= 0:
+            try:
+                conn, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                try:
+                    conn.sendall(wire.pack(MsgType.HELLO))
+                    while (frame := wire.read_frame(conn)) is not None:
+                        self.requests += 1
+                        if not self.behaviour(conn, frame):
+                            break
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.close()
+        self.thread.join()
+
+
+@pytest.mark.parametrize("name, behaviour", [
+    ("wrong reply id", lambda conn, f: conn.sendall(wire.reply(f.request_id + 1000, np.zeros((1, 10)), 1.0)) or True),
+    ("drop mid-request", lambda conn, f: False),
+    ("garbage", lambda conn, f: conn.sendall(b"\x00" * 60) or True),
+])
+def test_misbehaving_server_never_gives_an_answer(split, digits32, name, behaviour):
+    out, ref = split
+    fake = FakeServer(behaviour)
+    try:
+        df = run_edge(out, ("127.0.0.1", fake.port), data=digits32, limit=10, timeout=2, retries=1, backoff=0.001,
+                      max_backoff=0.001)
+    finally:
+        fake.close()
+    _check_once(df, 10)
+    sent = df[~df.exited]
+    assert len(sent) and sent.fallback.all() and (sent.pred == ref["exit_pred"][sent["index"]]).all()
+    assert sent.attempts.isin([0, 2]).all()  # one retry (0: skipped while backing off)
+    assert fake.requests == sent.attempts.sum()
+
+
+def test_no_exit_fallback_is_marked_failed(model, digits32, tmp_path):
+    out = tmp_path / "noexit"
+    export_split(Candidate(2, 0.0, model, None, {}, {}), digits32, out, threshold=None, codec="fp16", samples=4)
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    df = run_edge(out, ("127.0.0.1", port), data=digits32, limit=5, retries=0)
+    _check_once(df, 5)
+    assert df.fallback.all() and (df.pred == -1).all() and not df.correct.any()
+    assert summarize(df)["failed"] == 5
+
+
+def test_edge_cli_writes_csv_and_summary(split, server, tmp_path, capsys):
+    secret = tmp_path / "secret"
+    secret.write_text("unused by this server\n")
+    code = edge_main(["--model-dir", str(split[0]), "--server", f"127.0.0.1:{server.port}", "--limit", "5",
+                      "--csv", str(tmp_path / "rows.csv"), "--bandwidth", "100", "--rtt", "0.5",
+                      "--secret-file", str(secret)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "latency ms: mean" in printed and "accuracy" in printed and "bytes per request" in printed
+    import pandas as pd
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    assert list(rows.columns) == COLUMNS and list(rows["index"]) == list(range(5))
+    assert edge_main(["--model-dir", str(split[0]), "--server", "nope", "--limit", "1"]) == 2
+    assert "HOST:PORT" in capsys.readouterr().err
+
+
+def test_cloud_refuses_bad_configuration(split, model, digits32, tmp_path):
+    export_split(Candidate(model.K, 0.0, model, None, {}, {}), digits32, tmp_path, threshold=None, codec="fp32",
+                 samples=2)
+    with pytest.raises(ValueError, match="no tail to serve"):
+        CloudServer(tmp_path)
+    with pytest.raises(ValueError, match="both --tls-cert and --tls-key"):
+        CloudServer(split[0], tls_cert="c.pem")
