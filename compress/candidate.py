@@ -7,14 +7,13 @@ exit rate of any threshold, and of any codec, cost no inference.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from compress import codec as codecs
 from compress import store
@@ -24,15 +23,15 @@ from compress.prune import check, prune
 from compress.train import Recipe, fit, seed_everything
 from compress.zoo import SplitModel
 
-FINETUNE = Recipe(epochs=3, lr=1e-3, patience=2)
-EXIT_EPOCHS = 6
+FINETUNE = Recipe(epochs=3, lr=3e-3, patience=2)  # measured: 3e-3 recovers more than 1e-3 on digits
+EXIT_EPOCHS = 20
 SPLITS = ("val", "test")
 
 
 class ExitBranch(nn.Module):
     """A cheap classifier on the split tensor: 1x1 conv, pooling and a linear layer."""
 
-    def __init__(self, channels: int, num_classes: int, hidden: int = 64):
+    def __init__(self, channels: int, num_classes: int, hidden: int = 128):
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden),
                                   nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -140,21 +139,31 @@ def evaluate(model: SplitModel, exit_branch: nn.Module | None, k: int, data: Dat
                       {c: cat(v) for c, v in finals.items()}, {c: cat(v) for c, v in finals5.items()})
 
 
-def train_exit(head: nn.Module, exit_branch: ExitBranch, data: DataSplits, epochs: int, seed: int,
-               lr: float = 3e-3) -> None:
-    """Train the exit on the frozen head's features (the head stays as it is)."""
-    seed_everything(seed)
+@torch.no_grad()
+def _features(head: nn.Module, data: DataSplits, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     head.eval()
+    xs, ys = zip(*((head(data.normalize(x)), y) for x, y in data.loader(split, batch_size=256)))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def train_exit(head: nn.Module, exit_branch: ExitBranch, data: DataSplits, epochs: int, seed: int,
+               lr: float = 1e-2, batch_size: int = 64) -> None:
+    """Train the exit on the frozen head's features, computed once (the head stays as it is)."""
+    seed_everything(seed)
+    feats, labels = _features(head, data, "train")
     opt = torch.optim.AdamW(exit_branch.parameters(), lr=lr, weight_decay=1e-4)
+    steps = -(-len(feats) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
+    exit_branch.train()
     for _ in range(epochs):
-        exit_branch.train()
-        for images, labels in data.loader("train", batch_size=64, shuffle=True, seed=seed):
-            with torch.no_grad():
-                feats = head(data.normalize(images))
-            loss = F.cross_entropy(exit_branch(feats), labels)
+        order = torch.randperm(len(feats))
+        for i in range(0, len(feats), batch_size):
+            idx = order[i:i + batch_size]
+            loss = F.cross_entropy(exit_branch(feats[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
     exit_branch.eval()
 
 

@@ -39,6 +39,7 @@ class CloudServer:
                  secret: bytes | None = None, tls_cert: str | None = None, tls_key: str | None = None,
                  max_frame: int = wire.DEFAULT_MAX_FRAME, max_clients: int = 64, idle_timeout: float = 300.0,
                  delay: float = 0.0):
+        self.model_dir = Path(model_dir)
         self.manifest = mf.load(model_dir)
         if self.manifest["tail"] is None:
             raise ValueError(f"k = K = {self.manifest['K']}: the device runs the whole model, there is no tail to serve")

@@ -1,0 +1,138 @@
+"""Command line of the profiling stage.
+
+    python -m profiles measure --model resnet18 --input-size 224 --device host --role device --threads 1
+    python -m profiles emulate --from host --factor 10 --name emulated-10x
+    python -m profiles defaults --input-size 224          # host, server and emulated-10x, both models
+    python -m profiles validate --model resnet18 --input-size 32 --device host --server server --csv out.csv
+    python -m profiles list
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_MODELS = ("mobilenet_v2", "resnet18")
+# The shipped devices: (name, role, intra-op threads) measured here, plus an emulated slow device.
+DEFAULT_DEVICES = (("host", "device", 1), ("server", "server", 2))
+DEFAULT_EMULATED = (("emulated-10x", "host", 10.0),)
+
+
+def _ratios(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ratios must be comma-separated numbers, got {text!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    from compress.prune import RATIO_GRID
+    from profiles.profiler import DEFAULT_REPEATS, DEFAULT_WARMUP
+
+    p = argparse.ArgumentParser(prog="python -m profiles", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=None, help="profile directory (default: the shipped profiles/data)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("measure", help="measure one device or server profile with ONNX Runtime")
+    m.add_argument("--model", required=True)
+    m.add_argument("--input-size", type=int, required=True)
+    m.add_argument("--device", required=True, help="name of the profile's device (its folder under the root)")
+    m.add_argument("--role", choices=("device", "server"), default="device")
+    m.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    m.add_argument("--ratios", type=_ratios, default=list(RATIO_GRID), help="comma-separated pruning ratios")
+    m.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
+    m.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
+    m.add_argument("--num-classes", type=int, default=10)
+    m.add_argument("--out", default=None, help="output JSON path (default: <root>/<device>/<model>-<size>px.json)")
+
+    e = sub.add_parser("emulate", help="write a slowed-down copy of every profile of a measured device")
+    e.add_argument("--from", dest="source", required=True)
+    e.add_argument("--factor", type=float, required=True)
+    e.add_argument("--name", required=True)
+
+    d = sub.add_parser("defaults", help="measure the shipped set: host (1 thread), server (2 threads), emulated-10x")
+    d.add_argument("--input-size", type=int, action="append", required=True, help="repeatable")
+    d.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    d.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
+    d.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
+
+    v = sub.add_parser("validate", help="compare a profile's predictions with a fresh measurement")
+    v.add_argument("--model", required=True)
+    v.add_argument("--input-size", type=int, required=True)
+    v.add_argument("--device", required=True, help="device name or profile path")
+    v.add_argument("--server", required=True, help="server name or profile path")
+    v.add_argument("--repeats", type=int, default=None, help="default: the device profile's repeats")
+    v.add_argument("--csv", default=None, help="write the per-(k, r) table here")
+
+    sub.add_parser("list", help="list the profiles under the root")
+    return p
+
+
+def _list(root) -> None:
+    import pandas as pd
+
+    from profiles.profile import DATA_ROOT, available_devices, available_profiles, read_json
+
+    rows = []
+    for device in available_devices(root):
+        for stem in available_profiles(device, root):
+            meta = read_json(Path(root or DATA_ROOT) / device / f"{stem}.json")["meta"]
+            rows.append({"device": device, "profile": stem, "role": meta["role"], "threads": meta["threads"],
+                         "slowdown": meta["slowdown"], "emulates": meta["emulates"] or "",
+                         "ratios": len(meta["ratios"]), "repeats": meta["repeats"],
+                         "seconds": meta["seconds"], "date": meta["date"], "host": meta["host"]})
+    print(pd.DataFrame(rows).to_string(index=False) if rows else f"no profiles under {root or DATA_ROOT}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from profiles import profiler
+    from profiles.profile import load_profile
+
+    try:
+        if args.command == "measure":
+            path = profiler.measure_to_file(args.model, args.input_size, args.device, out=args.out, root=args.root,
+                                            role=args.role, threads=args.threads, ratios=args.ratios,
+                                            repeats=args.repeats, warmup=args.warmup, num_classes=args.num_classes)
+            meta = profiler.read_json(path)["meta"]
+            print(f"wrote {path} ({meta['seconds']} s; load average {meta['loadavg_before']} -> {meta['loadavg_after']})")
+        elif args.command == "emulate":
+            for path in profiler.emulate(args.source, args.factor, args.name, args.root):
+                print(f"wrote {path}")
+        elif args.command == "defaults":
+            for size in args.input_size:
+                for model in args.models.split(","):
+                    for device, role, threads in DEFAULT_DEVICES:
+                        path = profiler.measure_to_file(model, size, device, root=args.root, role=role,
+                                                        threads=threads, repeats=args.repeats, warmup=args.warmup)
+                        print(f"wrote {path} ({profiler.read_json(path)['meta']['seconds']} s)")
+            for name, source, factor in DEFAULT_EMULATED:
+                for path in profiler.emulate(source, factor, name, args.root):
+                    print(f"wrote {path}")
+        elif args.command == "validate":
+            device = load_profile(args.device, args.model, args.input_size, args.root)
+            server = load_profile(args.server, args.model, args.input_size, args.root)
+            table = profiler.validate(device, server, repeats=args.repeats)
+            print(table.to_string(index=False))
+            summary = profiler.summarize(table)
+            print(f"{args.model} {args.input_size}px, {device.device} + {server.device}: "
+                  f"APE median {summary['median_ape']}%, worst {summary['max_ape']}% "
+                  f"(device side {summary['median_device_ape']}% / {summary['max_device_ape']}%, "
+                  f"server side {summary['median_server_ape']}% / {summary['max_server_ape']}%)")
+            print(profiler.environment_note())
+            if args.csv:
+                Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+                table.to_csv(args.csv, index=False)
+                print(f"wrote {args.csv}")
+        else:
+            _list(args.root)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,298 @@
+"""The profiler: measures a device's (or server's) latency table with ONNX Runtime, emulates slower
+devices from a measured one, and checks a profile's predictions against fresh measurements.
+
+Every (k, r) is pruned once and each part is exported and timed *whole*: summing per-block times
+would miss what fusing and memory effects across blocks do, and the runtime runs whole parts too.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from compress import onnx_io, zoo
+from compress.candidate import ExitBranch, exit_allowed
+from compress.codec import CODECS
+from compress.prune import RATIO_GRID, prune
+from profiles.profile import (DATA_ROOT, Profile, ProfileNotFoundError, available_profiles, check_pair,
+                              profile_path, read_json, rkey, save_json)
+
+DEFAULT_REPEATS = 30
+DEFAULT_WARMUP = 5
+IMPORTANCE = "magnitude"  # which channels go does not change any shape, so not the latency either
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist, key in (("torch", "torch"), ("torchvision", "torchvision"), ("torch-pruning", "torch_pruning"),
+                      ("onnxruntime", "onnxruntime"), ("onnx", "onnx")):
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[key] = "absent"
+    return out
+
+
+def time_session(sess, x: np.ndarray, repeats: int, warmup: int) -> dict[str, float]:
+    """Median, p10 and p90 milliseconds of `repeats` runs after `warmup` untimed ones."""
+    feed = {sess.get_inputs()[0].name: x}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = np.empty(repeats)
+    for i in range(repeats):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        times[i] = time.perf_counter() - start
+    p10, med, p90 = np.percentile(times * 1e3, [10, 50, 90])
+    return {"median_ms": round(float(med), 4), "p10_ms": round(float(p10), 4), "p90_ms": round(float(p90), 4),
+            "n": int(repeats)}
+
+
+NOTHING = {"median_ms": 0.0, "p10_ms": 0.0, "p90_ms": 0.0, "n": 0}  # a part that runs no layer
+
+
+class HeadWithExit(nn.Module):
+    """Image -> (exit logits, split tensor): the device graph the runtime exports as head.onnx."""
+
+    def __init__(self, head: nn.Module, exit_branch: nn.Module):
+        super().__init__()
+        self.head, self.exit = head, exit_branch
+
+    def forward(self, x: torch.Tensor):
+        feats = self.head(x)
+        return self.exit(feats), feats
+
+
+class _Timer:
+    """Exports a module to a scratch directory and times it in a fresh session."""
+
+    def __init__(self, workdir: str, threads: int, repeats: int, warmup: int):
+        self.workdir, self.threads, self.repeats, self.warmup = Path(workdir), threads, repeats, warmup
+        self.count = 0
+
+    def __call__(self, module: nn.Module, example: torch.Tensor, outputs: tuple[str, ...] = ("output",)) -> dict:
+        self.count += 1
+        path = onnx_io.export(module.eval(), example, self.workdir / f"part{self.count}.onnx", output_names=outputs)
+        sess = onnx_io.session(path, self.threads)
+        try:
+            return time_session(sess, example.numpy(), self.repeats, self.warmup)
+        finally:
+            del sess
+            path.unlink(missing_ok=True)
+
+
+def _variant(base: zoo.SplitModel, k: int, r: float, input_size: int) -> tuple[zoo.SplitModel, torch.Tensor, torch.Tensor]:
+    """The pruned network of (k, r), the input and the split tensor (random values: latency ignores them)."""
+    if k == 0 or r == 0:
+        model = base
+    else:
+        with torch.enable_grad():  # torch-pruning traces the graph with autograd
+            model = prune(base, k, r, input_size, IMPORTANCE)
+    model.eval()
+    x = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = model.head(k).eval()(x)
+    return model, x, feats
+
+
+def _split_info(base: zoo.SplitModel, k: int, feats: torch.Tensor) -> zoo.SplitInfo:
+    name = "input" if k == 0 else base.block_names[k - 1]
+    return zoo.SplitInfo(k, name, tuple(feats.shape[1:]), feats[0].numel(), last=k == base.K)
+
+
+def _bytes_rows(info: zoo.SplitInfo, r: float) -> list[dict]:
+    return [{"k": info.k, "r": r, "codec": c, "bytes": int(info.bytes(c)), "shape": list(info.shape)} for c in CODECS]
+
+
+def measure(model: str, input_size: int, device: str, role: str = "device", threads: int = 1,
+            ratios: Iterable[float] = RATIO_GRID, repeats: int = DEFAULT_REPEATS, warmup: int = DEFAULT_WARMUP,
+            num_classes: int = 10, progress: bool = True) -> dict[str, Any]:
+    """Measure one profile document (see profiles.profile for the format); nothing is written."""
+    if role not in ("device", "server"):
+        raise ValueError(f"role must be 'device' or 'server', got {role!r}")
+    if threads < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"need threads >= 1, repeats >= 1 and warmup >= 0 (got {threads}, {repeats}, {warmup})")
+    ratios = sorted({rkey(r) for r in ratios})
+    if not ratios or not all(0.0 <= r < 1.0 for r in ratios):
+        raise ValueError(f"ratios must be a non-empty list in [0, 1), got {ratios}")
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    base = zoo.build(model, num_classes, input_size).eval()
+    K = base.K
+    latency, nbytes = [], []
+    shared_tail: dict | None = None  # at k = 0 nothing is pruned: one tail serves every r
+    jobs = [(k, r) for k in range(K + 1) for r in ratios]
+    with tempfile.TemporaryDirectory(prefix="profile-") as tmp, torch.no_grad():
+        timer = _Timer(tmp, threads, repeats, warmup)
+        for k, r in tqdm(jobs, desc=f"{device} {model} {input_size}px", disable=not progress, leave=False):
+            pruned, x, feats = _variant(base, k, r, input_size)
+            nbytes += _bytes_rows(_split_info(base, k, feats), r)
+            if role == "device":
+                head = timer(pruned.head(k), x) if k > 0 else NOTHING
+                latency.append({"part": "head", "k": k, "r": r, **head})
+                if exit_allowed(k, K):
+                    torch.manual_seed(k)
+                    branch = ExitBranch(feats.shape[1], num_classes)
+                    latency.append({"part": "exit", "k": k, "r": r, **timer(branch, feats)})
+            else:
+                if k == K:
+                    tail = NOTHING
+                elif k == 0:
+                    shared_tail = shared_tail or timer(pruned.tail(0), x)
+                    tail = shared_tail
+                else:
+                    tail = timer(pruned.tail(k), feats)
+                latency.append({"part": "tail", "k": k, "r": r, **tail})
+    meta = {
+        "device": device, "role": role, "cpu": cpu_name(), "host": socket.gethostname(), "threads": int(threads),
+        "slowdown": 1.0, "emulates": None, "versions": versions(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "method": _method(role, threads, repeats, warmup),
+        "model": model, "input_size": int(input_size), "num_classes": int(num_classes), "K": K,
+        "ratios": ratios, "repeats": int(repeats), "warmup": int(warmup),
+        "seconds": round(time.perf_counter() - start, 2),
+        # Other processes share the CPU: the load average tells how much the numbers may be off.
+        "cpus": os.cpu_count(), "loadavg_before": [round(v, 2) for v in load_before],
+        "loadavg_after": [round(v, 2) for v in os.getloadavg()], "importance": IMPORTANCE,
+    }
+    return {"meta": meta, "latency": latency, "bytes": nbytes}
+
+
+def _method(role: str, threads: int, repeats: int, warmup: int) -> str:
+    import onnxruntime as ort
+    parts = ("head = blocks [0, k) of the network pruned at (k, r); exit = compress.candidate.ExitBranch on "
+             "the pruned split tensor, timed alone; k = 0 runs no head (0 ms)") if role == "device" else \
+        ("tail = blocks [k, K) of the network pruned at (k, r) (its first layer's input channels follow the "
+         "pruned split tensor); k = K runs no tail (0 ms); k = 0 is unpruned, so one tail is timed for every r")
+    return (f"ONNX Runtime {ort.__version__} CPUExecutionProvider, sequential, {threads} intra-op thread(s), "
+            f"batch 1, float32; each (k, r) pruned once (torch-pruning, {IMPORTANCE}, random weights) and "
+            f"each part exported whole (TorchScript exporter, opset 17) into a fresh session; a row is the "
+            f"median (p10, p90) of {repeats} timed session.run calls after {warmup} warm-up runs. {parts}. "
+            f"bytes = compress.zoo.SplitInfo.bytes of the pruned split tensor.")
+
+
+def measure_to_file(model: str, input_size: int, device: str, out: str | Path | None = None,
+                    root: str | Path | None = None, **kwargs) -> Path:
+    """`measure` and write the profile (to profiles/data/<device>/<model>-<size>px.json by default)."""
+    doc = measure(model, input_size, device, **kwargs)
+    return save_json(doc, out or profile_path(device, model, input_size, root))
+
+
+def scaled(doc: dict[str, Any], factor: float, name: str, source: str) -> dict[str, Any]:
+    """A copy of a profile with every latency multiplied by `factor` (bytes unchanged)."""
+    if not factor > 0:
+        raise ValueError(f"slowdown factor must be > 0, got {factor}")
+    doc = copy.deepcopy(doc)
+    meta = doc["meta"]
+    first = meta["emulates"] or source  # emulating an emulation still points at the measured device
+    meta.update({
+        "device": name, "slowdown": round(float(meta["slowdown"]) * factor, 6), "emulates": first,
+        "emulated_on": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "method": (f"EMULATED: the measured profile of {first!r} with every latency multiplied by "
+                   f"{float(meta['slowdown']) * factor:g} (bytes unchanged); the runtime emulates the same "
+                   f"device by sleeping (slowdown - 1) x its head compute time. Source method: {meta['method']}"),
+    })
+    for row in doc["latency"]:
+        for key in ("median_ms", "p10_ms", "p90_ms"):
+            row[key] = round(row[key] * factor, 4)
+    return doc
+
+
+def emulate(source: str, factor: float, name: str, root: str | Path | None = None) -> list[Path]:
+    """Write scaled copies of every profile of device `source` as device `name`."""
+    if name == source:
+        raise ValueError("the emulated device needs a name of its own")
+    stems = available_profiles(source, root)
+    if not stems:
+        raise ProfileNotFoundError(f"device {source!r} has no profiles under {root or DATA_ROOT}")
+    out = []
+    for stem in stems:
+        src = Path(root or DATA_ROOT) / source / f"{stem}.json"
+        out.append(save_json(scaled(read_json(src), factor, name, source), Path(root or DATA_ROOT) / name / src.name))
+    return out
+
+
+def validate(device: Profile, server: Profile, repeats: int | None = None, warmup: int | None = None,
+             progress: bool = True) -> pd.DataFrame:
+    """Predicted vs freshly measured compute time of every (k, r): device (head + exit) and server (tail).
+
+    The device side is measured as one graph (head with its exit, as the runtime runs it) so the check
+    also covers the additivity of the profile's separate head and exit rows.  An emulated device's
+    measured time is multiplied by its slowdown, as the runtime's sleep does.
+    """
+    check_pair(device, server)
+    repeats = repeats or int(device.meta["repeats"])
+    warmup = DEFAULT_WARMUP if warmup is None else warmup
+    torch.manual_seed(0)
+    base = zoo.build(device.model, device.num_classes, device.input_size).eval()
+    rows = []
+    jobs = [(k, r) for k in range(base.K + 1) for r in device.ratios]
+    with tempfile.TemporaryDirectory(prefix="validate-") as tmp, torch.no_grad():
+        on_device = _Timer(tmp, device.threads, repeats, warmup)
+        on_server = _Timer(tmp, server.threads, repeats, warmup)
+        for k, r in tqdm(jobs, desc=f"validate {device.device}+{server.device}", disable=not progress, leave=False):
+            pruned, x, feats = _variant(base, k, r, device.input_size)
+            head = pruned.head(k)
+            if exit_allowed(k, base.K):
+                module, outputs = HeadWithExit(head, ExitBranch(feats.shape[1], device.num_classes)), ("exit", "features")
+            else:
+                module, outputs = head, ("output",)
+            dev_ms = on_device(module, x, outputs)["median_ms"] * device.slowdown if k > 0 else 0.0
+            srv_ms = on_server(pruned.tail(k), feats)["median_ms"] if k < base.K else 0.0
+            pred_dev = device.ms("head", k, r) + device.ms("exit", k, r)
+            pred_srv = server.ms("tail", k, r)
+            rows.append({"k": k, "r": r, "pred_device_ms": pred_dev, "meas_device_ms": round(dev_ms, 4),
+                         "pred_server_ms": pred_srv, "meas_server_ms": round(srv_ms, 4),
+                         "pred_ms": pred_dev + pred_srv, "meas_ms": round(dev_ms + srv_ms, 4)})
+    table = pd.DataFrame(rows)
+    table["ape"] = _ape(table.pred_ms, table.meas_ms)
+    table["device_ape"] = _ape(table.pred_device_ms, table.meas_device_ms)
+    table["server_ape"] = _ape(table.pred_server_ms, table.meas_server_ms)
+    table.attrs.update({"device": device.device, "server": server.device, "model": device.model,
+                        "input_size": device.input_size, "repeats": repeats})
+    return table
+
+
+def _ape(pred: pd.Series, meas: pd.Series) -> pd.Series:
+    """Absolute percentage error of the prediction, in % of the measurement (NaN where nothing ran)."""
+    return (100 * (pred - meas).abs() / meas.where(meas > 0)).round(2)
+
+
+def summarize(table: pd.DataFrame) -> dict[str, float]:
+    """Median and worst absolute percentage error, total and per side."""
+    out = {}
+    for col in ("ape", "device_ape", "server_ape"):
+        out[f"median_{col}"] = round(float(table[col].median()), 2)
+        out[f"max_{col}"] = round(float(table[col].max()), 2)
+    return out
+
+
+def environment_note() -> str:
+    """One line on the machine's state, printed beside results measured on a shared CPU."""
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return f"{cpu_name()} on {socket.gethostname()}, {os.cpu_count()} CPUs, load average {load}, python {sys.version.split()[0]}"

@@ -1,0 +1,132 @@
+"""Pruning, early exits, fine-tuning and the cached per-sample evaluation, on a tiny resnet18."""
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+import torch
+
+from compress import candidate as cand
+from compress import prune, zoo
+from compress.train import Recipe
+
+ONE_EPOCH = Recipe(epochs=1, lr=3e-3, patience=1)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "resnet18"])
+def test_pruning_shrinks_split_tensor_and_keeps_network_consistent(arch):
+    model = zoo.build(arch, 10, 32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for k in range(1, model.K):
+        before = zoo.split_table(model, 32)[k]
+        pruned = prune.prune(model, k, 0.5, 32)
+        after = zoo.split_table(pruned, 32)[k]
+        assert after.shape[0] == before.shape[0] - before.shape[0] // 2, (k, before, after)
+        assert after.bytes("fp32") < before.bytes("fp32")
+        with torch.no_grad():
+            assert pruned(x).shape == (2, 10)
+        # the server side keeps its own channels, except those a residual stream shares with the head
+        coupled = prune.coupled_tail_layers(model, pruned, k)
+        if arch == "resnet18" and k == 1:
+            assert coupled == ["layer1.0.conv2", "layer1.1.conv2"]
+        else:
+            assert coupled == []
+    assert prune.count_params(model) == prune.count_params(prune.prune(model, 0, 0.5, 32))
+
+
+def test_bad_candidates_get_one_line():
+    model = zoo.build("resnet18", 10, 32)
+    with pytest.raises(ValueError, match=r"k=7 is outside 0..6"):
+        prune.prune(model, 7, 0.5, 32)
+    with pytest.raises(ValueError, match=r"r=1.0 is outside \[0, 1\)"):
+        prune.prune(model, 2, 1.0, 32)
+    with pytest.raises(ValueError, match="unknown importance 'taylor'; choose one of: magnitude"):
+        prune.prune(model, 2, 0.5, 32, importance="taylor")
+
+
+def test_ratio_zero_reproduces_base_exactly(resnet_base, digits32):
+    c = cand.build_candidate(resnet_base, digits32, 2, 0.0, progress=False)
+    base_pred = []
+    with torch.no_grad():
+        for x, _ in digits32.loader("val", 256):
+            base_pred.append(resnet_base.model(digits32.normalize(x)).argmax(1))
+    base_pred = torch.cat(base_pred).numpy()
+    ev = c.evaluations["val"]
+    assert np.array_equal(ev.final["fp32"], base_pred)
+    assert ev.accuracy([None])[0] == pytest.approx(resnet_base.meta["val_acc"])
+    assert c.meta["history"] == []  # no fine-tuning at r = 0
+
+
+def test_threshold_arrays_match_a_plain_loop(resnet_base, digits32):
+    c = cand.build_candidate(resnet_base, digits32, 3, 0.0, progress=False)
+    ev = c.evaluations["val"]
+    ts = [None, 0.0, 0.5, 0.9, 0.99, 1.01]
+    acc, rate = ev.accuracy(ts), ev.exit_rate(ts)
+    for t, a, r in zip(ts, acc, rate):
+        correct, exits = 0, 0
+        for i in range(len(ev.label)):
+            use_exit = t is not None and ev.exit_conf[i] >= t
+            exits += use_exit
+            correct += (ev.exit_pred[i] if use_exit else ev.final["fp32"][i]) == ev.label[i]
+        assert a == pytest.approx(correct / len(ev.label))
+        assert r == pytest.approx(exits / len(ev.label))
+    assert rate[1] == 1.0 and rate[-1] == 0.0 and rate[0] == 0.0
+    assert list(rate[1:]) == sorted(rate[1:], reverse=True)
+    # the exit learned something: far better than chance on its own
+    assert (ev.exit_pred == ev.label).mean() > 0.5
+
+
+def test_finetune_reports_epochs_caches_and_can_be_stopped(resnet_base, digits32, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPLITOPT_CACHE", str(tmp_path))
+    seen = []
+
+    def stop(epoch, acc):
+        seen.append((epoch, acc))
+        raise RuntimeError("hopeless")
+
+    with pytest.raises(RuntimeError, match="hopeless"):
+        cand.build_candidate(resnet_base, digits32, 4, 0.5, recipe=ONE_EPOCH, on_epoch=stop, progress=False)
+    assert seen and 0.0 <= seen[0][1] <= 1.0
+    assert not list(tmp_path.rglob("*.pt"))  # nothing cached for an abandoned candidate
+
+    first = cand.build_candidate(resnet_base, digits32, 4, 0.5, recipe=ONE_EPOCH, progress=False)
+    again = cand.build_candidate(resnet_base, digits32, 4, 0.5, recipe=ONE_EPOCH, progress=False)
+    assert not first.meta["cached"] and again.meta["cached"]
+    assert len(first.meta["history"]) == 1
+    for split in ("val", "test"):
+        a, b = first.evaluations[split], again.evaluations[split]
+        assert np.array_equal(a.exit_conf, b.exit_conf) and np.array_equal(a.final["int8"], b.final["int8"])
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(first.model.eval()(x), again.model.eval()(x))
+    # the split tensor shrank, so the bytes a request sends shrink too
+    assert zoo.split_table(first.model, 32)[4].numel < zoo.split_table(resnet_base.model, 32)[4].numel
+
+
+def _build_in_child(cache, queue):
+    import os
+
+    os.environ["SPLITOPT_CACHE"] = cache
+    from compress import data
+    from compress.base import base_model
+    from tests.conftest import TINY
+
+    d = data.load("digits", input_size=32)
+    base = base_model("resnet18", d, recipe=TINY, progress=False)
+    c = cand.build_candidate(base, d, 5, 0.3, recipe=ONE_EPOCH, progress=False)
+    queue.put(c.meta["cached"])
+
+
+def test_cache_is_safe_across_processes(resnet_base, tmp_path):
+    # share the trained base, not the candidates: copy the base checkpoint into a fresh cache
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / resnet_base.path.name).write_bytes(resnet_base.path.read_bytes())
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_build_in_child, args=(str(tmp_path), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    flags = sorted(queue.get(timeout=5) for _ in procs)
+    assert flags == [False, True]  # one process fine-tuned, the other waited and loaded
+    assert len(list((tmp_path / "candidates").rglob("*.pt"))) == 1

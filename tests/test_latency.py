@@ -1,0 +1,131 @@
+"""The latency model on the shipped resnet18 32 px profiles: the DESIGN formula checked by hand."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from profiles import Network, Profile, load_profile
+from search.latency import Breakdown, expected_ms_many, lower_bound_ms, predict, predict_all
+
+MODEL, SIZE = "resnet18", 32
+
+
+@pytest.fixture(scope="module")
+def host():
+    return load_profile("host", MODEL, SIZE)
+
+
+@pytest.fixture(scope="module")
+def server():
+    return load_profile("server", MODEL, SIZE)
+
+
+def _with(profile: Profile, part: str, k: int, r: float, ms: float) -> Profile:
+    """A copy of a loaded profile with one latency row set to a round number."""
+    doc = copy.deepcopy(profile.doc)
+    for row in doc["latency"]:
+        if (row["part"], row["k"], row["r"]) == (part, k, r):
+            row["median_ms"] = row["p10_ms"] = row["p90_ms"] = ms
+    return Profile(doc, "edited")
+
+
+def test_formula_by_hand(host, server):
+    device = _with(_with(host, "head", 2, 0.5, 1.0), "exit", 2, 0.5, 0.25)
+    srv = _with(server, "tail", 2, 0.5, 3.0)
+    n = device.tensor_bytes(2, 0.5, "fp16")
+    assert n == 2 * 32 * 8 * 8  # resnet18 layer1 output at 32 px, half its 64 channels, 2 bytes each
+    b = predict(device, srv, Network(10, 5), k=2, r=0.5, codec="fp16", exit_rate=0.4)
+    transfer = 5 + 8 * 4096 / 10_000  # rtt + 8 bytes / (10 Mbit/s)
+    assert (b.device_ms, b.exit_ms, b.server_ms, b.bytes, b.exit_rate) == (1.0, 0.25, 3.0, 4096, 0.4)
+    assert b.transfer_ms == pytest.approx(transfer)
+    assert b.expected_ms == pytest.approx(1.0 + 0.25 + 0.6 * (transfer + 3.0))
+    d = b.as_dict()
+    assert d["expected_ms"] == pytest.approx(b.expected_ms) and (d["k"], d["r"], d["codec"]) == (2, 0.5, "fp16")
+
+
+def test_formula_on_measured_rows(host, server):
+    lat = host.latency.set_index(["part", "k", "r"]).median_ms
+    tail = server.latency.set_index(["part", "k", "r"]).median_ms
+    net = Network(25, 2)
+    for k, r, codec, p in [(1, 0.3, "int8", 0.7), (3, 0.0, "fp32", 0.0), (4, 0.9, "fp16", 1.0)]:
+        b = predict(host, server, net, k, r, codec, p)
+        by_hand = lat["head", k, r] + lat["exit", k, r] + (1 - p) * (net.transfer_ms(b.bytes) + tail["tail", k, r])
+        assert b.expected_ms == pytest.approx(by_hand)
+
+
+def test_ends_of_the_split_range(host, server):
+    net = Network(10, 5)
+    everything_on_server = predict(host, server, net, 0, 0.7, "int8", None)
+    assert everything_on_server.device_ms == 0 and everything_on_server.exit_ms == 0
+    assert everything_on_server.bytes == 3 * 32 * 32  # the uint8 image, whatever the codec
+    assert everything_on_server.server_ms == server.ms("tail", 0, 0.0)
+    everything_on_device = predict(host, server, net, host.K, 0.5, "fp32", None)
+    assert (everything_on_device.bytes, everything_on_device.transfer_ms, everything_on_device.server_ms) == (0, 0, 0)
+    assert everything_on_device.expected_ms == host.ms("head", host.K, 0.5)
+
+
+def test_no_exit_costs_nothing_and_never_answers(host, server):
+    net = Network(10, 5)
+    without = predict(host, server, net, 2, 0.0, "fp32", None)
+    never = predict(host, server, net, 2, 0.0, "fp32", 0.0)
+    assert (without.exit_ms, without.exit_rate) == (0.0, 0.0)
+    assert never.exit_ms == host.ms("exit", 2, 0.0) > 0
+    assert never.expected_ms == pytest.approx(without.expected_ms + never.exit_ms)
+
+
+def test_exit_rate_checks(host, server):
+    net = Network(10, 5)
+    with pytest.raises(ValueError, match="k=0 has no exit branch"):
+        predict(host, server, net, 0, 0.0, "fp32", 0.5)
+    with pytest.raises(ValueError, match=r"exit rate must be in \[0, 1\]"):
+        predict(host, server, net, 2, 0.0, "fp32", 1.5)
+
+
+def test_many_exit_rates_at_once(host, server):
+    net = Network(5, 10)
+    rates = np.linspace(0, 1, 11)
+    many = expected_ms_many(host, server, net, 3, 0.2, "fp16", rates)
+    one_by_one = [predict(host, server, net, 3, 0.2, "fp16", p).expected_ms for p in rates]
+    assert many == pytest.approx(one_by_one)
+    assert np.all(np.diff(many) <= 0)  # answering more at the exit never costs more
+
+
+def test_lower_bound(host, server):
+    net = Network(5, 10)
+    for k in range(host.K + 1):
+        for r in (0.0, 0.5):
+            bound = lower_bound_ms(host, server, net, k, r, "fp32")
+            rates = [None] if k in (0, host.K) else [None, 0.0, 0.5, 1.0]
+            assert all(bound <= predict(host, server, net, k, r, "fp32", p).expected_ms + 1e-12 for p in rates)
+    assert lower_bound_ms(host, server, net, 2, 0.0) == pytest.approx(host.ms("head", 2, 0.0) + host.ms("exit", 2, 0.0))
+
+
+def test_profiles_must_match(host, server):
+    net = Network(10, 5)
+    with pytest.raises(ValueError, match="needs a server profile"):
+        predict(host, host, net, 1, 0.0, "fp32", None)
+    with pytest.raises(ValueError, match="differ in model: mobilenet_v2 vs resnet18"):
+        predict(load_profile("host", "mobilenet_v2", SIZE), server, net, 1, 0.0, "fp32", None)
+    doc = copy.deepcopy(server.doc)  # the same server profiled on a smaller ratio grid
+    doc["meta"]["ratios"] = [0.0, 0.5]
+    doc["latency"] = [row for row in doc["latency"] if row["r"] in (0.0, 0.5)]
+    doc["bytes"] = [row for row in doc["bytes"] if row["r"] in (0.0, 0.5)]
+    with pytest.raises(ValueError, match="differ in ratio grid"):
+        predict(host, Profile(doc, "small grid"), net, 1, 0.0, "fp32", None)
+
+
+def test_emulated_device_is_slower_by_its_factor(host, server):
+    emu = load_profile("emulated-10x", MODEL, SIZE)
+    net = Network(10, 5)
+    fast, slow = predict(host, server, net, 3, 0.5, "fp32", 0.5), predict(emu, server, net, 3, 0.5, "fp32", 0.5)
+    assert slow.device_ms == pytest.approx(10 * fast.device_ms, abs=1e-3)
+    assert (slow.transfer_ms, slow.server_ms) == (fast.transfer_ms, fast.server_ms)
+
+
+def test_predict_all_covers_every_split(host, server):
+    table = predict_all(host, server, Network(10, 5), "int8")
+    assert len(table) == (host.K + 1) * len(host.ratios)
+    assert {"device_ms", "exit_ms", "transfer_ms", "server_ms", "bytes", "exit_rate", "expected_ms"} <= set(table)
+    assert isinstance(predict(host, server, Network(1, 0), 1, 0.0, "fp32", None), Breakdown)

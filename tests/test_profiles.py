@@ -1,0 +1,225 @@
+"""Profiles: a tiny real measurement (resnet18, 32 px, ratios 0 and 0.5, 3 repeats), its format, the
+loader's errors, emulation, the network model and the shipped profiles.  No wall-clock assertions."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from compress import zoo
+from compress.codec import payload_bytes
+from profiles import Network, Profile, ProfileNotFoundError, available_devices, load_profile
+from profiles.__main__ import main as cli
+from profiles.profile import profile_path, save_json
+from profiles.profiler import scaled, summarize
+from profiles.profiler import validate as validate_profiles
+
+MODEL, SIZE, K, RATIOS = "resnet18", 32, 6, [0.0, 0.5]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Measure a device and a server profile through the command line, then emulate a 10x device."""
+    root = tmp_path_factory.mktemp("profiles")
+    common = ["--model", MODEL, "--input-size", str(SIZE), "--ratios", "0,0.5", "--repeats", "3", "--warmup", "1"]
+    assert cli(["--root", str(root), "measure", *common, "--device", "dev", "--role", "device", "--threads", "1"]) == 0
+    assert cli(["--root", str(root), "measure", *common, "--device", "srv", "--role", "server", "--threads", "2"]) == 0
+    assert cli(["--root", str(root), "emulate", "--from", "dev", "--factor", "10", "--name", "dev-10x"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def dev(root):
+    return load_profile("dev", MODEL, SIZE, root=root)
+
+
+@pytest.fixture(scope="module")
+def srv(root):
+    return load_profile("srv", MODEL, SIZE, root=root)
+
+
+def _doc(root, device="dev"):
+    return json.loads(profile_path(device, MODEL, SIZE, root).read_text())
+
+
+def test_device_table_is_complete(dev):
+    assert (dev.device, dev.role, dev.K, dev.ratios, dev.model, dev.input_size) == ("dev", "device", K, RATIOS, MODEL, SIZE)
+    lat = dev.latency
+    heads = lat[lat.part == "head"]
+    exits = lat[lat.part == "exit"]
+    assert set(lat.part) == {"head", "exit"}
+    assert sorted(zip(heads.k, heads.r)) == [(k, r) for k in range(K + 1) for r in RATIOS]
+    assert sorted(zip(exits.k, exits.r)) == [(k, r) for k in range(1, K) for r in RATIOS]
+    assert (heads[heads.k == 0].median_ms == 0).all() and (heads[heads.k == 0].n == 0).all()
+    timed = lat[(lat.part == "exit") | (lat.k > 0)]
+    assert (timed.n == 3).all() and (timed.median_ms > 0).all()
+    assert (timed.p10_ms <= timed.median_ms).all() and (timed.median_ms <= timed.p90_ms).all()
+    assert dev.ms("exit", 0, 0.5) == 0.0 and dev.ms("exit", K, 0.0) == 0.0  # no exit there: nothing runs
+
+
+def test_server_table_is_complete(srv):
+    lat = srv.latency
+    assert set(lat.part) == {"tail"} and srv.threads == 2
+    assert sorted(zip(lat.k, lat.r)) == [(k, r) for k in range(K + 1) for r in RATIOS]
+    assert srv.ms("tail", K, 0.5) == 0.0
+    assert all(srv.ms("tail", k, r) > 0 for k in range(K) for r in RATIOS)
+    # at k = 0 nothing is pruned: the same tail serves every ratio
+    assert srv.ms("tail", 0, 0.0) == srv.ms("tail", 0, 0.5)
+
+
+def test_meta_records_how_it_was_measured(root, dev):
+    meta = dev.meta
+    assert meta["slowdown"] == 1.0 and meta["emulates"] is None and meta["threads"] == 1
+    assert meta["cpu"] and meta["host"] and meta["date"] and meta["seconds"] > 0
+    assert {"torch", "torchvision", "torch_pruning", "onnxruntime", "python"} <= set(meta["versions"])
+    assert "ONNX Runtime" in meta["method"] and "median" in meta["method"]
+    assert (meta["repeats"], meta["warmup"], meta["num_classes"]) == (3, 1, 10)
+    # pandas-readable as the contract promises
+    assert list(pd.DataFrame(_doc(root)["latency"]).columns) == ["part", "k", "r", "median_ms", "p10_ms", "p90_ms", "n"]
+
+
+def test_bytes_table(dev, srv):
+    reference = zoo.split_table(zoo.build(MODEL, 10, SIZE), SIZE)
+    for codec in ("fp32", "fp16", "int8"):
+        for r in RATIOS:
+            assert dev.tensor_bytes(0, r, codec) == 3 * SIZE * SIZE  # the uint8 image whatever the codec
+            assert dev.tensor_bytes(K, r, codec) == 0  # the device answers: nothing is sent
+        for k in range(1, K):
+            assert dev.tensor_bytes(k, 0.0, codec) == reference[k].bytes(codec)
+            assert dev.tensor_bytes(k, 0.5, codec) < dev.tensor_bytes(k, 0.0, codec)  # pruning shrinks the split
+            numel = math.prod(dev.shape(k, 0.5))
+            assert dev.tensor_bytes(k, 0.5, codec) == payload_bytes(numel, codec)
+    assert dev.shape(1, 0.0) == (64, 8, 8) and dev.shape(1, 0.5) == (32, 8, 8)
+    pd.testing.assert_frame_equal(dev.bytes, srv.bytes)
+
+
+def test_emulated_profile_is_host_times_factor(root, dev):
+    emu = load_profile("dev-10x", MODEL, SIZE, root=root)
+    assert (emu.device, emu.slowdown, emu.meta["emulates"], emu.role) == ("dev-10x", 10.0, "dev", "device")
+    assert "EMULATED" in emu.meta["method"]
+    for part, k, r in zip(dev.latency.part, dev.latency.k, dev.latency.r):
+        assert emu.ms(part, k, r) == pytest.approx(10 * dev.ms(part, k, r), abs=1e-3)
+    pd.testing.assert_frame_equal(emu.bytes, dev.bytes)
+    # emulating an emulation multiplies and still names the measured device
+    twice = scaled(_doc(root, "dev-10x"), 2.0, "dev-20x", "dev-10x")["meta"]
+    assert (twice["slowdown"], twice["emulates"]) == (20.0, "dev")
+
+
+def test_available_devices(root):
+    assert available_devices(root) == ["dev", "dev-10x", "srv"]
+    assert available_devices(root / "nowhere") == []
+
+
+def test_loader_errors_are_one_line_and_helpful(root, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown device 'phone'; available: dev, dev-10x, srv"):
+        load_profile("phone", MODEL, SIZE, root=root)
+    with pytest.raises(FileNotFoundError, match=r"no profile for mobilenet_v2 at 32px; it has: resnet18-32px"):
+        load_profile("dev", "mobilenet_v2", SIZE, root=root)
+    with pytest.raises(ValueError, match=r"no profile for resnet18 at 224px; it has: resnet18-32px"):
+        load_profile("dev", MODEL, 224, root=root)
+    path = str(profile_path("dev", MODEL, SIZE, root))
+    assert load_profile(path, MODEL, SIZE).device == "dev"  # a path works too
+    with pytest.raises(ValueError, match=r"profiles resnet18 at 32px, not resnet18 at 64px"):
+        load_profile(path, MODEL, 64)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_profile(str(tmp_path / "missing.json"), MODEL, SIZE)
+    for e in (ProfileNotFoundError("x"),):
+        assert isinstance(e, FileNotFoundError) and isinstance(e, ValueError)
+
+
+def _broken(tmp_path, doc, name="broken.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def test_malformed_files_say_what_is_missing(root, tmp_path):
+    doc = _doc(root)
+    with pytest.raises(ValueError, match=r"missing 'bytes'"):
+        load_profile(_broken(tmp_path, {k: v for k, v in doc.items() if k != "bytes"}), MODEL, SIZE)
+    meta = {k: v for k, v in doc["meta"].items() if k not in ("threads", "cpu")}
+    with pytest.raises(ValueError, match=r"meta lacks cpu, threads"):
+        load_profile(_broken(tmp_path, {**doc, "meta": meta}), MODEL, SIZE)
+    latency = [row for row in doc["latency"] if not (row["part"] == "exit" and row["k"] == 3 and row["r"] == 0.5)]
+    with pytest.raises(ValueError, match=r"incomplete profile, missing rows: exit k=3 r=0.5"):
+        load_profile(_broken(tmp_path, {**doc, "latency": latency}), MODEL, SIZE)
+    rows = [dict(doc["latency"][0])] + doc["latency"][1:]
+    del rows[0]["median_ms"]
+    with pytest.raises(ValueError, match=r"latency row 0 lacks median_ms"):
+        load_profile(_broken(tmp_path, {**doc, "latency": rows}), MODEL, SIZE)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_profile(str(tmp_path / "bad.json"), MODEL, SIZE)
+    with pytest.raises(ValueError, match="incomplete profile"):  # nothing broken reaches disk
+        save_json({**doc, "latency": latency}, tmp_path / "never.json")
+    assert not (tmp_path / "never.json").exists()
+
+
+def test_lookups_reject_what_was_not_profiled(dev, srv):
+    with pytest.raises(ValueError, match=r"ratio r=0.3 is not in the profiled grid \[0.0, 0.5\]"):
+        dev.ms("head", 2, 0.3)
+    with pytest.raises(ValueError, match=r"k=7 is outside 0..6"):
+        dev.ms("head", 7, 0.0)
+    with pytest.raises(ValueError, match="device profile: it has no tail times"):
+        dev.ms("tail", 2, 0.0)
+    with pytest.raises(ValueError, match="server profile: it has no head times"):
+        srv.ms("head", 2, 0.0)
+    with pytest.raises(ValueError, match="unknown codec 'bf16'"):
+        dev.tensor_bytes(2, 0.0, "bf16")
+    assert dev.ms("head", 2, 0.5000000001) == dev.ms("head", 2, 0.5)  # ratios compare rounded
+
+
+def test_cli_list_and_errors(root, capsys):
+    assert cli(["--root", str(root), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "dev-10x" in out and "resnet18-32px" in out
+    assert cli(["--root", str(root), "emulate", "--from", "phone", "--factor", "2", "--name", "x"]) == 2
+    assert "no profiles" in capsys.readouterr().err
+    assert cli(["--root", str(root), "validate", "--model", MODEL, "--input-size", "32",
+                "--device", "srv", "--server", "srv"]) == 2
+    assert "needs a device profile" in capsys.readouterr().err
+
+
+def test_network_arithmetic():
+    net = Network(bandwidth_mbps=10, rtt_ms=5)
+    assert net.transfer_ms(0) == 0.0  # nothing sent, nothing paid
+    assert net.transfer_ms(1250) == pytest.approx(5 + 1.0)  # 10 000 bits at 10 Mbit/s = 1 ms
+    assert net.transfer_ms(3 * 32 * 32) == pytest.approx(5 + 8 * 3072 / 10_000)
+    assert Network(100, 0).transfer_ms(125_000) == pytest.approx(10.0)
+    assert list(net.transfer_ms_many([0, 1250])) == pytest.approx([0.0, 6.0])
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="bandwidth must be"):
+            Network(bad, 1)
+    with pytest.raises(ValueError, match="round-trip time must be"):
+        Network(10, -1)
+    with pytest.raises(ValueError, match="byte count"):
+        net.transfer_ms(-1)
+
+
+def test_validation_summary_arithmetic():
+    table = pd.DataFrame({"ape": [10.0, 20.0, 40.0], "device_ape": [1.0, float("nan"), 3.0],
+                          "server_ape": [5.0, 5.0, 5.0]})
+    assert summarize(table) == {"median_ape": 20.0, "max_ape": 40.0, "median_device_ape": 2.0,
+                                "max_device_ape": 3.0, "median_server_ape": 5.0, "max_server_ape": 5.0}
+
+
+@pytest.mark.slow
+def test_validate_compares_every_split(dev, srv):
+    table = validate_profiles(dev, srv, repeats=3, progress=False)
+    assert len(table) == (K + 1) * len(RATIOS)
+    assert table.ape.notna().all() and (table.pred_ms > 0).all() and (table.meas_ms > 0).all()
+    assert table[table.k == 0].device_ape.isna().all()  # nothing runs on the device at k = 0
+
+
+@pytest.mark.parametrize("model", ["mobilenet_v2", "resnet18"])
+def test_shipped_profiles(model):
+    assert {"host", "server", "emulated-10x"} <= set(available_devices())
+    host, server, emu = (load_profile(d, model, 32) for d in ("host", "server", "emulated-10x"))
+    assert (host.role, host.threads, server.role, server.threads) == ("device", 1, "server", 2)
+    assert host.ratios == server.ratios == [round(0.1 * i, 1) for i in range(10)]
+    assert emu.slowdown == 10.0 and emu.meta["emulates"] == "host"
+    for part, k, r in zip(host.latency.part, host.latency.k, host.latency.r):
+        assert emu.ms(part, k, r) == pytest.approx(10 * host.ms(part, k, r), abs=1e-3)
+    assert isinstance(host, Profile)

@@ -1,0 +1,239 @@
+"""Fuzzing the cloud server with hypothesis: malformed, truncated, oversized and random frames.
+
+Each bad connection must end with an ERROR frame or a closed connection, never a REPLY or a
+malformed answer, while a well-behaved client on its own connection keeps getting correct logits.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from compress import onnx_io, zoo
+from compress.candidate import Candidate
+from runtime import protocol as wire
+from runtime.cloud import CloudServer
+from runtime.edge import Client
+from runtime.export import export_split
+from runtime.protocol import DType, MsgType
+
+MAX_FRAME = 64 << 10  # small, so oversized frames are cheap to make
+SHAPE = (1, 128, 4, 4)  # resnet18 at 32 px after layer2
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def served(digits32, tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = zoo.build("resnet18", 10, 32).eval()
+    out = tmp_path_factory.mktemp("fuzz")
+    export_split(Candidate(3, 0.0, model, None, {}, {}), digits32, out, threshold=None, codec="fp32", samples=4)
+    torch.set_num_threads(before)
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    expected = onnx_io.run(onnx_io.session(out / "tail.onnx"), x)[0]
+    with CloudServer(out, max_frame=MAX_FRAME) as server:
+        yield server, x, expected
+    assert server.stats["internal_errors"] == 0
+
+
+class GoodClient:
+    """Keeps sending valid requests on one connection for as long as the fuzzing runs."""
+
+    def __init__(self, port: int, x: np.ndarray, expected: np.ndarray):
+        self.client = Client("127.0.0.1", port, timeout=30)
+        self.tensor = wire.encode(x, "fp32")
+        self.expected = expected
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            try:
+                reply = self.client.infer(self.tensor)
+                np.testing.assert_allclose(reply.logits, self.expected, rtol=1e-5, atol=1e-5)
+                assert reply.classes[0] == self.expected.argmax()
+                self.ok += 1
+            except Exception as e:  # noqa: BLE001 - recorded and asserted on by the test
+                self.failures.append(f"{type(e).__name__}: {e}")
+                return
+
+    def __enter__(self) -> "GoodClient":
+        self.client.connect()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.client.close()
+        assert not self.failures, self.failures
+        assert self.ok > 0
+
+
+def talk(port: int, data: bytes) -> tuple[list[wire.Frame], str]:
+    """Send `data` on a fresh connection, half-close, and read every answer until the server closes."""
+    frames: list[wire.Frame] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        hello = wire.read_frame(s)
+        assert hello is not None and hello.type == MsgType.HELLO
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server already gave up on us (broken pipe, reset, not connected)
+        while True:
+            try:
+                frame = wire.read_frame(s, max_frame=1 << 20)  # a ProtocolError here is a malformed answer: fail
+            except (ConnectionResetError, ConnectionError):
+                return frames, "reset"
+            if frame is None:
+                return frames, "closed"
+            frames.append(frame)
+
+
+def _valid() -> bytes:
+    return wire.pack(MsgType.REQUEST, 77, np.ones(SHAPE, "<f4").tobytes(), DType.FP32, SHAPE)
+
+
+def _with(header_fields: dict, payload: bytes | None = None) -> bytes:
+    """The valid request with some header fields replaced (and optionally another payload)."""
+    fields = dict(magic=wire.MAGIC, version=wire.VERSION, type=int(MsgType.REQUEST), dtype=int(DType.FP32), ndim=4,
+                  rid=77, dims=SHAPE + (0, 0), length=None)
+    fields.update(header_fields)
+    body = np.ones(SHAPE, "<f4").tobytes() if payload is None else payload
+    length = len(body) if fields["length"] is None else fields["length"]
+    return wire.HEADER.pack(fields["magic"], fields["version"], fields["type"], fields["dtype"], fields["ndim"],
+                            fields["rid"], *fields["dims"], length) + body
+
+
+CLIENT_OK_TYPES = {MsgType.REQUEST, MsgType.PING, MsgType.SINK, MsgType.AUTH}  # answered without an ERROR
+
+
+@st.composite
+def malformed(draw) -> tuple[str, bytes, bool]:
+    """(what, bytes, an ERROR frame is required) for one complete but invalid frame, or a fatal header."""
+    kind = draw(st.sampled_from(["magic", "version", "type", "dtype", "ndim", "shape", "length", "oversize",
+                                 "nan", "dims_past_ndim"]))
+    if kind == "magic":
+        magic = draw(st.binary(min_size=4, max_size=4).filter(lambda m: m != wire.MAGIC))
+        return kind, _with({"magic": magic}), False  # fatal: closing without reading on may reset the socket
+    if kind == "version":
+        return kind, _with({"version": draw(st.integers(0, 255).filter(lambda v: v != wire.VERSION))}), False
+    if kind == "type":
+        t = draw(st.integers(0, 255).filter(lambda v: v not in {int(m) for m in CLIENT_OK_TYPES}))
+        return kind, _with({"type": t}), True
+    if kind == "dtype":
+        return kind, _with({"dtype": draw(st.integers(0, 255).filter(lambda v: v != DType.FP32))}), True
+    if kind == "ndim":
+        return kind, _with({"ndim": draw(st.integers(0, 255).filter(lambda v: v != 4))}), True
+    if kind == "dims_past_ndim":
+        extra = draw(st.tuples(st.integers(0, 2 ** 32 - 1), st.integers(1, 2 ** 32 - 1)))
+        return kind, _with({"dims": SHAPE + extra}), True
+    if kind == "shape":
+        shape = draw(st.tuples(*[st.integers(1, 8)] * 4))  # 16 KiB at most: under MAX_FRAME
+        assume(shape[1:] != SHAPE[1:])
+        return kind, _with({"dims": shape + (0, 0)}, bytes(4 * int(np.prod(shape)))), True
+    if kind == "length":
+        n = draw(st.integers(0, MAX_FRAME).filter(lambda v: v != 4 * 2048))
+        return kind, _with({}, draw(st.binary(min_size=min(n, 64), max_size=min(n, 64))) + bytes(max(n - 64, 0))), True
+    if kind == "oversize":
+        n = draw(st.integers(MAX_FRAME + 1, 2 ** 32 - 1))
+        return kind, _with({"length": n}, b""), False
+    # nan / inf in an otherwise valid tensor
+    values = np.ones(SHAPE, "<f4")
+    values.flat[draw(st.integers(0, values.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    return kind, _with({}, values.tobytes()), True
+
+
+@settings(FUZZ, max_examples=900)
+@given(case=malformed())
+def _fuzz_malformed(port, case):
+    what, data, must_error = case
+    frames, end = talk(port, data)
+    assert all(f.type == MsgType.ERROR for f in frames), (what, frames)
+    assert len(frames) <= 1
+    if must_error:
+        assert frames and frames[0].request_id == 77, (what, end)
+    assert frames or end in ("closed", "reset")
+
+
+def test_malformed_frames(served):
+    server, x, expected = served
+    with GoodClient(server.port, x, expected) as good:
+        _fuzz_malformed(server.port)
+    assert server.stats["bad_frames"] + server.stats["bad_requests"] > 0 and good.ok > 0
+
+
+@settings(FUZZ, max_examples=500)
+@given(data=st.one_of(
+    st.binary(max_size=300),  # random bytes
+    st.tuples(st.integers(0, 44 + 8192 - 1)).map(lambda c: _valid()[:c[0]]),  # truncated valid request
+    st.binary(min_size=40, max_size=40).map(lambda b: wire.MAGIC + b),  # a plausible start, then garbage
+))
+def _fuzz_bytes(port, data):
+    frames, end = talk(port, data)
+    assert all(f.type == MsgType.ERROR for f in frames), frames
+    assert end in ("closed", "reset")
+
+
+def test_random_and_truncated_bytes(served):
+    server, x, expected = served
+    with GoodClient(server.port, x, expected):
+        _fuzz_bytes(server.port)
+
+
+@settings(FUZZ, max_examples=200)
+@given(pings=st.integers(0, 3), bad=malformed(), after=st.booleans())
+def _fuzz_sequences(port, pings, bad, after):
+    """Valid frames around a bad one: each valid one is answered in order until the bad one."""
+    what, data, must_error = bad
+    ping = wire.pack(MsgType.PING, 5)
+    frames, end = talk(port, ping * pings + data + (ping if after else b""))
+    types = [f.type for f in frames]
+    assert types[:pings] == [MsgType.PONG] * pings, (what, types)
+    rest = types[pings:]
+    if must_error:  # non-fatal: the stream stays in sync and the trailing PING is still answered
+        assert rest == [MsgType.ERROR] + ([MsgType.PONG] if after else []), (what, types)
+    else:
+        assert rest in ([], [MsgType.ERROR]), (what, types)
+
+
+def test_frame_sequences(served):
+    server, x, expected = served
+    with GoodClient(server.port, x, expected):
+        _fuzz_sequences(server.port)
+
+
+def test_oversized_frame_is_refused_before_its_payload(served):
+    """The size check happens on the header: the server answers without waiting for 1 GiB."""
+    server = served[0]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        assert wire.read_frame(s).type == MsgType.HELLO
+        s.sendall(_with({"length": 1 << 30}, b""))  # no shutdown: a server waiting for the payload would hang
+        frame = wire.read_frame(s)
+        assert frame.type == MsgType.ERROR and "exceeds the maximum" in wire.error_message(frame)
+        assert wire.read_frame(s) is None
+
+
+def test_too_many_clients_get_busy(served):
+    with CloudServer(served[0].model_dir, max_clients=1) as busy:
+        first = socket.create_connection(("127.0.0.1", busy.port), timeout=30)
+        assert wire.read_frame(first).type == MsgType.HELLO
+        with socket.create_connection(("127.0.0.1", busy.port), timeout=30) as second:
+            frame = wire.read_frame(second)
+            assert frame.type == MsgType.ERROR and "server busy" in wire.error_message(frame)
+        first.close()
+
+
+def test_header_struct_is_44_bytes():
+    assert struct.calcsize("<4sBBBBQ6II") == wire.HEADER.size == 44
