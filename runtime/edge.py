@@ -208,6 +208,7 @@ def run_edge(model_dir: str | Path, server: str | tuple[str, int] | None = None,
     leaves it unshaped) and records the result.  `data` may pass the already loaded DataSplits.
     `on_sample(row)` sees every finished row (tests use it to kill the server mid-run).
     The DataFrame's `attrs` hold the run's settings; `summarize(df)` gives the headline numbers.
+    A refused shared secret raises AuthError: that is a configuration error, not a network fault.
     """
     manifest = mf.load(model_dir)
     if not slowdown >= 1.0:
@@ -216,15 +217,11 @@ def run_edge(model_dir: str | Path, server: str | tuple[str, int] | None = None,
     needs_server = k < K
     if needs_server and server is None:
         raise ValueError(f"split k={k} < K={K} needs a server address (HOST:PORT)")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
     images, labels = _test_split(manifest, data, data_root)
     n = len(images) if limit is None else min(int(limit), len(images))
-
-    head = session(Path(model_dir) / manifest["head"]["file"], threads=1) if manifest["head"] else None
-    head_input = head.get_inputs()[0].name if head else None
-    if head is not None:  # the first run allocates: keep it out of the first sample's time
-        head.run(None, {head_input: mf.normalize(images[:1], manifest)})
-    codec = None if k == 0 else manifest["codec"]
-    use_exit = bool(manifest["exit"])
+    device = Device(model_dir, manifest, slowdown)
     t = manifest["t"]
 
     attrs: dict[str, Any] = {"model_dir": str(model_dir), "server": None, "bandwidth_mbps": None,
@@ -257,8 +254,7 @@ def run_edge(model_dir: str | Path, server: str | tuple[str, int] | None = None,
         iterator = tqdm(iterator, desc="edge", unit="sample")
     try:
         for i in iterator:
-            row = _sample(i, images[i:i + 1], int(labels[i]), manifest, head, head_input, use_exit, t, codec,
-                          slowdown, remote)
+            row = device.answer(i, images[i:i + 1], int(labels[i]), remote)
             rows.append(row)
             if on_sample is not None:
                 on_sample(row)
@@ -273,56 +269,73 @@ def run_edge(model_dir: str | Path, server: str | tuple[str, int] | None = None,
     return df
 
 
-def _sample(i: int, image: np.ndarray, label: int, manifest: dict, head, head_input: str | None, use_exit: bool,
-            t: float | None, codec: str | None, slowdown: float, remote: Remote | None) -> dict[str, Any]:
-    start = time.perf_counter()
-    row: dict[str, Any] = {"index": i, "exit_ms": 0.0, "transfer_ms": 0.0, "server_ms": 0.0, "exited": False,
-                           "fallback": False, "bytes_sent": 0, "label": label, "attempts": 0, "error": ""}
-    exit_pred = -1
-    x: np.ndarray = image  # k = 0 sends the uint8 image as it is
-    if head is not None:
-        outs = head.run(None, {head_input: mf.normalize(image, manifest)})
-        if remote is None:  # k = K: the head is the whole model
-            return _finish(row, start, slowdown, start, pred=int(outs[0][0].argmax()))
-        if use_exit:
-            exit_logits, x = outs
-            exit_pred = int(exit_logits[0].argmax())
-            if _softmax_max(exit_logits[0]) >= t:
-                row["exited"] = True
-                return _finish(row, start, slowdown, start, pred=exit_pred)
+class Device:
+    """The end device: head.onnx on one ONNX Runtime thread, the exit rule, the emulated slowdown."""
+
+    def __init__(self, model_dir: str | Path, manifest: dict[str, Any], slowdown: float = 1.0):
+        self.manifest = manifest
+        self.slowdown = slowdown
+        self.use_exit = bool(manifest["exit"])
+        self.t = manifest["t"]
+        self.codec = None if manifest["k"] == 0 else manifest["codec"]  # k = 0 sends the uint8 image
+        self.head = session(Path(model_dir) / manifest["head"]["file"], threads=1) if manifest["head"] else None
+        self.last = manifest["tail"] is None  # k = K: the head is the whole model
+        if self.head is not None:
+            self.input = self.head.get_inputs()[0].name
+            shape = (1, *manifest["input"]["shape"])
+            self.head.run(None, {self.input: np.zeros(shape, np.float32)})  # first run allocates: not a sample's time
+
+    def answer(self, index: int, image: np.ndarray, label: int, remote: Remote | None) -> dict[str, Any]:
+        """One sample, start to answer, as a CSV row."""
+        start = time.perf_counter()
+        row: dict[str, Any] = {"index": index, "exit_ms": 0.0, "transfer_ms": 0.0, "server_ms": 0.0,
+                               "exited": False, "fallback": False, "bytes_sent": 0, "label": label, "attempts": 0,
+                               "error": ""}
+        exit_pred = -1
+        x: np.ndarray = image
+        if self.head is not None:
+            outs = self.head.run(None, {self.input: mf.normalize(image, self.manifest)})
+            if self.last:
+                return self._device_only(row, start, int(outs[0][0].argmax()))
+            if self.use_exit:
+                exit_logits, x = outs
+                exit_pred = int(exit_logits[0].argmax())
+                if _softmax_max(exit_logits[0]) >= self.t:
+                    row["exited"] = True
+                    return self._device_only(row, start, exit_pred)
+            else:
+                x = outs[0]
+        if remote is None:
+            raise ValueError("this split needs a server")
+        tensor = wire.encode(x, self.codec)
+        _slow(time.perf_counter() - start, self.slowdown)  # normalisation, head, exit and encoding, slowed
+        device_end = time.perf_counter()
+        reply, attempts, error = remote.infer(tensor)
+        done = time.perf_counter()
+        row.update(device_ms=(device_end - start) * 1e3, attempts=attempts, error=error)
+        if reply is None:  # the device answers alone: the exit's guess, or nothing (-1) without an exit
+            row.update(fallback=True, transfer_ms=(done - device_end) * 1e3, pred=exit_pred)
         else:
-            x = outs[0]
-    assert remote is not None
-    tensor = wire.encode(x, codec)
-    compute = time.perf_counter() - start  # normalisation, head, exit, encoding
-    _slow(compute, slowdown)
-    device_end = time.perf_counter()
-    reply, attempts, error = remote.infer(tensor)
-    done = time.perf_counter()
-    row.update(device_ms=(device_end - start) * 1e3, attempts=attempts, error=error)
-    if reply is None:
-        row.update(fallback=True, transfer_ms=(done - device_end) * 1e3, bytes_sent=0)
-        return _finish(row, start, 1.0, None, pred=exit_pred)
-    row.update(server_ms=reply.server_ms, transfer_ms=max((done - device_end) * 1e3 - reply.server_ms, 0.0),
-               bytes_sent=len(tensor.payload))  # the payload, as the prediction's bytes(k, r) counts
-    return _finish(row, start, 1.0, None, pred=int(reply.classes[0]))
+            row.update(server_ms=reply.server_ms, transfer_ms=max((done - device_end) * 1e3 - reply.server_ms, 0.0),
+                       bytes_sent=len(tensor.payload), pred=int(reply.classes[0]))  # payload, as bytes(k, r) counts
+        return _close(row, start)
+
+    def _device_only(self, row: dict[str, Any], start: float, pred: int) -> dict[str, Any]:
+        _slow(time.perf_counter() - start, self.slowdown)
+        row.update(device_ms=(time.perf_counter() - start) * 1e3, pred=pred)
+        return _close(row, start)
+
+
+def _close(row: dict[str, Any], start: float) -> dict[str, Any]:
+    row["total_ms"] = (time.perf_counter() - start) * 1e3
+    row["correct"] = row["pred"] == row["label"]
+    return row
 
 
 def _slow(compute_s: float, slowdown: float) -> None:
     """The emulated device: what took `compute_s` here takes `slowdown` times as long."""
     if slowdown > 1.0:
         time.sleep((slowdown - 1.0) * compute_s)
-
-
-def _finish(row: dict[str, Any], start: float, slowdown: float, device_from: float | None, pred: int) -> dict:
-    """Close a row; when `device_from` is given, all time since then was device compute (slowed here)."""
-    if device_from is not None:
-        _slow(time.perf_counter() - device_from, slowdown)
-        row["device_ms"] = (time.perf_counter() - device_from) * 1e3
-    row["total_ms"] = (time.perf_counter() - start) * 1e3
-    row["pred"] = pred
-    row["correct"] = pred == row["label"]
-    return row
 
 
 def _test_split(manifest: dict, data, data_root: str | None) -> tuple[np.ndarray, np.ndarray]:

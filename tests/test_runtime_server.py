@@ -341,3 +341,36 @@ def test_cloud_refuses_bad_configuration(split, model, digits32, tmp_path):
         CloudServer(tmp_path)
     with pytest.raises(ValueError, match="both --tls-cert and --tls-key"):
         CloudServer(split[0], tls_cert="c.pem")
+
+
+def test_many_edges_at_once(split, server, digits32):
+    out, ref = split
+    results: dict[int, object] = {}
+
+    def edge(i: int) -> None:
+        results[i] = run_edge(out, ("127.0.0.1", server.port), data=digits32, limit=N)
+
+    threads = [threading.Thread(target=edge, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4
+    for df in results.values():
+        _check_once(df)
+        assert not df.fallback.any()
+        np.testing.assert_array_equal(df.pred, ref["pred"])
+
+
+def test_batched_request(split, server):
+    from compress import onnx_io
+    x = np.random.default_rng(1).standard_normal((3, 128, 4, 4)).astype(np.float32)
+    want = onnx_io.run(onnx_io.session(split[0] / "tail.onnx"), x)[0]
+    client = Client("127.0.0.1", server.port)
+    try:
+        reply = client.infer(wire.encode(x, "fp32"))
+    finally:
+        client.close()
+    np.testing.assert_allclose(reply.logits, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(reply.classes, want.argmax(1))
+    assert reply.server_ms > 0
