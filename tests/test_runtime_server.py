@@ -374,3 +374,52 @@ def test_batched_request(split, server):
     np.testing.assert_allclose(reply.logits, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(reply.classes, want.argmax(1))
     assert reply.server_ms > 0
+
+
+def _sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("tc")),
+                    reason="needs root with the ip and tc tools (network namespace + tbf qdisc)")
+def test_real_shaped_link_in_a_network_namespace(split, digits32):
+    """The server in its own network namespace behind a veth pair shaped by tc tbf at 10 Mbit/s:
+    `--bandwidth auto` must see the shaping, and the edge runs over it unshaped by itself."""
+    from runtime import link as links
+
+    tag = os.getpid() % 10000
+    ns, veth, peer, net = f"splt{tag}", f"splt{tag}a", f"splt{tag}b", f"10.254.{tag % 250}"
+    try:
+        try:
+            _sh("ip", "netns", "add", ns)
+            _sh("ip", "link", "add", veth, "type", "veth", "peer", "name", peer)
+            _sh("ip", "link", "set", peer, "netns", ns)
+            _sh("ip", "addr", "add", f"{net}.1/30", "dev", veth)
+            _sh("ip", "link", "set", veth, "up")
+            _sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{net}.2/30", "dev", peer)
+            _sh("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
+            _sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+            _sh("tc", "qdisc", "add", "dev", veth, "root", "tbf", "rate", "10mbit", "burst", "16kb", "latency", "400ms")
+        except subprocess.CalledProcessError as e:
+            pytest.skip(f"cannot build a shaped namespace here: {' '.join(e.cmd)}: {e.stderr.strip()}")
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "runtime.cloud", "--model-dir",
+                                 str(split[0]), "--host", f"{net}.2", "--port", "0"],
+                                stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        try:
+            port = int(proc.stdout.readline().split()[2].rsplit(":", 1)[1])
+            client = Client(f"{net}.2", port)
+            client.connect()
+            mbps, _ = links.measure(client, nbytes=512 << 10)
+            client.close()
+            assert 5 < mbps < 15, mbps  # the tbf rate, not the loopback's gigabits
+            df = run_edge(split[0], (f"{net}.2", port), data=digits32, limit=10)
+            _check_once(df, 10)
+            assert not df.fallback.any()
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
