@@ -1,8 +1,10 @@
 """The runtime stage: this folder owns running a chosen split for real.
 
-- `export`: head.onnx / tail.onnx / manifest.json of a candidate, checked against PyTorch
+- `export`: head.onnx / tail.onnx / manifest.json of a candidate, checked against PyTorch;
+  `manifest`: reading it (no torch needed)
 - `protocol`: the binary wire format (fixed header, raw little-endian payload, no pickle)
-- `cloud`: the server (`python -m runtime.cloud`), `edge`: the device client (`python -m runtime.edge`)
+- `cloud`: the server (`python -m runtime.cloud`); `edge`: the device (`python -m runtime.edge`);
+  `client`: its connection to the server (handshake, retries, back-off)
 - `link`: uplink shaping (token bucket + rtt) and link measurement
 - `deploy`: server on loopback + edge over the test split, for `auto.py --deploy`
 

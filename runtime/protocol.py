@@ -185,17 +185,19 @@ def validate(header: Header, payload: bytes) -> Frame:
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    """Exactly n bytes; None on EOF before the first byte; ConnectionError on EOF inside."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        r = sock.recv_into(view[got:], min(n - got, 1 << 20))
-        if r == 0:
-            if got == 0:
+    """Exactly n bytes; None on EOF before the first byte; ConnectionError on EOF inside.
+
+    The buffer grows with what arrives, not with what a header claims, so a peer that announces a
+    large frame and sends nothing costs no memory.
+    """
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            if not buf:
                 return None
-            raise ConnectionError(f"connection closed after {got} of {n} bytes")
-        got += r
+            raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
     return bytes(buf)
 
 

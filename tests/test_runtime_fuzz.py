@@ -19,7 +19,7 @@ from compress import onnx_io, zoo
 from compress.candidate import Candidate
 from runtime import protocol as wire
 from runtime.cloud import CloudServer
-from runtime.edge import Client
+from runtime.client import Client
 from runtime.export import export_split
 from runtime.protocol import DType, MsgType
 

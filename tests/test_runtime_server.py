@@ -25,7 +25,8 @@ from compress.candidate import Candidate, ExitBranch
 from runtime import protocol as wire
 from runtime.cloud import CloudServer
 from runtime.deploy import deploy
-from runtime.edge import COLUMNS, AuthError, Client, main as edge_main, run_edge, summarize
+from runtime.client import AuthError, Client
+from runtime.edge import COLUMNS, main as edge_main, run_edge, summarize
 from runtime.export import export_split
 from runtime.protocol import MsgType
 
