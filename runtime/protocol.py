@@ -213,10 +213,6 @@ def read_frame(sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> Frame
     return validate(header, payload)
 
 
-def send_frame(sock: socket.socket, data: bytes) -> None:
-    sock.sendall(data)
-
-
 # -- typed messages ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
