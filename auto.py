@@ -1,57 +1,155 @@
-"""Compression-aware partition search: find the fastest (split, pruning ratio, exit threshold) with
-accuracy >= A0 for a CNN split between an end device and a server.
+"""Compression-aware partition search: find the fastest (split k, pruning ratio r, exit threshold t,
+feature codec) whose validation accuracy is at least A0, for a CNN split between an end device and a
+server, from measured latency profiles and measured accuracies.
 
     python auto.py --model mobilenet_v2 --end_device emulated-10x --bandwidth 10 --A0 0.9
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from compress import zoo
+from compress.codec import CODECS
 from compress.data import DATASETS
+
+STORAGE_ENV = "SPLITOPT_STORAGE"  # how --n-workers hands the storage URL to its workers (not on argv)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [round(float(x), 4) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="mobilenet_v2", help=f"architecture: {', '.join(zoo.ZOO)}")
-    p.add_argument("--end_device", "--end-device", dest="end_device", default="emulated-10x",
-                   help="end-device profile: a shipped name (see profiles/data) or a profile file path")
-    p.add_argument("--server", default="server", help="server profile: a shipped name or a file path")
-    p.add_argument("--bandwidth", type=float, default=10.0, help="uplink bandwidth in Mbit/s (> 0)")
-    p.add_argument("--rtt", type=float, default=5.0, help="network round-trip time in ms")
-    p.add_argument("--A0", type=float, default=0.9, help="required validation accuracy, in (0, 1]")
-    p.add_argument("--dataset", default="digits", help=f"data set: {', '.join(DATASETS)}")
-    p.add_argument("--data-root", default=None, help="directory of a local CIFAR-10 or ImageFolder copy")
-    p.add_argument("--input-size", type=int, default=32, help="square input size in pixels")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data split, training and search")
-    p.add_argument("--weights", default=None,
-                   help="local state-dict or checkpoint file to start from (otherwise trained here)")
+    g = p.add_argument_group("scenario")
+    g.add_argument("--model", default="mobilenet_v2", help=f"architecture: {', '.join(zoo.ZOO)}")
+    g.add_argument("--end_device", "--end-device", dest="end_device", default="emulated-10x",
+                   help="end-device profile: a shipped name (python -m profiles list) or a profile JSON path")
+    g.add_argument("--server", default="server", help="server profile: a shipped name or a JSON path")
+    g.add_argument("--bandwidth", type=float, default=10.0, help="uplink bandwidth in Mbit/s (> 0)")
+    g.add_argument("--rtt", type=float, default=5.0, help="network round-trip time in ms")
+    g.add_argument("--A0", type=float, default=0.9, help="required validation accuracy, in (0, 1]")
+    g.add_argument("--T0", type=float, default=None,
+                   help="instead of --A0: the most accurate configuration with expected latency <= T0 ms")
+    g.add_argument("--multi", action="store_true", help="multi-objective (latency, accuracy): the Pareto front")
+    g.add_argument("--metric", default="top1", choices=("top1", "top5"), help="accuracy metric of A0")
+    g = p.add_argument_group("data and model")
+    g.add_argument("--dataset", default="digits", help=f"data set: {', '.join(DATASETS)}")
+    g.add_argument("--data-root", default=None, help="directory of a local CIFAR-10 or ImageFolder copy")
+    g.add_argument("--input-size", type=int, default=32, help="square input size in pixels (must match a profile)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the data split, training and sampler")
+    g.add_argument("--weights", default=None, help="local state-dict or checkpoint file to start the base model from")
+    g.add_argument("--base-epochs", type=int, default=20, help="epoch budget of the base model's training")
+    g.add_argument("--finetune-epochs", type=int, default=3, help="epoch budget of each candidate's fine-tune")
+    g = p.add_argument_group("search")
+    g.add_argument("--trials", type=int, default=40, help="finished trials the study should hold")
+    g.add_argument("--ratios", type=_floats, default=None, help="pruning ratios to search (default: the profile's grid)")
+    g.add_argument("--codecs", default=",".join(CODECS), help=f"feature codecs to search, from {', '.join(CODECS)}")
+    g.add_argument("--exhaustive", action="store_true",
+                   help="fine-tune the whole grid for exact baselines and the exhaustive optimum")
+    g.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
+                   help="Optuna storage URL (default: sqlite in the run directory); "
+                        "mysql+pymysql://user:pass@host:3306/db to share a study")
+    g.add_argument("--study", default=None, help="study name: resumes it if it exists")
+    g.add_argument("--n-workers", type=int, default=1, help="worker processes on this machine")
+    g.add_argument("--join", action="store_true", help="only add trials to the shared study (a worker), no report")
+    g.add_argument("--run-dir", default=None, help="output directory (default runs/<time>-<study>)")
+    g = p.add_argument_group("deployment")
+    g.add_argument("--deploy", action="store_true",
+                   help="export the chosen split, serve it on loopback and measure it over the test split")
+    g.add_argument("--deploy-limit", type=int, default=None, help="test samples to send when deploying")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+def spec_from(args):
+    from search.run import RunSpec
+
+    return RunSpec(model=args.model, end_device=args.end_device, server=args.server, bandwidth=args.bandwidth,
+                   rtt=args.rtt, A0=args.A0, T0=args.T0, metric=args.metric, multi=args.multi,
+                   dataset=args.dataset, data_root=args.data_root, input_size=args.input_size, seed=args.seed,
+                   weights=args.weights, base_epochs=args.base_epochs, finetune_epochs=args.finetune_epochs,
+                   ratios=args.ratios, codecs=[c for c in args.codecs.split(",") if c], trials=args.trials,
+                   n_workers=args.n_workers, storage=args.storage, study=args.study, run_dir=args.run_dir,
+                   exhaustive=args.exhaustive, progress=args.progress)
+
+
+def worker_argv(argv: list[str], spec) -> list[str]:
+    """The command line of an extra local worker: the resolved study and run directory."""
+    skip = {"--study", "--run-dir", "--storage", "--n-workers"}
+    out, it = [], iter(argv)
+    for a in it:
+        name = a.split("=", 1)[0]
+        if name in skip:
+            if "=" not in a:
+                next(it, None)
+            continue
+        if name in ("--deploy", "--exhaustive"):
+            continue
+        out.append(a)
+    return out + ["--study", spec.study, "--run-dir", spec.run_dir]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    from compress import data as datasets
-    from compress.base import base_model
+    from search.run import join, run
 
     try:
-        zoo.build(args.model, 10, args.input_size)  # validates model and input size before any work
-        data = datasets.load(args.dataset, args.data_root, args.input_size, args.seed)
-        base = base_model(args.model, data, seed=args.seed, weights=args.weights)
+        spec = spec_from(args)
+        spec.validate()
+        spec = spec.resolved()
+        if args.join:
+            join(spec)
+            return 0
+        os.environ[STORAGE_ENV] = spec.storage  # workers inherit it from the environment, not argv
+        result = run(spec, argv=worker_argv(argv, spec))
     except (ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    print(f"base {args.model} on {data.name} at {data.input_size}px: val {base.meta['val_acc']:.4f}, "
-          f"test {base.meta['test_acc']:.4f} ({base.meta['epochs']} epochs, {base.meta['train_seconds']} s)")
-    print(f"{'k':>3}  {'after block':<12} {'shape':<16} {'fp32 bytes':>10}")
-    for row in zoo.split_table(base.model, data.input_size):
-        print(f"{row.k:>3}  {row.block:<12} {'x'.join(map(str, row.shape)):<16} {row.bytes('fp32'):>10}")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not result.get("feasible"):
+        return 1
+    if args.deploy:
+        deploy(spec, result, limit=args.deploy_limit)
     return 0
+
+
+def deploy(spec, result: dict, limit: int | None = None) -> dict:
+    """Export the chosen split, serve it on loopback, run the edge over the test split, compare."""
+    from pathlib import Path
+
+    from runtime import deploy as run_deployment
+    from runtime import export_split
+    from search.run import context
+
+    ctx = context(spec, log=lambda *_: None)
+    best = result["best"]
+    cand = ctx.pool.candidate(int(best["k"]), float(best["r"]))
+    out = Path(spec.run_dir) / "deploy"
+    predicted = {**result["predicted"], "total_ms": best["expected_ms"], "exit_rate": best["test_exit_rate"]}
+    export_split(cand, ctx.data, out, best["t"], best["codec"], predicted=predicted, seed=spec.seed)
+    df, summary = run_deployment(out, ctx.data, bandwidth=spec.bandwidth, rtt=spec.rtt,
+                                 slowdown=float(ctx.problem.device.meta.get("slowdown", 1.0)), limit=limit,
+                                 server_threads=int(ctx.problem.server.meta.get("threads", 1)),
+                                 csv=out / "edge.csv", progress=spec.progress)
+    print(f"\n== deployed over loopback ({ctx.problem.network}), {summary['n']} test samples")
+    print(f"{'':<12}{'predicted':>12}{'measured':>12}")
+    for part in ("device_ms", "exit_ms", "transfer_ms", "server_ms"):
+        p = result["predicted"][part] * (1 if part in ("device_ms", "exit_ms") else 1 - best["test_exit_rate"])
+        print(f"{part:<12}{p:>12.3f}{summary[part]:>12.3f}")
+    print(f"{'mean_ms':<12}{predicted['total_ms']:>12.3f}{summary['mean_ms']:>12.3f}   "
+          f"p50 {summary['p50_ms']:.3f}  p95 {summary['p95_ms']:.3f}")
+    print(f"accuracy {summary['accuracy']:.4f} (predicted test {best['test_acc']:.4f}), exit rate "
+          f"{summary['exit_rate']:.3f} (predicted {best['test_exit_rate']:.3f}), "
+          f"{summary['bytes_per_request']:.0f} bytes per request")
+    (out / "deploy.json").write_text(__import__("json").dumps({"predicted": predicted, "measured": summary},
+                                                              indent=2, default=str))
+    return summary
 
 
 if __name__ == "__main__":

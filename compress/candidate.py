@@ -70,6 +70,23 @@ class Evaluation:
             out.append(float(np.where(at_exit, exit_ok, final).mean()))
         return np.array(out)
 
+    def curve(self, codec: str = "fp32", metric: str = "top1") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(thresholds, accuracy, exit rate) at every distinct exit confidence, in decreasing order.
+
+        Accuracy and exit rate only change at a sample's confidence, so these thresholds cover every
+        outcome a continuous t can have; one sort and a cumulative sum, no loop.
+        """
+        if self.exit_conf is None:
+            return np.empty(0), np.empty(0), np.empty(0)
+        final_ok = (self.final[codec] == self.label) if metric == "top1" else self.final_top5[codec]
+        exit_ok = (self.exit_pred == self.label) if metric == "top1" else self.exit_top5
+        order = np.argsort(-self.exit_conf, kind="stable")
+        conf = self.exit_conf[order]
+        gain = np.cumsum(exit_ok[order].astype(int) - final_ok[order].astype(int))
+        last = np.r_[np.nonzero(np.diff(conf))[0], len(conf) - 1]  # last sample of each confidence value
+        n = len(conf)
+        return conf[last].astype(float), (final_ok.sum() + gain[last]) / n, (last + 1) / n
+
     def to_state(self) -> dict:
         return {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else
                     {c: torch.from_numpy(a) for c, a in v.items()} if isinstance(v, dict) else v)
@@ -167,6 +184,17 @@ def train_exit(head: nn.Module, exit_branch: ExitBranch, data: DataSplits, epoch
     exit_branch.eval()
 
 
+def candidate_key(base: BaseModel, k: int, ratio: float, importance: str = "magnitude", recipe: Recipe = FINETUNE,
+                  exit_epochs: int = EXIT_EPOCHS, seed: int = 0) -> dict:
+    """Everything that determines a candidate's weights and evaluation."""
+    return {"base": base.digest, "k": k, "r": round(float(ratio), 4), "importance": importance,
+            "recipe": recipe.key(), "exit_epochs": exit_epochs, "seed": seed}
+
+
+def candidate_path(key: dict):
+    return store.cache_root() / "candidates" / key["base"] / f"k{key['k']}-r{key['r']}-{store.digest(key)}.pt"
+
+
 def build_candidate(base: BaseModel, data: DataSplits, k: int, ratio: float, importance: str = "magnitude",
                     recipe: Recipe = FINETUNE, exit_epochs: int = EXIT_EPOCHS, seed: int = 0,
                     on_epoch: Callable[[int, float], None] | None = None, progress: bool = True) -> Candidate:
@@ -177,9 +205,8 @@ def build_candidate(base: BaseModel, data: DataSplits, k: int, ratio: float, imp
     """
     ratio = round(float(ratio), 4)
     check(base.model, k, ratio, importance)
-    key = {"base": base.digest, "k": k, "r": ratio, "importance": importance, "recipe": recipe.key(),
-           "exit_epochs": exit_epochs, "seed": seed}
-    path = store.cache_root() / "candidates" / base.digest / f"k{k}-r{ratio}-{store.digest(key)}.pt"
+    key = candidate_key(base, k, ratio, importance, recipe, exit_epochs, seed)
+    path = candidate_path(key)
     with store.locked(path):
         model = prune(base.model, k, ratio, data.input_size, importance)
         exit_branch = _make_exit(model, k, data) if exit_allowed(k, model.K) else None

@@ -27,7 +27,7 @@ def _ratios(text: str) -> list[float]:
 
 def parser() -> argparse.ArgumentParser:
     from compress.prune import RATIO_GRID
-    from profiles.profiler import DEFAULT_REPEATS, DEFAULT_WARMUP
+    from profiles.profiler import DEFAULT_MIN_MS, DEFAULT_REPEATS, DEFAULT_WARMUP
 
     p = argparse.ArgumentParser(prog="python -m profiles", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--ratios", type=_ratios, default=list(RATIO_GRID), help="comma-separated pruning ratios")
     m.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
     m.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
+    m.add_argument("--min-ms", type=float, default=DEFAULT_MIN_MS,
+                   help="time short parts more often, until this many ms of timed runs")
     m.add_argument("--num-classes", type=int, default=10)
     m.add_argument("--out", default=None, help="output JSON path (default: <root>/<device>/<model>-<size>px.json)")
 
@@ -56,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--models", default=",".join(DEFAULT_MODELS))
     d.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
     d.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
+    d.add_argument("--min-ms", type=float, default=DEFAULT_MIN_MS)
 
     v = sub.add_parser("validate", help="compare a profile's predictions with a fresh measurement")
     v.add_argument("--model", required=True)
@@ -63,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--device", required=True, help="device name or profile path")
     v.add_argument("--server", required=True, help="server name or profile path")
     v.add_argument("--repeats", type=int, default=None, help="default: the device profile's repeats")
+    v.add_argument("--min-ms", type=float, default=None, help="default: the device profile's min_ms")
     v.add_argument("--csv", default=None, help="write the per-(k, r) table here")
 
     sub.add_parser("list", help="list the profiles under the root")
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "measure":
             path = profiler.measure_to_file(args.model, args.input_size, args.device, out=args.out, root=args.root,
                                             role=args.role, threads=args.threads, ratios=args.ratios,
-                                            repeats=args.repeats, warmup=args.warmup, num_classes=args.num_classes)
+                                            repeats=args.repeats, warmup=args.warmup, min_ms=args.min_ms,
+                                            num_classes=args.num_classes)
             meta = profiler.read_json(path)["meta"]
             print(f"wrote {path} ({meta['seconds']} s; load average {meta['loadavg_before']} -> {meta['loadavg_after']})")
         elif args.command == "emulate":
@@ -105,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 for model in args.models.split(","):
                     for device, role, threads in DEFAULT_DEVICES:
                         path = profiler.measure_to_file(model, size, device, root=args.root, role=role,
-                                                        threads=threads, repeats=args.repeats, warmup=args.warmup)
+                                                        threads=threads, repeats=args.repeats, warmup=args.warmup,
+                                                        min_ms=args.min_ms)
                         print(f"wrote {path} ({profiler.read_json(path)['meta']['seconds']} s)")
             for name, source, factor in DEFAULT_EMULATED:
                 for path in profiler.emulate(source, factor, name, args.root):
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "validate":
             device = load_profile(args.device, args.model, args.input_size, args.root)
             server = load_profile(args.server, args.model, args.input_size, args.root)
-            table = profiler.validate(device, server, repeats=args.repeats)
+            table = profiler.validate(device, server, repeats=args.repeats, min_ms=args.min_ms)
             print(table.to_string(index=False))
             summary = profiler.summarize(table)
             print(f"{args.model} {args.input_size}px, {device.device} + {server.device}: "

@@ -78,6 +78,7 @@ class Profile:
         self.bytes = pd.DataFrame(doc["bytes"], columns=list(BYTES_KEYS))
         self._ms = {(row["part"], int(row["k"]), rkey(row["r"])): float(row["median_ms"]) for row in doc["latency"]}
         self._bytes = {(int(row["k"]), rkey(row["r"]), row["codec"]): int(row["bytes"]) for row in doc["bytes"]}
+        self._ratios = [rkey(r) for r in self.meta["ratios"]]  # looked up on every prediction: kept once
         self._check_complete()
 
     # The meta fields everyone asks for, as attributes.
@@ -89,7 +90,7 @@ class Profile:
     K = property(lambda self: int(self.meta["K"]))
     threads = property(lambda self: int(self.meta["threads"]))
     slowdown = property(lambda self: float(self.meta["slowdown"]))
-    ratios = property(lambda self: [rkey(r) for r in self.meta["ratios"]])
+    ratios = property(lambda self: list(self._ratios))
 
     def __repr__(self) -> str:
         return (f"Profile({self.device!r}, role={self.role}, {self.model} {self.input_size}px, K={self.K}, "
@@ -130,7 +131,7 @@ class Profile:
             raise ValueError(f"split point k={k!r} is not an integer") from None
         if not 0 <= k <= self.K:
             raise ValueError(f"split point k={k} is outside 0..{self.K} for {self.model}")
-        if rkey(r) not in self.ratios:
+        if rkey(r) not in self._ratios:
             raise ValueError(f"ratio r={r} is not in the profiled grid {self.ratios} of {self.source}")
 
     def _check_complete(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import math
 import os
 import platform
 import socket
@@ -33,6 +34,8 @@ from profiles.profile import (DATA_ROOT, Profile, ProfileNotFoundError, availabl
 
 DEFAULT_REPEATS = 30
 DEFAULT_WARMUP = 5
+DEFAULT_MIN_MS = 200.0  # timed milliseconds per part at least (see time_session)
+MAX_RUNS = 5000
 IMPORTANCE = "magnitude"  # which channels go does not change any shape, so not the latency either
 
 
@@ -57,19 +60,26 @@ def versions() -> dict[str, str]:
     return out
 
 
-def time_session(sess, x: np.ndarray, repeats: int, warmup: int) -> dict[str, float]:
-    """Median, p10 and p90 milliseconds of `repeats` runs after `warmup` untimed ones."""
+def time_session(sess, x: np.ndarray, repeats: int, warmup: int, min_ms: float = DEFAULT_MIN_MS) -> dict[str, float]:
+    """Median, p10 and p90 milliseconds of at least `repeats` runs after `warmup` untimed ones.
+
+    Short parts run more often, until about `min_ms` of timed runs: 30 runs of a 0.05 ms part span less
+    than one scheduler time slice, so one preemption by another process would decide the whole median.
+    """
     feed = {sess.get_inputs()[0].name: x}
-    for _ in range(warmup):
+    start = time.perf_counter()
+    for _ in range(max(warmup, 1)):
         sess.run(None, feed)
-    times = np.empty(repeats)
-    for i in range(repeats):
+    estimate_ms = (time.perf_counter() - start) * 1e3 / max(warmup, 1)
+    n = max(repeats, min(MAX_RUNS, math.ceil(min_ms / max(estimate_ms, 1e-3))))
+    times = np.empty(n)
+    for i in range(n):
         start = time.perf_counter()
         sess.run(None, feed)
         times[i] = time.perf_counter() - start
     p10, med, p90 = np.percentile(times * 1e3, [10, 50, 90])
     return {"median_ms": round(float(med), 4), "p10_ms": round(float(p10), 4), "p90_ms": round(float(p90), 4),
-            "n": int(repeats)}
+            "n": int(n)}
 
 
 NOTHING = {"median_ms": 0.0, "p10_ms": 0.0, "p90_ms": 0.0, "n": 0}  # a part that runs no layer
@@ -90,8 +100,9 @@ class HeadWithExit(nn.Module):
 class _Timer:
     """Exports a module to a scratch directory and times it in a fresh session."""
 
-    def __init__(self, workdir: str, threads: int, repeats: int, warmup: int):
+    def __init__(self, workdir: str, threads: int, repeats: int, warmup: int, min_ms: float):
         self.workdir, self.threads, self.repeats, self.warmup = Path(workdir), threads, repeats, warmup
+        self.min_ms = min_ms
         self.count = 0
 
     def __call__(self, module: nn.Module, example: torch.Tensor, outputs: tuple[str, ...] = ("output",)) -> dict:
@@ -99,7 +110,7 @@ class _Timer:
         path = onnx_io.export(module.eval(), example, self.workdir / f"part{self.count}.onnx", output_names=outputs)
         sess = onnx_io.session(path, self.threads)
         try:
-            return time_session(sess, example.numpy(), self.repeats, self.warmup)
+            return time_session(sess, example.numpy(), self.repeats, self.warmup, self.min_ms)
         finally:
             del sess
             path.unlink(missing_ok=True)
@@ -130,12 +141,13 @@ def _bytes_rows(info: zoo.SplitInfo, r: float) -> list[dict]:
 
 def measure(model: str, input_size: int, device: str, role: str = "device", threads: int = 1,
             ratios: Iterable[float] = RATIO_GRID, repeats: int = DEFAULT_REPEATS, warmup: int = DEFAULT_WARMUP,
-            num_classes: int = 10, progress: bool = True) -> dict[str, Any]:
+            min_ms: float = DEFAULT_MIN_MS, num_classes: int = 10, progress: bool = True) -> dict[str, Any]:
     """Measure one profile document (see profiles.profile for the format); nothing is written."""
     if role not in ("device", "server"):
         raise ValueError(f"role must be 'device' or 'server', got {role!r}")
-    if threads < 1 or repeats < 1 or warmup < 0:
-        raise ValueError(f"need threads >= 1, repeats >= 1 and warmup >= 0 (got {threads}, {repeats}, {warmup})")
+    if threads < 1 or repeats < 1 or warmup < 0 or min_ms < 0:
+        raise ValueError(f"need threads >= 1, repeats >= 1, warmup >= 0 and min_ms >= 0 "
+                         f"(got {threads}, {repeats}, {warmup}, {min_ms})")
     ratios = sorted({rkey(r) for r in ratios})
     if not ratios or not all(0.0 <= r < 1.0 for r in ratios):
         raise ValueError(f"ratios must be a non-empty list in [0, 1), got {ratios}")
@@ -148,7 +160,7 @@ def measure(model: str, input_size: int, device: str, role: str = "device", thre
     shared_tail: dict | None = None  # at k = 0 nothing is pruned: one tail serves every r
     jobs = [(k, r) for k in range(K + 1) for r in ratios]
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp, torch.no_grad():
-        timer = _Timer(tmp, threads, repeats, warmup)
+        timer = _Timer(tmp, threads, repeats, warmup, min_ms)
         for k, r in tqdm(jobs, desc=f"{device} {model} {input_size}px", disable=not progress, leave=False):
             pruned, x, feats = _variant(base, k, r, input_size)
             nbytes += _bytes_rows(_split_info(base, k, feats), r)
@@ -172,9 +184,9 @@ def measure(model: str, input_size: int, device: str, role: str = "device", thre
         "device": device, "role": role, "cpu": cpu_name(), "host": socket.gethostname(), "threads": int(threads),
         "slowdown": 1.0, "emulates": None, "versions": versions(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "method": _method(role, threads, repeats, warmup),
+        "method": _method(role, threads, repeats, warmup, min_ms),
         "model": model, "input_size": int(input_size), "num_classes": int(num_classes), "K": K,
-        "ratios": ratios, "repeats": int(repeats), "warmup": int(warmup),
+        "ratios": ratios, "repeats": int(repeats), "warmup": int(warmup), "min_ms": float(min_ms),
         "seconds": round(time.perf_counter() - start, 2),
         # Other processes share the CPU: the load average tells how much the numbers may be off.
         "cpus": os.cpu_count(), "loadavg_before": [round(v, 2) for v in load_before],
@@ -183,7 +195,7 @@ def measure(model: str, input_size: int, device: str, role: str = "device", thre
     return {"meta": meta, "latency": latency, "bytes": nbytes}
 
 
-def _method(role: str, threads: int, repeats: int, warmup: int) -> str:
+def _method(role: str, threads: int, repeats: int, warmup: int, min_ms: float) -> str:
     import onnxruntime as ort
     parts = ("head = blocks [0, k) of the network pruned at (k, r); exit = compress.candidate.ExitBranch on "
              "the pruned split tensor, timed alone; k = 0 runs no head (0 ms)") if role == "device" else \
@@ -192,7 +204,8 @@ def _method(role: str, threads: int, repeats: int, warmup: int) -> str:
     return (f"ONNX Runtime {ort.__version__} CPUExecutionProvider, sequential, {threads} intra-op thread(s), "
             f"batch 1, float32; each (k, r) pruned once (torch-pruning, {IMPORTANCE}, random weights) and "
             f"each part exported whole (TorchScript exporter, opset 17) into a fresh session; a row is the "
-            f"median (p10, p90) of {repeats} timed session.run calls after {warmup} warm-up runs. {parts}. "
+            f"median (p10, p90) of n timed session.run calls after {warmup} warm-up runs, n = at least {repeats} "
+            f"and enough for {min_ms:g} ms of timed runs (at most {MAX_RUNS}). {parts}. "
             f"bytes = compress.zoo.SplitInfo.bytes of the pruned split tensor.")
 
 
@@ -238,7 +251,7 @@ def emulate(source: str, factor: float, name: str, root: str | Path | None = Non
 
 
 def validate(device: Profile, server: Profile, repeats: int | None = None, warmup: int | None = None,
-             progress: bool = True) -> pd.DataFrame:
+             min_ms: float | None = None, progress: bool = True) -> pd.DataFrame:
     """Predicted vs freshly measured compute time of every (k, r): device (head + exit) and server (tail).
 
     The device side is measured as one graph (head with its exit, as the runtime runs it) so the check
@@ -247,14 +260,15 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
     """
     check_pair(device, server)
     repeats = repeats or int(device.meta["repeats"])
-    warmup = DEFAULT_WARMUP if warmup is None else warmup
+    warmup = int(device.meta["warmup"]) if warmup is None else warmup
+    min_ms = float(device.meta.get("min_ms", 0.0)) if min_ms is None else min_ms  # as the profile was timed
     torch.manual_seed(0)
     base = zoo.build(device.model, device.num_classes, device.input_size).eval()
     rows = []
     jobs = [(k, r) for k in range(base.K + 1) for r in device.ratios]
     with tempfile.TemporaryDirectory(prefix="validate-") as tmp, torch.no_grad():
-        on_device = _Timer(tmp, device.threads, repeats, warmup)
-        on_server = _Timer(tmp, server.threads, repeats, warmup)
+        on_device = _Timer(tmp, device.threads, repeats, warmup, min_ms)
+        on_server = _Timer(tmp, server.threads, repeats, warmup, min_ms)
         for k, r in tqdm(jobs, desc=f"validate {device.device}+{server.device}", disable=not progress, leave=False):
             pruned, x, feats = _variant(base, k, r, device.input_size)
             head = pruned.head(k)
@@ -274,7 +288,7 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
     table["device_ape"] = _ape(table.pred_device_ms, table.meas_device_ms)
     table["server_ape"] = _ape(table.pred_server_ms, table.meas_server_ms)
     table.attrs.update({"device": device.device, "server": server.device, "model": device.model,
-                        "input_size": device.input_size, "repeats": repeats})
+                        "input_size": device.input_size, "repeats": repeats, "min_ms": min_ms})
     return table
 
 

@@ -15,7 +15,7 @@ from compress import data as datasets  # noqa: E402
 from compress.base import base_model  # noqa: E402
 from compress.train import Recipe  # noqa: E402
 
-TINY = Recipe(epochs=2, lr=3e-3, patience=2)  # enough for tests that need *a* trained model
+TINY = Recipe(epochs=2)  # what `--base-epochs 2` trains: enough for tests that need *a* trained model
 
 
 @pytest.fixture(scope="session")

@@ -130,3 +130,12 @@ def test_cache_is_safe_across_processes(resnet_base, tmp_path):
     flags = sorted(queue.get(timeout=5) for _ in procs)
     assert flags == [False, True]  # one process fine-tuned, the other waited and loaded
     assert len(list((tmp_path / "candidates").rglob("*.pt"))) == 1
+
+
+def test_curve_equals_pointwise_accuracy(resnet_base, digits32):
+    ev = cand.build_candidate(resnet_base, digits32, 3, 0.0, progress=False).evaluations["val"]
+    for codec in ("fp32", "int8"):
+        ts, acc, rate = ev.curve(codec)
+        assert len(ts) > 5 and np.all(np.diff(ts) < 0)
+        assert np.allclose(acc, ev.accuracy(list(ts), codec))
+        assert np.allclose(rate, ev.exit_rate(list(ts)))

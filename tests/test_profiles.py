@@ -23,7 +23,8 @@ MODEL, SIZE, K, RATIOS = "resnet18", 32, 6, [0.0, 0.5]
 def root(tmp_path_factory):
     """Measure a device and a server profile through the command line, then emulate a 10x device."""
     root = tmp_path_factory.mktemp("profiles")
-    common = ["--model", MODEL, "--input-size", str(SIZE), "--ratios", "0,0.5", "--repeats", "3", "--warmup", "1"]
+    common = ["--model", MODEL, "--input-size", str(SIZE), "--ratios", "0,0.5", "--repeats", "3", "--warmup", "1",
+              "--min-ms", "0"]
     assert cli(["--root", str(root), "measure", *common, "--device", "dev", "--role", "device", "--threads", "1"]) == 0
     assert cli(["--root", str(root), "measure", *common, "--device", "srv", "--role", "server", "--threads", "2"]) == 0
     assert cli(["--root", str(root), "emulate", "--from", "dev", "--factor", "10", "--name", "dev-10x"]) == 0
@@ -203,6 +204,20 @@ def test_validation_summary_arithmetic():
                           "server_ape": [5.0, 5.0, 5.0]})
     assert summarize(table) == {"median_ape": 20.0, "max_ape": 40.0, "median_device_ape": 2.0,
                                 "max_device_ape": 3.0, "median_server_ape": 5.0, "max_server_ape": 5.0}
+
+
+def test_short_parts_are_timed_more_often(tmp_path):
+    import torch
+
+    from compress import onnx_io
+    from profiles.profiler import time_session
+
+    x = torch.zeros(1, 4, 2, 2)
+    sess = onnx_io.session(onnx_io.export(torch.nn.ReLU(), x, tmp_path / "relu.onnx"))
+    assert time_session(sess, x.numpy(), repeats=3, warmup=1, min_ms=0)["n"] == 3
+    # a ReLU takes microseconds, so 100 ms of timing is far more than 3 runs
+    row = time_session(sess, x.numpy(), repeats=3, warmup=1, min_ms=100)
+    assert row["n"] > 3 and row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
 
 
 @pytest.mark.slow

@@ -1,0 +1,83 @@
+"""Baselines and the exhaustive optimum, on the same profiles, data, target and candidate cache.
+
+Each method is a restriction of the joint space; its best configuration is found exactly (every
+(k, r, codec) it allows, every distinct threshold), so the joint search is measured against the true
+optimum of each family.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from search.pool import Abandoned, CandidatePool
+from search.space import Problem, Score, objective_key, best_threshold, score
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    splits: str = "all"  # all | device (k = K) | cloud (k = 0)
+    prune: bool = True
+    exit: bool = True
+    codecs: tuple[str, ...] | None = None  # None: every codec of the space
+
+
+METHODS = (
+    Method("device only", splits="device", prune=False, exit=False),
+    Method("cloud only", splits="cloud", prune=False, exit=False),
+    Method("split (Neurosurgeon)", prune=False, exit=False, codecs=("fp32",)),
+    Method("split + exit (Edgent-like)", prune=False, codecs=("fp32",)),
+    Method("split + pruning (CNNPC-like)", exit=False),
+    Method("joint optimum (exhaustive)"),
+)
+
+
+def _pairs(problem: Problem, method: Method) -> list[tuple[int, float]]:
+    K = problem.space.K
+    ks = {"device": [K], "cloud": [0]}.get(method.splits, list(problem.space.splits))
+    return [(k, r) for k, r in problem.space.candidates() if k in ks and (method.prune or r == 0.0)]
+
+
+def best_of(problem: Problem, pool: CandidatePool, method: Method, build: bool = True) -> tuple[Score | None, bool]:
+    """The best configuration of `method`, and whether every candidate it allows was evaluated.
+
+    Without `build`, pruned candidates nobody fine-tuned yet are left out (and `complete` is False).
+    """
+    key = objective_key(problem)
+    best, complete = None, True
+    for k, r in _pairs(problem, method):
+        if not build and r > 0 and not pool.known(k, r):  # r = 0 costs an exit training only
+            complete = False
+            continue
+        try:
+            evals = pool.evaluations(k, r)
+        except Abandoned:
+            complete = False
+            continue
+        codecs = method.codecs or problem.space.codecs
+        for codec in codecs if 0 < k < problem.space.K else ("fp32",):
+            s = (best_threshold(problem, k, r, codec, evals) if method.exit else
+                 score(problem, problem.space.canonical(k, r, None, codec), evals))
+            if best is None or key(s.latency_ms, s.val_acc) < key(best.latency_ms, best.val_acc):
+                best = s
+    return best, complete
+
+
+def reference_table(problem: Problem, pool: CandidatePool, build: bool = True, progress: bool = True) -> pd.DataFrame:
+    """One row per method: its best configuration with the latency breakdown and accuracies."""
+    if build:  # evaluate every candidate first, with one progress bar over the whole grid
+        for k, r in tqdm(problem.space.candidates(), desc="exhaustive grid", disable=not progress):
+            try:
+                pool.evaluations(k, r)
+            except Abandoned:
+                pass
+    rows = []
+    for method in METHODS:
+        s, complete = best_of(problem, pool, method, build=build)
+        row = {"method": method.name, "complete": complete}
+        if s is not None:
+            row.update(s.as_dict(), feasible=s.feasible(problem))
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,205 @@
+"""One run of the main job: wire data, base model, profiles, storage and study; run workers; report."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from compress import data as datasets
+from compress import zoo
+from compress.base import base_model
+from compress.candidate import FINETUNE
+from compress.codec import CODECS
+from compress.train import Recipe
+from profiles import Network, load_profile
+from results.db import ProjectDB, redact
+from search.pool import CandidatePool
+from search.space import Problem, SearchSpace
+from search.study import Objective, open_study, polish, storage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunSpec:
+    """Everything a run (and each of its workers) needs; plain values only."""
+
+    model: str = "mobilenet_v2"
+    end_device: str = "emulated-10x"
+    server: str = "server"
+    bandwidth: float = 10.0
+    rtt: float = 5.0
+    A0: float | None = 0.9
+    T0: float | None = None
+    metric: str = "top1"
+    multi: bool = False
+    dataset: str = "digits"
+    data_root: str | None = None
+    input_size: int = 32
+    seed: int = 0
+    weights: str | None = None
+    base_epochs: int = Recipe().epochs
+    finetune_epochs: int = FINETUNE.epochs
+    ratios: list[float] | None = None  # default: the profile's grid
+    codecs: list[str] = field(default_factory=lambda: list(CODECS))
+    trials: int = 40
+    n_workers: int = 1
+    storage: str | None = None
+    study: str | None = None
+    run_dir: str | None = None
+    exhaustive: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.model not in zoo.ZOO:
+            raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(zoo.ZOO)}")
+        if not self.bandwidth > 0:
+            raise ValueError(f"--bandwidth must be > 0 Mbit/s, got {self.bandwidth:g}")
+        if self.rtt < 0:
+            raise ValueError(f"--rtt must be >= 0 ms, got {self.rtt:g}")
+        if self.T0 is None and not self.multi and (self.A0 is None or not 0 < self.A0 <= 1):
+            raise ValueError(f"--A0 must be in (0, 1], got {self.A0}")
+        if self.T0 is not None and not self.T0 > 0:
+            raise ValueError(f"--T0 must be > 0 ms, got {self.T0:g}")
+        if self.metric not in ("top1", "top5"):
+            raise ValueError(f"--metric must be top1 or top5, got {self.metric!r}")
+        if self.trials < 1 or self.n_workers < 1:
+            raise ValueError("--trials and --n-workers must be at least 1")
+        for c in self.codecs:
+            if c not in CODECS:
+                raise ValueError(f"unknown codec {c!r}; choose from: {', '.join(CODECS)}")
+
+    def resolved(self) -> "RunSpec":
+        """Fill in the run directory, storage URL and study name (stable, so a rerun can resume)."""
+        target = f"T0{self.T0:g}" if self.T0 is not None else ("pareto" if self.multi else f"A0{self.A0:g}")
+        name = self.study or (f"{self.model}-{self.dataset}-{self.input_size}px-{Path(self.end_device).stem}-"
+                              f"{self.bandwidth:g}mbps-{target}-seed{self.seed}")
+        run_dir = self.run_dir or str(ROOT / "runs" / f"{datetime.now():%Y%m%d-%H%M%S}-{name}")
+        url = self.storage or f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
+        return RunSpec(**{**asdict(self), "study": name, "run_dir": run_dir, "storage": url})
+
+
+@dataclass
+class Context:
+    spec: RunSpec
+    problem: Problem
+    pool: CandidatePool
+    data: datasets.DataSplits
+    db: ProjectDB
+
+
+def context(spec: RunSpec, log=print) -> Context:
+    """Load everything a worker needs; the base model is trained here at most once (cached)."""
+    spec.validate()
+    zoo.build(spec.model, 10, spec.input_size)  # a too-small input fails here, before any work
+    device = load_profile(spec.end_device, spec.model, spec.input_size)
+    server = load_profile(spec.server, spec.model, spec.input_size)
+    problem = Problem(device, server, Network(spec.bandwidth, spec.rtt), A0=None if spec.T0 else spec.A0,
+                      T0=spec.T0, metric=spec.metric)
+    ratios = tuple(problem.space.ratios)
+    if spec.ratios is not None:
+        bad = [r for r in spec.ratios if r not in ratios]
+        if bad:
+            raise ValueError(f"ratios {bad} are not in the profile's grid {list(ratios)}")
+        ratios = tuple(spec.ratios)
+    problem.space = SearchSpace(problem.space.K, ratios, tuple(spec.codecs))
+    data = datasets.load(spec.dataset, spec.data_root, spec.input_size, spec.seed)
+    base = base_model(spec.model, data, seed=spec.seed, weights=spec.weights,
+                      recipe=Recipe(epochs=spec.base_epochs), progress=spec.progress, log=log)
+    Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+    st = storage(spec.storage)  # validates the URL before the project tables touch it
+    st.remove_session()
+    db = ProjectDB(spec.storage)
+    recipe = Recipe(**{**FINETUNE.key(), "epochs": spec.finetune_epochs})
+    pool = CandidatePool(base, data, db, recipe=recipe, seed=spec.seed, progress=spec.progress)
+    return Context(spec, problem, pool, data, db)
+
+
+def work(ctx: Context, show_progress: bool = True) -> optuna.Study:
+    """Run trials until the study holds `trials` finished ones (shared with every other worker)."""
+    spec = ctx.spec
+    study = open_study(spec.study, storage(spec.storage), ctx.problem, spec.multi, spec.seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    if done < spec.trials:
+        study.optimize(Objective(ctx.problem, ctx.pool, spec.multi), n_trials=spec.trials - done,
+                       callbacks=[MaxTrialsCallback(spec.trials, states=finished)],
+                       catch=(), show_progress_bar=show_progress and spec.progress)
+    return study
+
+
+def spawn_workers(argv: list[str], n: int) -> list[subprocess.Popen]:
+    """Extra local workers: the same command line with --join, so they behave like remote ones."""
+    cmd = [sys.executable, str(ROOT / "auto.py"), *argv, "--join", "--no-progress"]
+    return [subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}) for _ in range(n)]
+
+
+def versions() -> dict:
+    import onnxruntime
+    import torch
+    import torch_pruning
+    import torchvision
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "torch_pruning": torch_pruning.__version__, "optuna": optuna.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def public_args(spec: RunSpec) -> dict:
+    """The arguments as they may be written out: the storage URL without its password."""
+    return {**asdict(spec), "storage": redact(spec.storage)}
+
+
+def run(spec: RunSpec, argv: list[str] | None = None, log=print) -> dict:
+    """The whole job for the main process: search (with workers), polish, reference, report."""
+    from results import report
+    from search.reference import reference_table
+
+    started = time.perf_counter()
+    ctx = context(spec, log=log)
+    run_id = ctx.db.start_run(spec.study, public_args(spec), versions())
+    status = "failed"
+    try:
+        log(f"study {spec.study!r} in {redact(spec.storage)}; run directory {spec.run_dir}")
+        workers = spawn_workers(argv or [], spec.n_workers - 1) if spec.n_workers > 1 else []
+        study = work(ctx)
+        for w in workers:
+            w.wait()
+        if not spec.multi:
+            queued = polish(study, ctx.problem, ctx.pool)
+            if queued:
+                study.optimize(Objective(ctx.problem, ctx.pool), n_trials=queued, show_progress_bar=False)
+        search_s = time.perf_counter() - started
+        fine_tunes = ctx.db.candidate_rows(ctx.pool.base.digest)
+        spent = {"fine_tunes": ctx.pool.fine_tunes, "exit_trainings": ctx.pool.exit_trainings,
+                 "grid_candidates": len(ctx.problem.space.candidates()),
+                 "grid_fine_tunes": sum(1 for k, r in ctx.problem.space.candidates() if k > 0 and r > 0),
+                 "candidates_in_db": len(fine_tunes), "search_seconds": round(search_s, 1)}
+        reference = None if spec.multi else reference_table(ctx.problem, ctx.pool, build=spec.exhaustive,
+                                                            progress=spec.progress)
+        result = report.write(ctx, study, reference, spent, versions(), public_args(spec))
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        status = "done" if result.get("feasible", True) else "infeasible"
+        return result
+    finally:
+        ctx.db.finish_run(run_id, status)
+        ctx.db.dispose()
+
+
+def join(spec: RunSpec) -> None:
+    """A worker only: add trials to an existing (or new) shared study, then stop."""
+    work(context(spec, log=lambda *_: None), show_progress=False)
+
+
+def dump(obj, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str))

@@ -1,0 +1,129 @@
+"""The Optuna study: storage, the objective over (k, r, t, codec), and the threshold polish."""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import optuna
+import sqlalchemy as sa
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from results.db import redact
+from search.latency import lower_bound_ms
+from search.pool import Abandoned, CandidatePool
+from search.space import Problem, best_threshold, score, violation
+
+# A worker killed mid-trial is noticed GRACE_S after its last heartbeat and its trial re-queued.
+# The environment may shorten both (the kill test does).
+HEARTBEAT_S = int(os.environ.get("SPLITOPT_HEARTBEAT_S", 5))
+GRACE_S = int(os.environ.get("SPLITOPT_GRACE_S", 20))
+PRUNE_MARGIN = 0.1  # a fine-tune more than this below A0 after its second epoch is stopped
+
+
+class StorageError(ValueError):
+    pass
+
+
+def storage(url: str) -> RDBStorage:
+    """Optuna's RDB storage with heartbeats; a dead worker's trial is failed and re-queued once."""
+    kwargs = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 60}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+    except (sa.exc.OperationalError, sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
+        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        raise StorageError(f"cannot use storage {redact(url)}: {reason}") from None
+
+
+def open_study(name: str, store: RDBStorage, problem: Problem, multi: bool, seed: int) -> optuna.Study:
+    """Create the study or join it; workers starting at once on an empty database all get in."""
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8)
+    pruner = (optuna.pruners.ThresholdPruner(lower=problem.A0 - PRUNE_MARGIN, n_warmup_steps=2)
+              if problem.A0 is not None and not multi else optuna.pruners.NopPruner())
+    directions = (["minimize", "maximize"] if multi else
+                  ["maximize"] if problem.T0 is not None else ["minimize"])
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for attempt in range(8):
+        try:
+            return optuna.create_study(study_name=name, storage=store, sampler=sampler, pruner=pruner,
+                                       directions=directions, load_if_exists=True)
+        except (optuna.exceptions.DuplicatedStudyError, sa.exc.IntegrityError, sa.exc.OperationalError):
+            time.sleep(0.2 * (attempt + 1))  # another worker is creating it right now
+    return optuna.load_study(study_name=name, storage=store, sampler=sampler, pruner=pruner)
+
+
+def best_feasible_ms(study: optuna.Study) -> float:
+    values = [t.user_attrs["expected_ms"] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.user_attrs.get("feasible")]
+    return min(values, default=float("inf"))
+
+
+class Objective:
+    """Expected latency (or accuracy, or both) of one configuration; fine-tunes only when it can matter."""
+
+    def __init__(self, problem: Problem, pool: CandidatePool, multi: bool = False):
+        self.problem, self.pool, self.multi = problem, pool, multi
+
+    def _hopeless(self, trial: optuna.Trial, config) -> str | None:
+        """Why (k, r) is not worth a fine-tune, judged from latency alone; None if it is."""
+        if self.multi or self.pool.known(config.k, config.r):
+            return None
+        p = self.problem
+        bound = lower_bound_ms(p.device, p.server, p.network, config.k, config.r, config.codec)
+        if p.T0 is not None:
+            return f"latency lower bound {bound:.2f} ms > T0" if bound > p.T0 else None
+        best = best_feasible_ms(trial.study)
+        return f"latency lower bound {bound:.2f} ms >= best {best:.2f} ms" if bound >= best else None
+
+    def __call__(self, trial: optuna.Trial):
+        p = self.problem
+        config = p.space.suggest(trial)
+        trial.set_user_attr("config", config.label())
+        reason = self._hopeless(trial, config)
+        if reason:
+            trial.set_user_attr("skipped", reason)
+            raise optuna.TrialPruned(reason)
+
+        def on_epoch(epoch: int, acc: float) -> None:
+            if self.multi:
+                return
+            trial.report(acc, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val acc {acc:.3f} after epoch {epoch}")
+
+        try:
+            evals = self.pool.evaluations(config.k, config.r, on_epoch)
+        except Abandoned as e:
+            trial.set_user_attr("skipped", str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        s = score(p, config, evals)
+        for key, value in s.as_dict().items():
+            trial.set_user_attr(key, value)
+        if self.multi:
+            return s.latency_ms, s.val_acc
+        trial.set_user_attr("feasible", s.feasible(p))
+        trial.set_constraint("T0" if p.T0 is not None else "A0", violation(p, s.latency_ms, s.val_acc))
+        return s.val_acc if p.T0 is not None else s.latency_ms
+
+
+def polish(study: optuna.Study, problem: Problem, pool: CandidatePool, top: int = 5) -> int:
+    """Enqueue the exact best threshold of the best evaluated (k, r, codec): thresholds cost nothing."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "k" in t.user_attrs]
+    combos = {}
+    for t in sorted(done, key=lambda t: (not t.user_attrs.get("feasible"), t.user_attrs["expected_ms"])):
+        combos.setdefault((t.user_attrs["k"], t.user_attrs["r"], t.user_attrs["codec"]), t)
+    queued = 0
+    seen = {(t.user_attrs["k"], t.user_attrs["r"], t.user_attrs["codec"], t.user_attrs["t"]) for t in done}
+    for k, r, codec in list(combos)[:top]:
+        s = best_threshold(problem, k, r, codec, pool.evaluations(k, r))
+        if (k, r, codec, s.config.t) not in seen:
+            study.enqueue_trial(problem.space.params(s.config), skip_if_exists=True)
+            queued += 1
+    return queued
