@@ -4,19 +4,25 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnxruntime as ort
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # the cloud server and edge only need sessions: no torch import there
+    import torch
+    from torch import nn
 
 
-def export(module: nn.Module, example: torch.Tensor, path: str | Path, input_name: str = "input",
+def export(module: "nn.Module", example: "torch.Tensor", path: str | Path, input_name: str = "input",
            output_names: tuple[str, ...] = ("output",), dynamic_batch: bool = True) -> Path:
     """Export with the TorchScript-based exporter (0.2 s a part, one self-contained file).
 
     The module is put in eval mode first: split slices of a network are new modules whose mode would
     otherwise switch shared BatchNorm layers to training.
     """
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()

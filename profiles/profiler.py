@@ -17,7 +17,8 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -97,6 +98,19 @@ class HeadWithExit(nn.Module):
         return self.exit(feats), feats
 
 
+@contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """One torch thread while pruning and exporting (nothing torch does is timed): on a busy CPU a
+    second thread makes an export up to 5x slower, and no torch worker competes with the timed runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class _Timer:
     """Exports a module to a scratch directory and times it in a fresh session."""
 
@@ -159,7 +173,7 @@ def measure(model: str, input_size: int, device: str, role: str = "device", thre
     latency, nbytes = [], []
     shared_tail: dict | None = None  # at k = 0 nothing is pruned: one tail serves every r
     jobs = [(k, r) for k in range(K + 1) for r in ratios]
-    with tempfile.TemporaryDirectory(prefix="profile-") as tmp, torch.no_grad():
+    with tempfile.TemporaryDirectory(prefix="profile-") as tmp, _quiet_torch():
         timer = _Timer(tmp, threads, repeats, warmup, min_ms)
         for k, r in tqdm(jobs, desc=f"{device} {model} {input_size}px", disable=not progress, leave=False):
             pruned, x, feats = _variant(base, k, r, input_size)
@@ -266,7 +280,7 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
     base = zoo.build(device.model, device.num_classes, device.input_size).eval()
     rows = []
     jobs = [(k, r) for k in range(base.K + 1) for r in device.ratios]
-    with tempfile.TemporaryDirectory(prefix="validate-") as tmp, torch.no_grad():
+    with tempfile.TemporaryDirectory(prefix="validate-") as tmp, _quiet_torch():
         on_device = _Timer(tmp, device.threads, repeats, warmup, min_ms)
         on_server = _Timer(tmp, server.threads, repeats, warmup, min_ms)
         for k, r in tqdm(jobs, desc=f"validate {device.device}+{server.device}", disable=not progress, leave=False):

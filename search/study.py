@@ -48,7 +48,7 @@ def open_study(name: str, store: RDBStorage, problem: Problem, multi: bool, seed
               if problem.A0 is not None and not multi else optuna.pruners.NopPruner())
     directions = (["minimize", "maximize"] if multi else
                   ["maximize"] if problem.T0 is not None else ["minimize"])
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # group=, heartbeats
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for attempt in range(8):
         try:
@@ -86,6 +86,7 @@ class Objective:
         p = self.problem
         config = p.space.suggest(trial)
         trial.set_user_attr("config", config.label())
+        trial.set_user_attr("worker_pid", os.getpid())
         reason = self._hopeless(trial, config)
         if reason:
             trial.set_user_attr("skipped", reason)

@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("SPLITOPT_CACHE", str(ROOT / ".cache"))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see auto.py: spinning OpenMP threads stall other processes
 
 from compress import data as datasets  # noqa: E402
 from compress.base import base_model  # noqa: E402

@@ -1,0 +1,171 @@
+"""The joint search end to end: it reaches the exhaustive optimum; workers share a study on MySQL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from search.run import RunSpec, run
+from tests.conftest import ROOT
+
+SMALL = dict(model="resnet18", end_device="emulated-10x", bandwidth=10.0, base_epochs=2, finetune_epochs=1,
+             ratios=[0.0, 0.5], codecs=["fp32", "int8"], progress=False)
+
+
+def _args(spec: dict) -> list[str]:
+    return ["--model", spec["model"], "--end_device", spec["end_device"], "--bandwidth", str(spec["bandwidth"]),
+            "--A0", str(spec["A0"]), "--base-epochs", str(spec["base_epochs"]),
+            "--finetune-epochs", str(spec["finetune_epochs"]), "--ratios", ",".join(map(str, spec["ratios"])),
+            "--codecs", ",".join(spec["codecs"]), "--trials", str(spec["trials"]), "--no-progress"]
+
+
+def test_search_reaches_exhaustive_optimum(tmp_path, resnet_base):
+    spec = RunSpec(**SMALL, A0=0.9, trials=30, exhaustive=True, run_dir=str(tmp_path)).resolved()
+    result = run(spec, log=lambda *_: None)
+    ref = {row["method"]: row for row in result["baselines"]}
+    exhaustive = ref["joint optimum (exhaustive)"]
+    assert exhaustive["complete"] and exhaustive["feasible"]
+    assert result["best"]["expected_ms"] == pytest.approx(exhaustive["expected_ms"], rel=1e-9)
+    assert result["best"]["val_acc"] >= 0.9
+    # no baseline beats the optimum of the space that contains them all
+    for row in result["baselines"]:
+        if row.get("feasible"):
+            assert row["expected_ms"] >= exhaustive["expected_ms"] - 1e-9
+    # every output a user is promised is there and consistent
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["best"]["k"] == result["best"]["k"]
+    assert set(best["predicted"]) == {"device_ms", "exit_ms", "transfer_ms", "server_ms", "expected_ms"}
+    for name in ("trials.csv", "baselines.csv", "pareto.png", "threshold.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert result["spent"]["fine_tunes"] <= result["spent"]["grid_fine_tunes"]
+
+
+def test_unreachable_A0_exits_nonzero_with_best_reachable(tmp_path, resnet_base):
+    out = subprocess.run([sys.executable, str(ROOT / "auto.py"), *_args({**SMALL, "A0": 1.0, "trials": 6}),
+                          "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "no configuration reaches the target. Best reachable val accuracy" in out.stdout
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "lenet"], "unknown model 'lenet'; choose one of: mobilenet_v2, resnet18"),
+    (["--bandwidth", "0"], "--bandwidth must be > 0 Mbit/s"),
+    (["--A0", "1.5"], "--A0 must be in (0, 1]"),
+    (["--end_device", "toaster", "--model", "resnet18"], "toaster"),
+    (["--storage", "mysql+pymysql://bob:s3cret@127.0.0.1:1/x", "--model", "resnet18", "--base-epochs", "2"],
+     "cannot use storage mysql+pymysql://bob:***@127.0.0.1:1/x"),
+])
+def test_bad_input_gets_one_line(argv, message, tmp_path, resnet_base):
+    out = subprocess.run([sys.executable, str(ROOT / "auto.py"), *argv, "--run-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], out.stderr[-1500:]
+    assert "s3cret" not in out.stderr + out.stdout
+
+
+# --- shared studies on a real MySQL server -------------------------------------------------------
+
+MYSQL_URL = os.environ.get("MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+@pytest.fixture(scope="module")
+def mysql_url():
+    try:
+        engine = sa.create_engine(MYSQL_URL)
+        with engine.connect() as c:
+            c.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as e:  # noqa: BLE001
+        if os.environ.get("SPLITOPT_REQUIRE_MYSQL"):
+            pytest.fail(f"MySQL required (SPLITOPT_REQUIRE_MYSQL) but unreachable at {MYSQL_URL}: {e}")
+        pytest.skip(f"no MySQL server at {MYSQL_URL} (CI requires one): {e}")
+    return MYSQL_URL
+
+
+def _worker(spec: dict, study: str, storage: str, run_dir, env_extra=None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, str(ROOT / "auto.py"), *_args(spec), "--join", "--study", study,
+                             "--storage", storage, "--run-dir", str(run_dir)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.mysql
+def test_two_workers_share_a_study_on_mysql(mysql_url, tmp_path, resnet_base):
+    study_name = f"test-share-{uuid.uuid4().hex[:8]}"
+    spec = {**SMALL, "A0": 0.9, "trials": 12}
+    workers = [_worker(spec, study_name, mysql_url, tmp_path) for _ in range(2)]
+    for w in workers:
+        out, _ = w.communicate(timeout=900)
+        assert w.returncode == 0, out[-3000:]
+    study = optuna.load_study(study_name=study_name, storage=mysql_url)
+    trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials)))  # each trial stored once
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert 12 <= len(finished) <= 13  # a worker may start one more as the other finishes
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert {t.user_attrs.get("worker_pid") for t in trials} >= {w.pid for w in workers}
+    engine = sa.create_engine(mysql_url)
+    with engine.connect() as c:
+        dup = c.execute(sa.text("SELECT base, k, r, recipe, COUNT(*) n FROM splitopt_candidates "
+                                "GROUP BY base, k, r, recipe HAVING n > 1")).fetchall()
+    engine.dispose()
+    assert dup == []
+    optuna.delete_study(study_name=study_name, storage=mysql_url)
+
+
+@pytest.mark.mysql
+def test_killed_worker_loses_no_completed_trial(mysql_url, tmp_path, resnet_base):
+    study_name = f"test-kill-{uuid.uuid4().hex[:8]}"
+    cache = tmp_path / "cache"  # candidates not cached yet: trials spend seconds fine-tuning
+    (cache / "base").mkdir(parents=True)
+    (cache / "base" / resnet_base.path.name).write_bytes(resnet_base.path.read_bytes())
+    env = {"SPLITOPT_CACHE": str(cache), "SPLITOPT_HEARTBEAT_S": "1", "SPLITOPT_GRACE_S": "3"}
+    spec = {**SMALL, "A0": 0.5, "trials": 10}
+    victim = _worker(spec, study_name, mysql_url, tmp_path, env)
+    storage = optuna.storages.RDBStorage(mysql_url)
+    deadline = time.time() + 600
+    study = None
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            continue
+        trials = study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if complete and running and "skipped" not in running[0].user_attrs:
+            break
+        assert victim.poll() is None, victim.communicate()[0][-3000:]
+    else:
+        pytest.fail("the first worker never had a trial running after a completed one")
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    before = {t.number: t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    killed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    time.sleep(4)  # past the grace period: the dead worker's trial is stale
+    rescuer = _worker(spec, study_name, mysql_url, tmp_path, env)
+    out, _ = rescuer.communicate(timeout=900)
+    assert rescuer.returncode == 0, out[-3000:]
+    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    for number, values in before.items():  # nothing completed was lost or changed
+        assert by_number[number].state == TrialState.COMPLETE and by_number[number].values == values
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert all(by_number[n].state == TrialState.FAIL for n in killed)
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") in killed]
+    assert retried and all(t.state != TrialState.WAITING for t in retried)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) >= 10
+    optuna.delete_study(study_name=study_name, storage=storage)
