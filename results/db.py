@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import time
 from datetime import datetime, timezone
 
 import numpy as np
@@ -51,6 +52,18 @@ candidates = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("base", "k", "r", "recipe", name="uq_candidate"),
 )
+
+
+def first_start(create, attempts: int = 8):
+    """Run `create()`, retrying while concurrent first starts on an empty database collide
+    (duplicate version rows, tables created twice): the loser retries and finds them there."""
+    for attempt in range(attempts):
+        try:
+            return create()
+        except (sa.exc.IntegrityError, sa.exc.OperationalError, sa.exc.ProgrammingError) as e:
+            if attempt == attempts - 1 or "Can't connect" in str(e) or "Access denied" in str(e):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def redact(url: str) -> str:
@@ -101,11 +114,7 @@ class ProjectDB:
         if url.startswith("sqlite"):
             kwargs.setdefault("connect_args", {"timeout": 60})
         self.engine = sa.create_engine(url, **kwargs)
-        try:
-            metadata.create_all(self.engine, checkfirst=True)
-        except sa.exc.OperationalError as e:
-            if "already exists" not in str(e):  # a concurrent first start created it
-                raise
+        first_start(lambda: metadata.create_all(self.engine, checkfirst=True))
 
     def start_run(self, study: str, args: dict, versions: dict) -> int:
         with self.engine.begin() as c:

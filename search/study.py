@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from results.db import redact
+from results.db import first_start, redact
 from search.latency import lower_bound_ms
 from search.pool import Abandoned, CandidatePool
 from search.space import Problem, best_threshold, score, violation
@@ -34,8 +34,9 @@ def storage(url: str) -> RDBStorage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+            return first_start(lambda: RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2)))
     except (sa.exc.OperationalError, sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
         reason = str(getattr(e, "orig", None) or e).splitlines()[0]
         raise StorageError(f"cannot use storage {redact(url)}: {reason}") from None
