@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from results.db import ProjectDB
 from search.run import RunSpec, run
 from tests.conftest import ROOT
 
@@ -25,7 +26,8 @@ def _args(spec: dict) -> list[str]:
     return ["--model", spec["model"], "--end_device", spec["end_device"], "--bandwidth", str(spec["bandwidth"]),
             "--A0", str(spec["A0"]), "--base-epochs", str(spec["base_epochs"]),
             "--finetune-epochs", str(spec["finetune_epochs"]), "--ratios", ",".join(map(str, spec["ratios"])),
-            "--codecs", ",".join(spec["codecs"]), "--trials", str(spec["trials"]), "--no-progress"]
+            "--codecs", ",".join(spec["codecs"]), "--trials", str(spec["trials"]), "--no-progress"] + (
+                ["--multi"] if spec.get("multi") else [])
 
 
 def test_search_reaches_exhaustive_optimum(tmp_path, resnet_base):
@@ -130,8 +132,13 @@ def test_killed_worker_loses_no_completed_trial(mysql_url, tmp_path, resnet_base
     cache = tmp_path / "cache"  # candidates not cached yet: trials spend seconds fine-tuning
     (cache / "base").mkdir(parents=True)
     (cache / "base" / resnet_base.path.name).write_bytes(resnet_base.path.read_bytes())
+    db = ProjectDB(mysql_url)  # and none in the shared project table either
+    with db.engine.begin() as c:
+        c.execute(sa.text("DELETE FROM splitopt_candidates WHERE base = :b"), {"b": resnet_base.digest})
+    db.dispose()
     env = {"SPLITOPT_CACHE": str(cache), "SPLITOPT_HEARTBEAT_S": "1", "SPLITOPT_GRACE_S": "3"}
-    spec = {**SMALL, "A0": 0.5, "trials": 10}
+    # multi-objective: no candidate is skipped by a bound, so every pruned (k, r) is fine-tuned (2 epochs)
+    spec = {**SMALL, "A0": 0.5, "trials": 20, "finetune_epochs": 2, "multi": True}
     victim = _worker(spec, study_name, mysql_url, tmp_path, env)
     storage = optuna.storages.RDBStorage(mysql_url)
     deadline = time.time() + 600
@@ -145,7 +152,10 @@ def test_killed_worker_loses_no_completed_trial(mysql_url, tmp_path, resnet_base
         trials = study.get_trials(deepcopy=False)
         running = [t for t in trials if t.state == TrialState.RUNNING]
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        if complete and running and "skipped" not in running[0].user_attrs:
+        # a trial that is fine-tuning (r > 0, not yet cached): it will run for seconds, so the kill lands in it
+        busy = [t for t in running if t.params.get("r", 0) > 0 and "skipped" not in t.user_attrs
+                and t.datetime_start and time.time() - t.datetime_start.timestamp() > 0.5]
+        if complete and busy:
             break
         assert victim.poll() is None, victim.communicate()[0][-3000:]
     else:
@@ -154,6 +164,7 @@ def test_killed_worker_loses_no_completed_trial(mysql_url, tmp_path, resnet_base
     victim.wait()
     before = {t.number: t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     killed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    assert killed, "the worker was killed between trials"
     time.sleep(4)  # past the grace period: the dead worker's trial is stale
     rescuer = _worker(spec, study_name, mysql_url, tmp_path, env)
     out, _ = rescuer.communicate(timeout=900)
@@ -167,5 +178,5 @@ def test_killed_worker_loses_no_completed_trial(mysql_url, tmp_path, resnet_base
     retried = [t for t in trials if t.system_attrs.get("failed_trial") in killed]
     assert retried and all(t.state != TrialState.WAITING for t in retried)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) >= 10
+    assert len(finished) >= 20
     optuna.delete_study(study_name=study_name, storage=storage)
