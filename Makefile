@@ -25,3 +25,9 @@ test-all: $(STAMP)
 
 clean:
 	rm -rf runs .cache .pytest_cache
+
+# Re-measure the shipped profiles on this machine (run it on a quiet machine), then check them.
+profiles: $(STAMP)
+	$(BIN)/python -m profiles defaults --input-size 32 --input-size 224
+	$(BIN)/python -m profiles validate --model resnet18 --input-size 32 --device host --server server
+	$(BIN)/python -m profiles validate --model mobilenet_v2 --input-size 32 --device host --server server
