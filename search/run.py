@@ -1,7 +1,6 @@
 """One run of the main job: wire data, base model, profiles, storage and study; run workers; report."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -180,11 +179,11 @@ def run(spec: RunSpec, argv: list[str] | None = None, log=print) -> dict:
             if queued:
                 study.optimize(Objective(ctx.problem, ctx.pool), n_trials=queued, show_progress_bar=False)
         search_s = time.perf_counter() - started
-        fine_tunes = ctx.db.candidate_rows(ctx.pool.base.digest)
+        in_db = ctx.db.candidate_rows(ctx.pool.base.digest)
         spent = {"fine_tunes": ctx.pool.fine_tunes, "exit_trainings": ctx.pool.exit_trainings,
                  "grid_candidates": len(ctx.problem.space.candidates()),
                  "grid_fine_tunes": sum(1 for k, r in ctx.problem.space.candidates() if k > 0 and r > 0),
-                 "candidates_in_db": len(fine_tunes), "search_seconds": round(search_s, 1)}
+                 "candidates_in_db": len(in_db), "search_seconds": round(search_s, 1)}
         reference = None if spec.multi else reference_table(ctx.problem, ctx.pool, build=spec.exhaustive,
                                                             progress=spec.progress)
         result = report.write(ctx, study, reference, spent, versions(), public_args(spec))
@@ -199,7 +198,3 @@ def run(spec: RunSpec, argv: list[str] | None = None, log=print) -> dict:
 def join(spec: RunSpec) -> None:
     """A worker only: add trials to an existing (or new) shared study, then stop."""
     work(context(spec, log=lambda *_: None), show_progress=False)
-
-
-def dump(obj, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str))
