@@ -23,7 +23,7 @@ from profiles import Network, load_profile
 from results.db import ProjectDB, redact
 from search.pool import CandidatePool
 from search.space import Problem, SearchSpace
-from search.study import Objective, open_study, polish, storage
+from search.study import Objective, open_study, polish, seed, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,6 +129,8 @@ def work(ctx: Context, show_progress: bool = True) -> optuna.Study:
     study = open_study(spec.study, storage(spec.storage), ctx.problem, spec.multi, spec.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    if not spec.multi and not study.get_trials(deepcopy=False):
+        seed(study, ctx.problem)  # the first worker on an empty study queues the cheap splits
     done = len(study.get_trials(deepcopy=False, states=finished))
     if done < spec.trials:
         study.optimize(Objective(ctx.problem, ctx.pool, spec.multi), n_trials=spec.trials - done,

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from results.db import first_start, redact
 from search.latency import lower_bound_ms
 from search.pool import Abandoned, CandidatePool
-from search.space import Problem, best_threshold, score, violation
+from search.space import Problem, best_threshold, objective_key, score, violation
 
 # A worker killed mid-trial is noticed GRACE_S after its last heartbeat and its trial re-queued.
 # The environment may shorten both (the kill test does).
@@ -115,17 +115,28 @@ class Objective:
         return s.val_acc if p.T0 is not None else s.latency_ms
 
 
-def polish(study: optuna.Study, problem: Problem, pool: CandidatePool, top: int = 5) -> int:
-    """Enqueue the exact best threshold of the best evaluated (k, r, codec): thresholds cost nothing."""
+def seed(study: optuna.Study, problem: Problem) -> int:
+    """Queue the unpruned split at every k first: they cost no fine-tune (r = 0 only trains an exit),
+    and the best of them bounds every pruned candidate that follows."""
+    for k in problem.space.splits:
+        config = problem.space.canonical(k, 0.0, 0.9, "fp32")
+        study.enqueue_trial(problem.space.params(config), skip_if_exists=True)
+    return len(problem.space.splits)
+
+
+def polish(study: optuna.Study, problem: Problem, pool: CandidatePool) -> int:
+    """Queue, for every evaluated (k, r), its exact best threshold and codec: they cost no inference."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "k" in t.user_attrs]
-    combos = {}
-    for t in sorted(done, key=lambda t: (not t.user_attrs.get("feasible"), t.user_attrs["expected_ms"])):
-        combos.setdefault((t.user_attrs["k"], t.user_attrs["r"], t.user_attrs["codec"]), t)
-    queued = 0
     seen = {(t.user_attrs["k"], t.user_attrs["r"], t.user_attrs["codec"], t.user_attrs["t"]) for t in done}
-    for k, r, codec in list(combos)[:top]:
-        s = best_threshold(problem, k, r, codec, pool.evaluations(k, r))
-        if (k, r, codec, s.config.t) not in seen:
-            study.enqueue_trial(problem.space.params(s.config), skip_if_exists=True)
+    key = objective_key(problem)
+    queued = 0
+    for k, r in sorted({(t.user_attrs["k"], t.user_attrs["r"]) for t in done}):
+        evals = pool.evaluations(k, r)
+        codecs = problem.space.codecs if 0 < k < problem.space.K else ("fp32",)
+        best = min((best_threshold(problem, k, r, c, evals) for c in codecs),
+                   key=lambda s: key(s.latency_ms, s.val_acc))
+        c = best.config
+        if (c.k, c.r, c.codec, c.t) not in seen:
+            study.enqueue_trial(problem.space.params(c), skip_if_exists=True)
             queued += 1
     return queued
