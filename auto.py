@@ -128,8 +128,8 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
     """Export the chosen split, serve it on loopback, run the edge over the test split, compare."""
     from pathlib import Path
 
-    from runtime import deploy as run_deployment
-    from runtime import export_split
+    from runtime.deploy import deploy as run_deployment
+    from runtime.export import export_split
     from search.run import context
 
     ctx = context(spec, log=lambda *_: None)
