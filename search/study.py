@@ -44,13 +44,13 @@ def storage(url: str) -> RDBStorage:
 
 def open_study(name: str, store: RDBStorage, problem: Problem, multi: bool, seed: int) -> optuna.Study:
     """Create the study or join it; workers starting at once on an empty database all get in."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # group=, heartbeats
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8)
     pruner = (optuna.pruners.ThresholdPruner(lower=problem.A0 - PRUNE_MARGIN, n_warmup_steps=2)
               if problem.A0 is not None and not multi else optuna.pruners.NopPruner())
     directions = (["minimize", "maximize"] if multi else
                   ["maximize"] if problem.T0 is not None else ["minimize"])
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # group=, heartbeats
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     for attempt in range(8):
         try:
             return optuna.create_study(study_name=name, storage=store, sampler=sampler, pruner=pruner,
