@@ -28,3 +28,25 @@ def digits32():
 def resnet_base(digits32):
     """A quickly trained resnet18 on digits at 32 px (about 10 s the first time, then cached)."""
     return base_model("resnet18", digits32, seed=0, recipe=TINY, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Exports trace and check on this 2-core machine; one torch thread avoids fighting other work."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def random_resnet18():
+    """resnet18 as blocks with seeded random weights: what the runtime tests export."""
+    import torch
+
+    from compress import zoo
+
+    torch.manual_seed(0)
+    return zoo.build("resnet18", 10, 32).eval()

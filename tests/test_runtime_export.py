@@ -26,19 +26,12 @@ def candidate(arch: str, k: int, input_size: int = 32, seed: int = 0, with_exit:
     return Candidate(k, 0.0, model, exit_branch, {}, {})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Exports trace and check on this 2-core machine; one thread avoids spinning against other work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def resnet():
-    torch.manual_seed(0)
-    return zoo.build("resnet18", 10, 32).eval()
+def resnet(random_resnet18):
+    return random_resnet18
 
 
 def _cand(model, k: int, with_exit: bool = True) -> Candidate:

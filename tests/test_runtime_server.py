@@ -20,7 +20,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compress import zoo
 from compress.candidate import Candidate, ExitBranch
 from runtime import protocol as wire
 from runtime.cloud import CloudServer
@@ -34,18 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 N = 40  # test samples per edge run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return zoo.build("resnet18", 10, 32).eval()
+def model(random_resnet18):
+    return random_resnet18
 
 
 @pytest.fixture(scope="module")
