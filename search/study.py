@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from results.db import first_start, redact
 from search.latency import lower_bound_ms
 from search.pool import Abandoned, CandidatePool
-from search.space import Problem, best_threshold, objective_key, score, violation
+from search.space import Problem, Score, best_threshold, objective_key, score, violation
 
 # A worker killed mid-trial is noticed GRACE_S after its last heartbeat and its trial re-queued.
 # The environment may shorten both (the kill test does).
@@ -69,12 +69,13 @@ def best_feasible_ms(study: optuna.Study) -> float:
 class Objective:
     """Expected latency (or accuracy, or both) of one configuration; fine-tunes only when it can matter."""
 
-    def __init__(self, problem: Problem, pool: CandidatePool, multi: bool = False):
-        self.problem, self.pool, self.multi = problem, pool, multi
+    def __init__(self, problem: Problem, pool: CandidatePool, multi: bool = False, skip_hopeless: bool = True):
+        self.problem, self.pool, self.multi, self.skip_hopeless = problem, pool, multi, skip_hopeless
+        self._polished: set[tuple[int, float]] = set()
 
     def _hopeless(self, trial: optuna.Trial, config) -> str | None:
         """Why (k, r) is not worth a fine-tune, judged from latency alone; None if it is."""
-        if self.multi or self.pool.known(config.k, config.r):
+        if self.multi or not self.skip_hopeless or self.pool.known(config.k, config.r):
             return None
         p = self.problem
         bound = lower_bound_ms(p.device, p.server, p.network, config.k, config.r, config.codec)
@@ -105,6 +106,11 @@ class Objective:
         except Abandoned as e:
             trial.set_user_attr("skipped", str(e))
             raise optuna.TrialPruned(str(e)) from None
+        if not self.multi and (config.k, config.r) not in self._polished:
+            self._polished.add((config.k, config.r))
+            best = best_setting(p, config.k, config.r, evals)  # free: no inference, so queue it right away
+            if best.config != config:
+                trial.study.enqueue_trial(p.space.params(best.config), skip_if_exists=True)
         s = score(p, config, evals)
         for key, value in s.as_dict().items():
             trial.set_user_attr(key, value)
@@ -113,6 +119,14 @@ class Objective:
         trial.set_user_attr("feasible", s.feasible(p))
         trial.set_constraint("T0" if p.T0 is not None else "A0", violation(p, s.latency_ms, s.val_acc))
         return s.val_acc if p.T0 is not None else s.latency_ms
+
+
+def best_setting(problem: Problem, k: int, r: float, evaluations) -> Score:
+    """The exact best threshold and codec of an evaluated (k, r)."""
+    key = objective_key(problem)
+    codecs = problem.space.codecs if 0 < k < problem.space.K else ("fp32",)
+    return min((best_threshold(problem, k, r, c, evaluations) for c in codecs),
+               key=lambda s: key(s.latency_ms, s.val_acc))
 
 
 def seed(study: optuna.Study, problem: Problem) -> int:
@@ -128,14 +142,9 @@ def polish(study: optuna.Study, problem: Problem, pool: CandidatePool) -> int:
     """Queue, for every evaluated (k, r), its exact best threshold and codec: they cost no inference."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "k" in t.user_attrs]
     seen = {(t.user_attrs["k"], t.user_attrs["r"], t.user_attrs["codec"], t.user_attrs["t"]) for t in done}
-    key = objective_key(problem)
     queued = 0
     for k, r in sorted({(t.user_attrs["k"], t.user_attrs["r"]) for t in done}):
-        evals = pool.evaluations(k, r)
-        codecs = problem.space.codecs if 0 < k < problem.space.K else ("fp32",)
-        best = min((best_threshold(problem, k, r, c, evals) for c in codecs),
-                   key=lambda s: key(s.latency_ms, s.val_acc))
-        c = best.config
+        c = best_setting(problem, k, r, pool.evaluations(k, r)).config
         if (c.k, c.r, c.codec, c.t) not in seen:
             study.enqueue_trial(problem.space.params(c), skip_if_exists=True)
             queued += 1
