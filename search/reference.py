@@ -12,7 +12,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from search.pool import Abandoned, CandidatePool
-from search.space import Problem, Score, objective_key, best_threshold, score
+from search.space import Problem, Score, best_setting, objective_key
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,9 @@ def best_of(problem: Problem, pool: CandidatePool, method: Method, build: bool =
         except Abandoned:
             complete = False
             continue
-        codecs = method.codecs or problem.space.codecs
-        for codec in codecs if 0 < k < problem.space.K else ("fp32",):
-            s = (best_threshold(problem, k, r, codec, evals) if method.exit else
-                 score(problem, problem.space.canonical(k, r, None, codec), evals))
-            if best is None or key(s.latency_ms, s.val_acc) < key(best.latency_ms, best.val_acc):
-                best = s
+        s = best_setting(problem, k, r, evals, method.codecs, method.exit)
+        if best is None or key(s.latency_ms, s.val_acc) < key(best.latency_ms, best.val_acc):
+            best = s
     return best, complete
 
 

@@ -94,6 +94,7 @@ class Context:
     pool: CandidatePool
     data: datasets.DataSplits
     db: ProjectDB
+    storage: optuna.storages.RDBStorage
 
 
 def context(spec: RunSpec, log=print) -> Context:
@@ -115,19 +116,17 @@ def context(spec: RunSpec, log=print) -> Context:
     base = base_model(spec.model, data, seed=spec.seed, weights=spec.weights,
                       recipe=Recipe(epochs=spec.base_epochs), progress=spec.progress, log=log)
     Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
-    st = storage(spec.storage)  # validates the URL before the project tables touch it
-    st.remove_session()
+    study_storage = storage(spec.storage)  # validates the URL before the project tables touch it
     db = ProjectDB(spec.storage)
     recipe = Recipe(**{**FINETUNE.key(), "epochs": spec.finetune_epochs})
     pool = CandidatePool(base, data, db, recipe=recipe, seed=spec.seed, progress=spec.progress)
-    return Context(spec, problem, pool, data, db)
+    return Context(spec, problem, pool, data, db, study_storage)
 
 
 def work(ctx: Context, show_progress: bool = True) -> optuna.Study:
     """Run trials until the study holds `trials` finished ones (shared with every other worker)."""
     spec = ctx.spec
-    study = open_study(spec.study, storage(spec.storage), ctx.problem, spec.multi, spec.seed)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(spec.study, ctx.storage, ctx.problem, spec.multi, spec.seed)
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     if not spec.multi and not study.get_trials(deepcopy=False):
         seed(study, ctx.problem)  # the first worker on an empty study queues the cheap splits

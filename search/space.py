@@ -147,6 +147,16 @@ def best_threshold(problem: Problem, k: int, r: float, codec: str, evaluations: 
     return best
 
 
+def best_setting(problem: Problem, k: int, r: float, evaluations: dict[str, Evaluation],
+                 codecs: tuple[str, ...] | None = None, exit: bool = True) -> Score:
+    """The exact best codec (among `codecs`) and, with `exit`, threshold of an evaluated (k, r)."""
+    key = objective_key(problem)
+    codecs = (codecs or problem.space.codecs) if 0 < k < problem.space.K else ("fp32",)
+    scores = (best_threshold(problem, k, r, c, evaluations) if exit else
+              score(problem, problem.space.canonical(k, r, None, c), evaluations) for c in codecs)
+    return min(scores, key=lambda s: key(s.latency_ms, s.val_acc))
+
+
 def objective_key(problem: Problem):
     """Sort key: feasible first, then the objective (latency for A0, accuracy for T0)."""
     if problem.T0 is not None:

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from results.db import first_start, redact
 from search.latency import lower_bound_ms
 from search.pool import Abandoned, CandidatePool
-from search.space import Problem, Score, best_threshold, objective_key, score, violation
+from search.space import Problem, best_setting, score, violation
 
 # A worker killed mid-trial is noticed GRACE_S after its last heartbeat and its trial re-queued.
 # The environment may shorten both (the kill test does).
@@ -119,14 +119,6 @@ class Objective:
         trial.set_user_attr("feasible", s.feasible(p))
         trial.set_constraint("T0" if p.T0 is not None else "A0", violation(p, s.latency_ms, s.val_acc))
         return s.val_acc if p.T0 is not None else s.latency_ms
-
-
-def best_setting(problem: Problem, k: int, r: float, evaluations) -> Score:
-    """The exact best threshold and codec of an evaluated (k, r)."""
-    key = objective_key(problem)
-    codecs = problem.space.codecs if 0 < k < problem.space.K else ("fp32",)
-    return min((best_threshold(problem, k, r, c, evaluations) for c in codecs),
-               key=lambda s: key(s.latency_ms, s.val_acc))
 
 
 def seed(study: optuna.Study, problem: Problem) -> int:
