@@ -6,6 +6,7 @@ exit rate of any threshold, and of any codec, cost no inference.
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -87,16 +88,34 @@ class Evaluation:
         n = len(conf)
         return conf[last].astype(float), (final_ok.sum() + gain[last]) / n, (last + 1) / n
 
-    def to_state(self) -> dict:
-        return {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else
-                    {c: torch.from_numpy(a) for c, a in v.items()} if isinstance(v, dict) else v)
-                for k, v in self.__dict__.items()}
 
-    @classmethod
-    def from_state(cls, state: dict) -> "Evaluation":
-        return cls(**{k: (v.numpy() if isinstance(v, torch.Tensor) else
-                          {c: a.numpy() for c, a in v.items()} if isinstance(v, dict) else v)
-                      for k, v in state.items()})
+def pack_evaluations(evaluations: dict[str, Evaluation]) -> bytes:
+    """Per-split evaluations as one .npz blob: the file cache and the project tables store this."""
+    arrays = {}
+    for split, ev in evaluations.items():
+        for name, value in ev.__dict__.items():
+            if isinstance(value, dict):
+                arrays.update({f"{split}.{name}.{c}": a for c, a in value.items()})
+            elif value is not None:
+                arrays[f"{split}.{name}"] = value
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def unpack_evaluations(blob: bytes) -> dict[str, Evaluation]:
+    """Inverse of pack_evaluations; never unpickles."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        fields: dict[str, dict] = {}
+        for key in z.files:
+            split, name, *codec = key.split(".")
+            f = fields.setdefault(split, {"exit_conf": None, "exit_pred": None, "exit_top5": None,
+                                          "final": {}, "final_top5": {}})
+            if codec:
+                f[name][codec[0]] = z[key]
+            else:
+                f[name] = z[key]
+    return {split: Evaluation(**f) for split, f in fields.items()}
 
 
 @dataclass
@@ -188,7 +207,7 @@ def candidate_key(base: BaseModel, k: int, ratio: float, importance: str = "magn
                   exit_epochs: int = EXIT_EPOCHS, seed: int = 0) -> dict:
     """Everything that determines a candidate's weights and evaluation."""
     return {"base": base.digest, "k": k, "r": round(float(ratio), 4), "importance": importance,
-            "recipe": recipe.key(), "exit_epochs": exit_epochs, "seed": seed}
+            "recipe": recipe.key(), "exit_epochs": exit_epochs, "seed": seed, "format": 2}
 
 
 def candidate_path(key: dict):
@@ -215,7 +234,7 @@ def build_candidate(base: BaseModel, data: DataSplits, k: int, ratio: float, imp
             model.load_state_dict(entry["model"])
             if exit_branch is not None:
                 exit_branch.load_state_dict(entry["exit"])
-            evals = {s: Evaluation.from_state(entry["evaluations"][s]) for s in SPLITS}
+            evals = unpack_evaluations(entry["evaluations"])
             return Candidate(k, ratio, model.eval(), exit_branch, evals, {**entry["meta"], "cached": True})
         start = time.perf_counter()
         history = []
@@ -231,7 +250,7 @@ def build_candidate(base: BaseModel, data: DataSplits, k: int, ratio: float, imp
                 "val_acc": float(evals["val"].accuracy([None])[0]),
                 "test_acc": float(evals["test"].accuracy([None])[0])}
         store.save({"model": model.state_dict(), "exit": exit_branch.state_dict() if exit_branch else None,
-                    "evaluations": {s: e.to_state() for s, e in evals.items()}, "meta": meta}, path)
+                    "evaluations": pack_evaluations(evals), "meta": meta}, path)
     return Candidate(k, ratio, model.eval(), exit_branch, evals, {**meta, "cached": False})
 
 

@@ -6,17 +6,15 @@ fine-tune it never ran; the weights stay where `weights_path` says.
 """
 from __future__ import annotations
 
-import io
 import json
 import socket
 import time
 from datetime import datetime, timezone
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from compress.candidate import Evaluation
+from compress.candidate import Evaluation, pack_evaluations
 
 metadata = sa.MetaData()
 
@@ -78,33 +76,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def pack(evaluations: dict[str, Evaluation]) -> bytes:
-    arrays = {}
-    for split, ev in evaluations.items():
-        for name, value in ev.__dict__.items():
-            if isinstance(value, dict):
-                arrays.update({f"{split}.{name}.{c}": a for c, a in value.items()})
-            elif value is not None:
-                arrays[f"{split}.{name}"] = value
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
-def unpack(blob: bytes) -> dict[str, Evaluation]:
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-        fields: dict[str, dict] = {}
-        for key in z.files:
-            split, name, *codec = key.split(".")
-            f = fields.setdefault(split, {"exit_conf": None, "exit_pred": None, "exit_top5": None,
-                                          "final": {}, "final_top5": {}})
-            if codec:
-                f[name][codec[0]] = z[key]
-            else:
-                f[name] = z[key]
-    return {split: Evaluation(**f) for split, f in fields.items()}
-
-
 class ProjectDB:
     """Runs and candidates of a study, in the database its storage URL names."""
 
@@ -145,7 +116,7 @@ class ProjectDB:
         if evaluations:
             val, test = evaluations["val"], evaluations["test"]
             values.update(val_acc=float(val.accuracy([None])[0]), test_acc=float(test.accuracy([None])[0]),
-                          evaluation=pack(evaluations))
+                          evaluation=pack_evaluations(evaluations))
             if val.exit_conf is not None:
                 values.update(exit_rate_09=float(val.exit_rate([0.9])[0]),
                               exit_acc_09=float(val.accuracy([0.9])[0]))

@@ -12,10 +12,11 @@ import optuna
 
 from compress import store
 from compress.base import BaseModel
-from compress.candidate import FINETUNE, Evaluation, build_candidate, candidate_key, candidate_path
+from compress.candidate import (FINETUNE, Evaluation, build_candidate, candidate_key, candidate_path,
+                               unpack_evaluations)
 from compress.data import DataSplits
 from compress.train import Recipe
-from results.db import ProjectDB, unpack
+from results.db import ProjectDB
 
 
 class Abandoned(Exception):
@@ -59,7 +60,7 @@ class CandidatePool:
         if row is not None:
             if row["status"] == "abandoned":
                 raise Abandoned(f"k={k} r={r} was abandoned (val acc {row['val_acc']})")
-            evals = unpack(row["evaluation"])
+            evals = unpack_evaluations(row["evaluation"])
         else:
             last = {}
 
