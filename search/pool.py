@@ -12,8 +12,8 @@ import optuna
 
 from compress import store
 from compress.base import BaseModel
-from compress.candidate import (FINETUNE, Evaluation, build_candidate, candidate_key, candidate_path,
-                               unpack_evaluations)
+from compress.candidate import (EXIT_EPOCHS, FINETUNE, Evaluation, build_candidate, candidate_key,
+                               candidate_path, unpack_evaluations)
 from compress.data import DataSplits
 from compress.train import Recipe
 from results.db import ProjectDB
@@ -30,6 +30,7 @@ class CandidatePool:
     db: ProjectDB | None = None
     recipe: Recipe = FINETUNE
     importance: str = "magnitude"
+    exit_epochs: int = EXIT_EPOCHS
     seed: int = 0
     progress: bool = True
     fine_tunes: int = 0  # pruned networks trained by this process
@@ -37,7 +38,7 @@ class CandidatePool:
     _memo: dict = field(default_factory=dict)
 
     def _key(self, k: int, r: float) -> dict:
-        return candidate_key(self.base, k, r, self.importance, self.recipe, seed=self.seed)
+        return candidate_key(self.base, k, r, self.importance, self.recipe, self.exit_epochs, self.seed)
 
     def _recipe_id(self, k: int, r: float) -> str:
         key = self._key(k, r)
@@ -70,8 +71,8 @@ class CandidatePool:
                     on_epoch(epoch, acc)
 
             try:
-                cand = build_candidate(self.base, self.data, k, r, self.importance, self.recipe, seed=self.seed,
-                                       on_epoch=watch, progress=self.progress)
+                cand = build_candidate(self.base, self.data, k, r, self.importance, self.recipe, self.exit_epochs,
+                                       seed=self.seed, on_epoch=watch, progress=self.progress)
             except optuna.TrialPruned:
                 if self.db is not None:  # so no worker spends this fine-tune again
                     self.db.put_candidate(self.base.digest, k, r, recipe_id, "abandoned", val_acc=last.get("acc"))
@@ -90,5 +91,5 @@ class CandidatePool:
 
     def candidate(self, k: int, r: float):
         """The full candidate (weights included) for export; trains it here if only another machine has it."""
-        return build_candidate(self.base, self.data, k, r, self.importance, self.recipe, seed=self.seed,
-                               progress=self.progress)
+        return build_candidate(self.base, self.data, k, r, self.importance, self.recipe, self.exit_epochs,
+                               seed=self.seed, progress=self.progress)

@@ -16,9 +16,9 @@ from optuna.trial import TrialState
 from compress import data as datasets
 from compress import zoo
 from compress.base import base_model
-from compress.candidate import FINETUNE
+from compress.candidate import EXIT_EPOCHS, FINETUNE
 from compress.codec import CODECS
-from compress.train import Recipe
+from compress.train import Recipe, check_precision
 from profiles import Network, load_profile
 from results.db import ProjectDB, redact
 from search.pool import CandidatePool
@@ -46,9 +46,12 @@ class RunSpec:
     input_size: int = 32
     seed: int = 0
     weights: str | None = None
-    base_epochs: int = Recipe().epochs
+    base_epochs: int | None = None  # None: Recipe().epochs from scratch, none on top of complete --weights
     finetune_epochs: int = FINETUNE.epochs
+    exit_epochs: int = EXIT_EPOCHS
     ratios: list[float] | None = None  # default: the profile's grid
+    splits: list[int] | None = None  # intermediate split points to consider; default: all (0 and K always)
+    precision: str = "fp32"  # training arithmetic (compress.train.PRECISIONS)
     codecs: list[str] = field(default_factory=lambda: list(CODECS))
     trials: int = 40
     n_workers: int = 1
@@ -71,8 +74,12 @@ class RunSpec:
             raise ValueError(f"--T0 must be > 0 ms, got {self.T0:g}")
         if self.metric not in ("top1", "top5"):
             raise ValueError(f"--metric must be top1 or top5, got {self.metric!r}")
-        if self.trials < 1 or self.n_workers < 1:
-            raise ValueError("--trials and --n-workers must be at least 1")
+        for name, value in (("--trials", self.trials), ("--n-workers", self.n_workers),
+                            ("--base-epochs", self.base_epochs), ("--finetune-epochs", self.finetune_epochs),
+                            ("--exit-epochs", self.exit_epochs)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        check_precision(self.precision)
         for c in self.codecs:
             if c not in CODECS:
                 raise ValueError(f"unknown codec {c!r}; choose from: {', '.join(CODECS)}")
@@ -111,15 +118,26 @@ def context(spec: RunSpec, log=print) -> Context:
         if bad:
             raise ValueError(f"ratios {bad} are not in the profile's grid {list(ratios)}")
         ratios = tuple(spec.ratios)
-    problem.space = SearchSpace(problem.space.K, ratios, tuple(spec.codecs))
+    K = problem.space.K
+    splits = None
+    if spec.splits is not None:
+        bad = [k for k in spec.splits if not 0 < k < K]
+        if bad:
+            raise ValueError(f"splits {bad} are not intermediate split points of {spec.model} (1..{K - 1})")
+        splits = tuple(sorted({0, K, *spec.splits}))
+    problem.space = SearchSpace(K, ratios, tuple(spec.codecs), splits)
     data = datasets.load(spec.dataset, spec.data_root, spec.input_size, spec.seed)
-    base = base_model(spec.model, data, seed=spec.seed, weights=spec.weights,
-                      recipe=Recipe(epochs=spec.base_epochs), progress=spec.progress, log=log)
+    base_recipe = None
+    if spec.base_epochs is not None or not spec.weights:
+        base_recipe = Recipe(epochs=spec.base_epochs or Recipe().epochs, precision=spec.precision)
+    base = base_model(spec.model, data, seed=spec.seed, weights=spec.weights, recipe=base_recipe,
+                      progress=spec.progress, log=log)
     Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
     study_storage = storage(spec.storage)  # validates the URL before the project tables touch it
     db = ProjectDB(spec.storage)
-    recipe = Recipe(**{**FINETUNE.key(), "epochs": spec.finetune_epochs})
-    pool = CandidatePool(base, data, db, recipe=recipe, seed=spec.seed, progress=spec.progress)
+    recipe = Recipe(**{**FINETUNE.key(), "epochs": spec.finetune_epochs, "precision": spec.precision})
+    pool = CandidatePool(base, data, db, recipe=recipe, exit_epochs=spec.exit_epochs, seed=spec.seed,
+                         progress=spec.progress)
     return Context(spec, problem, pool, data, db, study_storage)
 
 

@@ -72,6 +72,7 @@ class Objective:
     def __init__(self, problem: Problem, pool: CandidatePool, multi: bool = False, skip_hopeless: bool = True):
         self.problem, self.pool, self.multi, self.skip_hopeless = problem, pool, multi, skip_hopeless
         self._polished: set[tuple[int, float]] = set()
+        self._tried: set[tuple[int, float]] = set()  # (k, r) this worker evaluated, abandoned or saw pruned
 
     def _hopeless(self, trial: optuna.Trial, config) -> str | None:
         """Why (k, r) is not worth a fine-tune, judged from latency alone; None if it is."""
@@ -101,6 +102,7 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"val acc {acc:.3f} after epoch {epoch}")
 
+        self._tried.add((config.k, config.r))
         try:
             evals = self.pool.evaluations(config.k, config.r, on_epoch)
         except Abandoned as e:
@@ -117,8 +119,27 @@ class Objective:
         if self.multi:
             return s.latency_ms, s.val_acc
         trial.set_user_attr("feasible", s.feasible(p))
+        if p.T0 is None:
+            best = min(best_feasible_ms(trial.study), s.latency_ms if s.feasible(p) else float("inf"))
+            self._queue_most_promising(trial.study, best)
         trial.set_constraint("T0" if p.T0 is not None else "A0", violation(p, s.latency_ms, s.val_acc))
         return s.val_acc if p.T0 is not None else s.latency_ms
+
+
+    def _queue_most_promising(self, study: optuna.Study, best_ms: float) -> None:
+        """Branch and bound: queue the untried (k, r) with the lowest latency lower bound, if it can beat
+        the best feasible latency so far. TPE alone left such candidates unsampled for 40 trials (measured)."""
+        p = self.problem
+        options = []
+        for k, r in p.space.candidates():
+            if (k, r) in self._tried:
+                continue
+            codecs = p.space.codecs if 0 < k < p.space.K else ("fp32",)
+            options += [(lower_bound_ms(p.device, p.server, p.network, k, r, c), k, r, c) for c in codecs]
+        if options:
+            bound, k, r, codec = min(options)
+            if bound < best_ms:
+                study.enqueue_trial(p.space.params(p.space.canonical(k, r, 0.9, codec)), skip_if_exists=True)
 
 
 def seed(study: optuna.Study, problem: Problem) -> int:

@@ -139,3 +139,42 @@ def test_curve_equals_pointwise_accuracy(resnet_base, digits32):
         assert len(ts) > 5 and np.all(np.diff(ts) < 0)
         assert np.allclose(acc, ev.accuracy(list(ts), codec))
         assert np.allclose(rate, ev.exit_rate(list(ts)))
+
+
+def test_bf16_training_recovers_a_pruned_head_and_restores_the_layout(resnet_base, digits32):
+    from compress.train import evaluate, fit
+
+    model = prune.prune(resnet_base.model, 2, 0.5, 32)
+    before, _ = evaluate(model, digits32)
+    history = fit(model, digits32, Recipe(epochs=1, patience=1, precision="bf16"), teacher=resnet_base.model,
+                  progress=False)
+    after, _ = evaluate(model, digits32)
+    assert len(history) == 1 and after > before
+    for m in (model, resnet_base.model):  # the student and the teacher are back in the default layout
+        for p in m.parameters():
+            assert p.dtype == torch.float32 and p.is_contiguous()
+
+
+def test_bad_precision_gets_one_line():
+    from compress.train import check_precision
+
+    with pytest.raises(ValueError, match="unknown training precision 'fp8'; choose one of: fp32, bf16"):
+        check_precision("fp8")
+
+
+def test_base_continues_from_weights_only_when_asked(resnet_base, tmp_path, monkeypatch):
+    """Progressive resizing: a 32 px model's weights at 40 px, used as they are or trained further."""
+    from compress import data
+    from compress.base import base_model
+
+    monkeypatch.setenv("SPLITOPT_CACHE", str(tmp_path))
+    d40 = data.load("digits", input_size=40)
+    as_is = base_model("resnet18", d40, weights=resnet_base.path, progress=False)
+    assert as_is.meta["epochs"] == 0
+    for name, value in resnet_base.model.state_dict().items():
+        assert torch.equal(as_is.model.state_dict()[name], value)
+    further = base_model("resnet18", d40, weights=resnet_base.path, recipe=Recipe(epochs=1, precision="bf16"),
+                         progress=False)
+    assert further.meta["epochs"] == 1 and further.digest != as_is.digest
+    w = "stem.0.weight"
+    assert not torch.equal(further.model.state_dict()[w], as_is.model.state_dict()[w])

@@ -51,6 +51,17 @@ def test_search_reaches_exhaustive_optimum(tmp_path, resnet_base):
     assert result["spent"]["fine_tunes"] <= result["spent"]["grid_fine_tunes"]
 
 
+def test_restricted_splits_bound_the_search_and_every_baseline(tmp_path, resnet_base):
+    spec = RunSpec(**SMALL, A0=0.9, splits=[2, 4], trials=12, exhaustive=True, run_dir=str(tmp_path)).resolved()
+    result = run(spec, log=lambda *_: None)
+    allowed = {0, 2, 4, 6}
+    assert result["spent"]["grid_candidates"] == 1 + 3 * len(SMALL["ratios"])
+    trials = optuna.load_study(study_name=spec.study, storage=spec.storage).trials
+    assert {t.params["k"] for t in trials} <= allowed
+    assert result["best"]["k"] in allowed
+    assert {row["k"] for row in result["baselines"] if row.get("feasible")} <= allowed
+
+
 def test_unreachable_A0_exits_nonzero_with_best_reachable(tmp_path, resnet_base):
     out = subprocess.run([sys.executable, str(ROOT / "auto.py"), *_args({**SMALL, "A0": 1.0, "trials": 6}),
                           "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
@@ -63,6 +74,9 @@ def test_unreachable_A0_exits_nonzero_with_best_reachable(tmp_path, resnet_base)
     (["--bandwidth", "0"], "--bandwidth must be > 0 Mbit/s"),
     (["--A0", "1.5"], "--A0 must be in (0, 1]"),
     (["--end_device", "toaster", "--model", "resnet18"], "toaster"),
+    (["--model", "resnet18", "--base-epochs", "2", "--splits", "2,7"],
+     "splits [7] are not intermediate split points of resnet18 (1..5)"),
+    (["--exit-epochs", "0"], "--exit-epochs must be at least 1"),
     (["--storage", "mysql+pymysql://bob:s3cret@127.0.0.1:1/x", "--model", "resnet18", "--base-epochs", "2"],
      "cannot use storage mysql+pymysql://bob:***@127.0.0.1:1/x"),
 ])
