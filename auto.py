@@ -147,6 +147,7 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
     from pathlib import Path
 
     from runtime.deploy import deploy_candidate
+    from search.latency import predicted_at
     from search.run import context
 
     ctx = context(spec, log=lambda *_: None)
@@ -154,18 +155,17 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
     cand = ctx.pool.candidate(int(best["k"]), float(best["r"]))
     out = Path(spec.run_dir) / "deploy"
     # the edge runs the test split, so the prediction uses the test split's exit rate
-    pred = {part: result["predicted"][part] for part in ("device_ms", "exit_ms", "transfer_ms", "server_ms")}
     rate = best["test_exit_rate"]
-    predicted = {**pred, "exit_rate": rate,
-                 "total_ms": pred["device_ms"] + pred["exit_ms"] + (1 - rate) * (pred["transfer_ms"] + pred["server_ms"])}
+    predicted = predicted_at(result["predicted"], rate)
     _, summary = deploy_candidate(cand, ctx.data, out, best["t"], best["codec"], predicted, seed=spec.seed,
                                   bandwidth=spec.bandwidth, rtt=spec.rtt,
                                   slowdown=float(ctx.problem.device.meta.get("slowdown", 1.0)), limit=limit,
                                   server_threads=int(ctx.problem.server.meta.get("threads", 1)),
                                   csv=out / "edge.csv", progress=spec.progress)
-    rows = [("device+exit", pred["device_ms"] + pred["exit_ms"], summary["device_ms"] + summary["exit_ms"]),
-            ("transfer", (1 - rate) * pred["transfer_ms"], summary["transfer_ms"]),
-            ("server", (1 - rate) * pred["server_ms"], summary["server_ms"]),
+    rows = [("device+exit", predicted["device_ms"] + predicted["exit_ms"],
+             summary["device_ms"] + summary["exit_ms"]),
+            ("transfer", (1 - rate) * predicted["transfer_ms"], summary["transfer_ms"]),
+            ("server", (1 - rate) * predicted["server_ms"], summary["server_ms"]),
             ("mean total", predicted["total_ms"], summary["mean_ms"])]
     print(f"\n== deployed over loopback ({ctx.problem.network}), {summary['n']} test samples")
     print(f"{'ms per request':<16}{'predicted':>10}{'measured':>10}")

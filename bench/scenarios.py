@@ -27,6 +27,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from bench.search_efficiency import efficiency  # noqa: E402
 from profiles import Network, load_profile  # noqa: E402
+from search.latency import predicted_at  # noqa: E402
 from search.pool import Abandoned  # noqa: E402
 from search.reference import reference_table  # noqa: E402
 from search.run import RunSpec, context  # noqa: E402
@@ -156,11 +157,9 @@ def deploy_choices(ctx, df: pd.DataFrame, out: Path, limit: int) -> pd.DataFrame
             server = load_profile(ctx.spec.server, ctx.spec.model, ctx.spec.input_size)
             cand = ctx.pool.candidate(int(s.k), float(s.r))
             rate = float(s.test_exit_rate)  # the edge runs the test split
+            predicted = predicted_at(s, rate)
             exit_path = s.device_ms + s.exit_ms
             full_path = exit_path + s.transfer_ms + s.server_ms
-            predicted = {"device_ms": s.device_ms, "exit_ms": s.exit_ms, "transfer_ms": s.transfer_ms,
-                         "server_ms": s.server_ms, "exit_rate": rate,
-                         "total_ms": exit_path + (1 - rate) * (s.transfer_ms + s.server_ms)}
             _, m = deploy_candidate(cand, ctx.data, out / "deploy" / "-".join(map(str, key)), key[4], s.codec,
                                     predicted, bandwidth=s.bandwidth_mbps, rtt=ctx.problem.network.rtt_ms,
                                     slowdown=float(dev.meta.get("slowdown", 1.0)),

@@ -152,8 +152,11 @@ def evaluate(model: SplitModel, exit_branch: nn.Module | None, k: int, data: Dat
     if exit_branch is not None:
         exit_branch.eval()
     cols: dict[str, list] = {"label": [], "conf": [], "pred": [], "top5": []}
-    finals: dict[str, list] = {c: [] for c in codec_names}
-    finals5: dict[str, list] = {c: [] for c in codec_names}
+    # k = 0 sends the raw uint8 image and k = K sends nothing: no codec loss there, one pass serves all
+    sends_features = 0 < k < model.K
+    passes = codec_names if sends_features else codec_names[:1]
+    finals: dict[str, list] = {c: [] for c in passes}
+    finals5: dict[str, list] = {c: [] for c in passes}
     for images, labels in data.loader(split, batch_size=256):
         x = data.normalize(images)
         feats = head(x)
@@ -164,16 +167,14 @@ def evaluate(model: SplitModel, exit_branch: nn.Module | None, k: int, data: Dat
             cols["conf"].append(conf)
             cols["pred"].append(pred)
             cols["top5"].append(_topk_hit(probs, labels))
-        # k = 0 sends the raw uint8 image and k = K sends nothing: no codec loss there, one pass serves all
-        for c in codec_names if 0 < k < model.K else codec_names[:1]:
-            logits = tail(codecs.roundtrip(feats, c) if 0 < k < model.K else feats)
+        for c in passes:
+            logits = tail(codecs.roundtrip(feats, c) if sends_features else feats)
             finals[c].append(logits.argmax(1))
             finals5[c].append(_topk_hit(logits, labels))
-    for c in codec_names[1:] if not 0 < k < model.K else ():
-        finals[c], finals5[c] = finals[codec_names[0]], finals5[codec_names[0]]
     cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
+    of = lambda c: c if c in finals else passes[0]  # noqa: E731
     return Evaluation(cat(cols["label"]), cat(cols["conf"]), cat(cols["pred"]), cat(cols["top5"]),
-                      {c: cat(v) for c, v in finals.items()}, {c: cat(v) for c, v in finals5.items()})
+                      {c: cat(finals[of(c)]) for c in codec_names}, {c: cat(finals5[of(c)]) for c in codec_names})
 
 
 @torch.no_grad()

@@ -42,6 +42,15 @@ class Breakdown:
         return {**asdict(self), "expected_ms": self.expected_ms}
 
 
+PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms")
+
+
+def predicted_at(parts: dict, exit_rate: float) -> dict[str, float]:
+    """The four predicted parts with their expected total at another exit rate (a deployment's test split)."""
+    b = Breakdown(*(float(parts[p]) for p in PARTS), bytes=0, exit_rate=float(exit_rate))
+    return {**{p: getattr(b, p) for p in PARTS}, "exit_rate": b.exit_rate, "total_ms": b.expected_ms}
+
+
 def _check_rate(exit_rate: float | None, k: int, K: int) -> float:
     if exit_rate is None:
         return 0.0
