@@ -58,6 +58,7 @@ def headline_section(head: pd.DataFrame, out: Path) -> list[str]:
                "gap_to_exhaustive_pct", *ratio_cols]].rename(columns={**short, "bandwidth_mbps": "Mbps",
                                                                         "gap_to_exhaustive_pct": "gap %"})
         parts.append(f"### {size} px\n\n" + md(t))
+    parts += size_section(head)
     big = head[head["size"] == head["size"].max()]
     single = big[[f"x {m}" for m in SINGLE]].min(axis=1)  # against the better single end
     collab = big[[f"x {m}" for m in COLLABORATIVE]].min(axis=1)  # against the best collaborative method
@@ -86,6 +87,20 @@ def headline_section(head: pd.DataFrame, out: Path) -> list[str]:
     plot_speedups(big, out / "speedups.png")
     parts.append("![speedups](benchmarks/speedups.png)\n")
     return parts
+
+
+def size_section(head: pd.DataFrame) -> list[str]:
+    """The same scenario at every input size side by side: how the answer changes with the size."""
+    if head["size"].nunique() < 2:
+        return []
+    keys = ["model", "device", "bandwidth_mbps", "A0_drop"]
+    wide = head.pivot_table(index=keys, columns="size", values=["choice", "ms", "sent_bytes", "x cloud only"],
+                            aggfunc="first")
+    wide.columns = [f"{value} {size}px" for value, size in wide.columns]
+    order = [f"{v} {s}px" for s in sorted(head["size"].unique()) for v in ("choice", "ms", "sent_bytes", "x cloud only")]
+    t = wide[order].reset_index().rename(columns={"bandwidth_mbps": "Mbps", "A0_drop": "A0 drop (points)"})
+    return ["### How the answer changes with the input size\n\nThe same scenario at each size (A0 is relative to "
+            "that size's base model; `x cloud only` = cloud only's latency over ours):\n\n" + md(t)]
 
 
 def plot_speedups(big: pd.DataFrame, path: Path) -> None:
@@ -154,22 +169,31 @@ def main() -> None:
     if (sc / "efficiency.csv").exists():
         eff = pd.read_csv(sc / "efficiency.csv")
         parts.append("## 2. Search efficiency\n\nUntil the best feasible latency is within 1% of the exhaustive "
-                     "optimum: median over seeds of fine-tunes and wall time (search time measured on cached candidates "
-                     "plus the measured build time of each candidate the run evaluated first; the exhaustive grid "
-                     "needs every candidate).\n")
+                     "optimum: median over seeds of trials, fine-tunes and wall time (search time measured on cached "
+                     "candidates plus the measured build time of each candidate the run evaluated first, r = 0 exit "
+                     "trainings included; the exhaustive grid needs every candidate). The last column is what each "
+                     "method fine-tunes over all 60 trials of a run, i.e. what a user pays for the full default "
+                     "budget.\n")
         for name, g in eff.groupby("scenario", sort=False):
             parts.append(f"### {name} (optimum {g['optimum_ms'].iloc[0]:.3f} ms)\n\n" + md(summary(g).reset_index()))
     if (sc / "deployed.csv").exists():
         dep = pd.read_csv(sc / "deployed.csv")
         parts.append("## 3. Prediction against measurement\n\nEach scenario's chosen split exported to ONNX, served "
                      "on loopback and run by the edge client over the shaped link (rtt 5 ms, the scenario's bandwidth, "
-                     "the emulated device's slowdown), over the first test samples. Predicted p95 = the slower path "
-                     "(with transfer) unless the exit answers at least 95% of the test split.\n\n"
+                     "the emulated device's slowdown), over the first `n` test samples. The prediction is made for "
+                     "exactly those samples: each costs the exit path (head + exit) where the evaluation says the exit "
+                     "answers it, else the full path (head + exit + transfer + server); the predicted mean and p95 are "
+                     "over those per-sample costs. `agreement` = share of samples whose exit decision and answer the "
+                     "ONNX deployment reproduced exactly (1.0 = the deployment is the evaluated model).\n\n"
                      + md(dep[["scenario", "choice", "n", "pred_mean_ms", "meas_mean_ms", "mean_error_pct",
                                "pred_p95_ms", "meas_p95_ms", "p95_error_pct", "pred_exit_rate", "meas_exit_rate",
-                               "meas_accuracy", "bytes_per_request"]]))
+                               "pred_accuracy", "meas_accuracy", "agreement", "bytes_per_request"]]))
+        parts.append("\nWhere the time goes (ms per request, mean over the samples; predicted / measured):\n\n"
+                     + md(dep[["scenario", "pred_device_ms", "meas_device_ms", "pred_transfer_ms", "meas_transfer_ms",
+                               "pred_server_ms", "meas_server_ms"]].drop_duplicates("scenario")))
         parts.append(f"\nMedian absolute error of the mean: {dep['mean_error_pct'].abs().median():.1f}%; of the p95: "
-                     f"{dep['p95_error_pct'].abs().median():.1f}%.\n\n![pred vs meas](benchmarks/deployed.png)\n")
+                     f"{dep['p95_error_pct'].abs().median():.1f}%; lowest agreement {dep['agreement'].min():.3f}."
+                     "\n\n![pred vs meas](benchmarks/deployed.png)\n")
         plot_xy(dep, "pred_mean_ms", "meas_mean_ms", figs / "deployed.png", "deployed splits: mean ms", logx=True)
     if (rt / "ort_vs_eager.csv").exists():
         parts.append("## 4. Runtime\n\n### ONNX Runtime against PyTorch eager (batch 1, one thread, median, "

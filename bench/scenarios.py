@@ -27,7 +27,6 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from bench.search_efficiency import efficiency  # noqa: E402
 from profiles import Network, load_profile  # noqa: E402
-from search.latency import predicted_at  # noqa: E402
 from search.pool import Abandoned  # noqa: E402
 from search.reference import reference_table  # noqa: E402
 from search.run import RunSpec, context  # noqa: E402
@@ -35,11 +34,11 @@ from search.space import Config, Problem, score  # noqa: E402
 from search.study import Objective, open_study, polish, seed  # noqa: E402
 
 # What makes the full suite fit in an hour on 2 CPU cores: at 224 px the base model continues from the
-# 32 px one (progressive resizing) for 2 epochs, candidates fine-tune 2 epochs and train exits 5 epochs,
+# 32 px one (progressive resizing) for 4 epochs, candidates fine-tune 2 epochs and train exits 5 epochs,
 # all in bf16 autocast, over fewer split points; at 32 px the main job's own budgets are used.
 BUDGETS = {
     32: dict(),
-    224: dict(base_epochs=2, finetune_epochs=2, exit_epochs=5, precision="bf16", from_size=32),
+    224: dict(base_epochs=4, finetune_epochs=2, exit_epochs=5, precision="bf16", from_size=32),
 }
 SPLITS = {  # intermediate split points searched at 224 px (all at 32 px)
     ("mobilenet_v2", 224): [2, 3, 4, 6],
@@ -47,6 +46,8 @@ SPLITS = {  # intermediate split points searched at 224 px (all at 32 px)
 COLLABORATIVE = ("split (Neurosurgeon)", "split + exit (Edgent-like)", "split + pruning (CNNPC-like)")
 SINGLE = ("device only", "cloud only")
 JOINT = "joint search (TPE)"
+# the scenario grid (r in {0, 0.5}) is small; search efficiency is also measured where the space is wider
+WIDE_GRID = "resnet18:32:0,0.3,0.5,0.7"
 
 
 def spec_for(model: str, size: int, ratios: list[float], out: Path, quick: bool) -> RunSpec:
@@ -113,7 +114,8 @@ def scenario_rows(ctx, devices, bandwidths, drops, rtt: float, trials: int) -> p
                 table.insert(0, "scenario", f"{ctx.spec.model} {ctx.spec.input_size}px {device} {bw:g}Mbps "
                                             f"A0-{drop:g}")
                 for col, value in (("model", ctx.spec.model), ("size", ctx.spec.input_size), ("device", device),
-                                   ("bandwidth_mbps", bw), ("A0", problem.A0), ("base_val_acc", base_acc)):
+                                   ("bandwidth_mbps", bw), ("A0", problem.A0), ("A0_drop", drop),
+                                   ("base_val_acc", base_acc)):
                     table[col] = value
                 frames.append(table)
     df = pd.concat(frames, ignore_index=True)
@@ -128,7 +130,7 @@ def ratios_table(df: pd.DataFrame) -> pd.DataFrame:
         by = g.set_index("method")
         ours = by.loc[JOINT]
         row = {"scenario": name, "model": ours["model"], "size": ours["size"], "device": ours["device"],
-               "bandwidth_mbps": ours["bandwidth_mbps"], "A0": ours["A0"],
+               "bandwidth_mbps": ours["bandwidth_mbps"], "A0": ours["A0"], "A0_drop": ours["A0_drop"],
                "choice": f"k={int(ours['k'])} r={ours['r']:g} "
                          f"{'no-exit' if pd.isna(ours['t']) else 't=%.2f' % ours['t']} {ours['codec']}",
                "ms": ours["expected_ms"], "sent_bytes": ours["sent_bytes"], "val_acc": ours["val_acc"],
@@ -145,40 +147,59 @@ def ratios_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def deploy_choices(ctx, df: pd.DataFrame, out: Path, limit: int) -> pd.DataFrame:
-    """Export and run each distinct chosen split of this (model, size) over the shaped loopback link."""
+    """Export and run each distinct chosen split of this (model, size) over the shaped loopback link.
+
+    The prediction covers exactly the test samples sent (their exit decisions from the evaluation), so
+    the error is the latency model's and the runtime's, not the luck of a small sample's exit rate."""
     from runtime.deploy import deploy_candidate
 
     rows, done = [], {}
     ours = df[(df.method == JOINT) & (df.feasible == True)]  # noqa: E712
+    server = load_profile(ctx.spec.server, ctx.spec.model, ctx.spec.input_size)
     for _, s in ours.iterrows():
         key = (s.device, s.bandwidth_mbps, int(s.k), float(s.r), None if pd.isna(s.t) else float(s.t), s.codec)
         if key not in done:
             dev = load_profile(s.device, ctx.spec.model, ctx.spec.input_size)
-            server = load_profile(ctx.spec.server, ctx.spec.model, ctx.spec.input_size)
             cand = ctx.pool.candidate(int(s.k), float(s.r))
-            rate = float(s.test_exit_rate)  # the edge runs the test split
-            predicted = predicted_at(s, rate)
-            exit_path = s.device_ms + s.exit_ms
-            full_path = exit_path + s.transfer_ms + s.server_ms
             _, m = deploy_candidate(cand, ctx.data, out / "deploy" / "-".join(map(str, key)), key[4], s.codec,
-                                    predicted, bandwidth=s.bandwidth_mbps, rtt=ctx.problem.network.rtt_ms,
+                                    s, bandwidth=s.bandwidth_mbps, rtt=ctx.problem.network.rtt_ms,
                                     slowdown=float(dev.meta.get("slowdown", 1.0)),
                                     server_threads=int(server.meta.get("threads", 1)), limit=limit, seed=ctx.spec.seed)
+            pred = m["predicted"]
+            rate = pred["exit_rate"]
             t = "no-exit" if key[4] is None else f"t={key[4]:.3f}"
             done[key] = {"choice": f"k={key[2]} r={key[3]:g} {t} {key[5]}", "n": m["n"],
-                         "pred_mean_ms": predicted["total_ms"], "meas_mean_ms": m["mean_ms"],
-                         "pred_p95_ms": full_path if rate < 0.95 else exit_path, "meas_p95_ms": m["p95_ms"],
-                         "pred_device_ms": s.device_ms + s.exit_ms, "meas_device_ms": m["device_ms"] + m["exit_ms"],
-                         "pred_transfer_ms": (1 - rate) * s.transfer_ms, "meas_transfer_ms": m["transfer_ms"],
-                         "pred_server_ms": (1 - rate) * s.server_ms, "meas_server_ms": m["server_ms"],
-                         "pred_exit_rate": rate, "meas_exit_rate": m["exit_rate"], "meas_accuracy": m["accuracy"],
-                         "bytes_per_request": m["bytes_per_request"]}
+                         "pred_mean_ms": pred["total_ms"], "meas_mean_ms": m["mean_ms"],
+                         "pred_p95_ms": pred["p95_ms"], "meas_p95_ms": m["p95_ms"],
+                         "pred_device_ms": pred["device_ms"] + pred["exit_ms"],
+                         "meas_device_ms": m["device_ms"] + m["exit_ms"],
+                         "pred_transfer_ms": (1 - rate) * pred["transfer_ms"], "meas_transfer_ms": m["transfer_ms"],
+                         "pred_server_ms": (1 - rate) * pred["server_ms"], "meas_server_ms": m["server_ms"],
+                         "pred_exit_rate": rate, "meas_exit_rate": m["exit_rate"],
+                         "pred_accuracy": pred["accuracy"], "meas_accuracy": m["accuracy"],
+                         "agreement": m["agreement"], "bytes_per_request": m["bytes_per_request"]}
         rows.append({"scenario": s.scenario, **done[key]})
     res = pd.DataFrame(rows)
     if len(res):
         res["mean_error_pct"] = 100 * (res.meas_mean_ms / res.pred_mean_ms - 1)
         res["p95_error_pct"] = 100 * (res.meas_p95_ms / res.pred_p95_ms - 1)
     return res
+
+
+def efficiency_rows(ctx, grid: pd.DataFrame, drops: list[float], seeds: int, rtt: float,
+                    grid_note: str = "") -> pd.DataFrame:
+    """Search efficiency of this (model, size)'s grid on the emulated device at 10 Mbit/s, per A0."""
+    base_acc = ctx.pool.base.meta["val_acc"]
+    frames = []
+    for drop in drops:
+        problem = Problem(load_profile("emulated-10x", ctx.spec.model, ctx.spec.input_size), ctx.problem.server,
+                          Network(10.0, rtt), A0=round(base_acc - drop / 100, 4))
+        problem.space = ctx.problem.space
+        e = efficiency(ctx, problem, seeds, trials=60, build_s=grid)
+        e.insert(0, "scenario", f"{ctx.spec.model} {ctx.spec.input_size}px{grid_note} emulated-10x 10Mbps "
+                                f"A0-{drop:g}")
+        frames.append(e)
+    return pd.concat(frames, ignore_index=True)
 
 
 def main() -> None:
@@ -192,7 +213,10 @@ def main() -> None:
     p.add_argument("--rtt", type=float, default=5.0)
     p.add_argument("--trials", type=int, default=40, help="trials of each scenario's joint search")
     p.add_argument("--seeds", type=int, default=5, help="seeds of the search-efficiency comparison")
-    p.add_argument("--deploy-limit", type=int, default=40, help="test samples per deployed split (0: no deployment)")
+    p.add_argument("--deploy-limit", type=int, default=100, help="test samples per deployed split (0: no deployment)")
+    p.add_argument("--wide-grid", action="append", default=None, metavar="MODEL:SIZE:RATIOS",
+                   help=f"search efficiency over a wider ratio grid as well (repeatable; default {WIDE_GRID}, "
+                        "none with --quick)")
     p.add_argument("--quick", action="store_true", help="1 fine-tune epoch and 5 exit epochs everywhere")
     p.add_argument("--out", default="runs/bench/scenarios")
     a = p.parse_args()
@@ -200,6 +224,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = [int(x) for x in a.sizes.split(",")]
+    drops = [float(x) for x in a.drops.split(",")]
     ratios = [float(x) for x in a.ratios.split(",")]
     grids, scen, eff, dep = [], [], [], []
     for model in a.models.split(","):
@@ -208,21 +233,19 @@ def main() -> None:
             ctx = context(spec_for(model, size, ratios, out, a.quick), log=print)
             grids.append(build_grid(ctx))
             df = scenario_rows(ctx, a.devices.split(","), [float(x) for x in a.bandwidths.split(",")],
-                               [float(x) for x in a.drops.split(",")], a.rtt, a.trials)
+                               drops, a.rtt, a.trials)
             scen.append(df)
             if size == sizes[-1]:
-                base_acc = ctx.pool.base.meta["val_acc"]
-                for drop in [float(x) for x in a.drops.split(",")]:
-                    problem = Problem(load_profile("emulated-10x", model, size), ctx.problem.server,
-                                      Network(10.0, a.rtt), A0=round(base_acc - drop / 100, 4))
-                    problem.space = ctx.problem.space
-                    e = efficiency(ctx, problem, a.seeds, trials=60, build_s=grids[-1])
-                    e.insert(0, "scenario", f"{model} {size}px emulated-10x 10Mbps A0-{drop:g}")
-                    eff.append(e)
+                eff.append(efficiency_rows(ctx, grids[-1], drops, a.seeds, a.rtt))
                 if a.deploy_limit:
                     dep.append(deploy_choices(ctx, df, out, a.deploy_limit))
             print(f"{model} {size}px done in {time.perf_counter() - started:.0f} s", flush=True)
             ctx.db.dispose()
+    for wide in a.wide_grid if a.wide_grid is not None else ([] if a.quick else [WIDE_GRID]):
+        model, size, wide_ratios = wide.split(":")
+        ctx = context(spec_for(model, int(size), [float(x) for x in wide_ratios.split(",")], out, a.quick), log=print)
+        eff.append(efficiency_rows(ctx, build_grid(ctx), drops, a.seeds, a.rtt, grid_note=f" r in {{{wide_ratios}}}"))
+        ctx.db.dispose()
     pd.concat(grids).to_csv(out / "grid.csv", index=False)
     all_rows = pd.concat(scen, ignore_index=True)
     all_rows.to_csv(out / "methods.csv", index=False)

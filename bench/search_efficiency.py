@@ -75,8 +75,9 @@ def efficiency(ctx, problem: Problem, seeds: int, trials: int, build_s: pd.DataF
     target = optimum.latency_ms * 1.01
     rows = [one_run(ctx, problem, m, s, target, trials, seconds) for m in ("joint", "random") for s in range(seeds)]
     grid = problem.space.candidates()
+    fine_tunes = sum(1 for k, r in grid if k > 0 and r > 0)
     rows.append({"method": "exhaustive", "seed": None, "reached": True, "trials": len(grid),
-                 "fine_tunes": sum(1 for k, r in grid if k > 0 and r > 0),
+                 "fine_tunes": fine_tunes, "fine_tunes_total": fine_tunes,
                  "wall_s": sum(seconds.get(key, 0.0) for key in grid)})
     df = pd.DataFrame(rows)
     df["optimum_ms"] = optimum.latency_ms
@@ -113,7 +114,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return df.groupby("method", sort=False).agg(runs=("reached", "size"), reached=("reached", "sum"),
                                                 median_trials=("trials", "median"),
                                                 median_fine_tunes=("fine_tunes", "median"),
-                                                median_wall_s=("wall_s", "median"))
+                                                median_wall_s=("wall_s", "median"),
+                                                median_fine_tunes_in_all_trials=("fine_tunes_total", "median"))
 
 
 if __name__ == "__main__":

@@ -71,6 +71,17 @@ class Evaluation:
             out.append(float(np.where(at_exit, exit_ok, final).mean()))
         return np.array(out)
 
+    def answers(self, threshold: float | None, codec: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+        """Per sample: answered at the exit (confidence >= t), and the class the split model answers.
+
+        What a deployment of this candidate must reproduce sample by sample (same data, same order).
+        """
+        final = self.final[codec]
+        if threshold is None or self.exit_conf is None:
+            return np.zeros(len(final), dtype=bool), final
+        at_exit = self.exit_conf >= threshold
+        return at_exit, np.where(at_exit, self.exit_pred, final)
+
     def curve(self, codec: str = "fp32", metric: str = "top1") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(thresholds, accuracy, exit rate) at every distinct exit confidence, in decreasing order.
 

@@ -14,6 +14,7 @@ from runtime import manifest as mf
 from runtime.cloud import CloudServer
 from runtime.edge import run_edge, summarize
 from runtime.export import export_split
+from search.latency import predicted_per_sample
 
 
 def deploy(out_dir: str | Path, data=None, *, bandwidth: float | str | None = 10.0, rtt: float = 5.0,
@@ -39,7 +40,26 @@ def deploy(out_dir: str | Path, data=None, *, bandwidth: float | str | None = 10
 
 
 def deploy_candidate(candidate, data, out_dir: str | Path, threshold: float | None, codec: str,
-                     predicted: dict | None = None, *, seed: int = 0, **kwargs) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Export a compression candidate's split (head + exit, tail) to `out_dir`, then `deploy` it."""
+                     parts: dict | None = None, *, seed: int = 0, limit: int | None = None,
+                     **kwargs) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Export a compression candidate's split (head + exit, tail) to `out_dir`, then `deploy` it over the
+    first `limit` test samples.
+
+    With `parts` (the predicted device, exit, transfer and server ms of this split), the prediction is
+    made for exactly the samples sent: their exit decisions and answers come from the candidate's test
+    evaluation, so prediction and measurement differ only by the latency model and the runtime.  The
+    summary then holds `predicted` (mean parts, total_ms, p95_ms, exit_rate, accuracy) and `agreement`,
+    the share of samples whose exit decision and answer the deployment reproduced exactly.
+    """
+    test = candidate.evaluations.get("test")
+    predicted = exited = answer = None
+    if parts is not None and test is not None:
+        n = len(test.label) if limit is None else min(int(limit), len(test.label))
+        exited, answer = (a[:n] for a in test.answers(threshold, codec))
+        predicted = {**predicted_per_sample(parts, exited), "accuracy": float((answer == test.label[:n]).mean())}
     export_split(candidate, data, out_dir, threshold, codec, predicted=predicted, seed=seed)
-    return deploy(out_dir, data, **kwargs)
+    df, summary = deploy(out_dir, data, limit=limit, **kwargs)
+    if exited is not None:
+        same = (df.exited.to_numpy() == exited[:len(df)]) & (df.pred.to_numpy() == answer[:len(df)])
+        summary["agreement"] = float(same.mean()) if len(df) else float("nan")
+    return df, summary

@@ -51,6 +51,17 @@ def predicted_at(parts: dict, exit_rate: float) -> dict[str, float]:
     return {**{p: getattr(b, p) for p in PARTS}, "exit_rate": b.exit_rate, "total_ms": b.expected_ms}
 
 
+def predicted_per_sample(parts: dict, exited) -> dict[str, float]:
+    """The prediction for a known set of samples (a deployment's): each sample costs the exit path
+    (head + exit) if the exit answers it, else the full path; gives the mean parts and the p95."""
+    exited = np.asarray(exited, dtype=bool)
+    out = predicted_at(parts, float(exited.mean()) if exited.size else 0.0)
+    exit_path = out["device_ms"] + out["exit_ms"]
+    per_sample = np.where(exited, exit_path, exit_path + out["transfer_ms"] + out["server_ms"])
+    out["p95_ms"] = float(np.quantile(per_sample, 0.95)) if exited.size else float("nan")
+    return out
+
+
 def _check_rate(exit_rate: float | None, k: int, K: int) -> float:
     if exit_rate is None:
         return 0.0

@@ -69,6 +69,8 @@ def test_threshold_arrays_match_a_plain_loop(resnet_base, digits32):
             correct += (ev.exit_pred[i] if use_exit else ev.final["fp32"][i]) == ev.label[i]
         assert a == pytest.approx(correct / len(ev.label))
         assert r == pytest.approx(exits / len(ev.label))
+        exited, answer = ev.answers(t)  # the per-sample form a deployment is checked against
+        assert exited.mean() == pytest.approx(r) and (answer == ev.label).mean() == pytest.approx(a)
     assert rate[1] == 1.0 and rate[-1] == 0.0 and rate[0] == 0.0
     assert list(rate[1:]) == sorted(rate[1:], reverse=True)
     # the exit learned something: far better than chance on its own

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from profiles import Network, Profile, load_profile
-from search.latency import Breakdown, expected_ms_many, lower_bound_ms, predict, predict_all
+from search.latency import (PARTS, Breakdown, expected_ms_many, lower_bound_ms, predict, predict_all,
+                            predicted_per_sample)
 
 MODEL, SIZE = "resnet18", 32
 
@@ -129,3 +130,18 @@ def test_predict_all_covers_every_split(host, server):
     assert len(table) == (host.K + 1) * len(host.ratios)
     assert {"device_ms", "exit_ms", "transfer_ms", "server_ms", "bytes", "exit_rate", "expected_ms"} <= set(table)
     assert isinstance(predict(host, server, Network(1, 0), 1, 0.0, "fp32", None), Breakdown)
+
+
+def test_prediction_for_known_samples(host, server):
+    """A deployment's prediction: exited samples cost head + exit, the others the full path."""
+    parts = predict(host, server, Network(10, 5), 2, 0.5, "int8", exit_rate=0.0).as_dict()
+    exit_path = parts["device_ms"] + parts["exit_ms"]
+    full_path = exit_path + parts["transfer_ms"] + parts["server_ms"]
+    exited = np.array([True] * 15 + [False] * 5)
+    p = predicted_per_sample(parts, exited)
+    assert p["exit_rate"] == 0.75
+    assert p["total_ms"] == pytest.approx(0.75 * exit_path + 0.25 * full_path)
+    assert p["p95_ms"] == pytest.approx(full_path)  # 5 of 20 take the full path: the p95 is one of them
+    assert predicted_per_sample(parts, np.array([True] * 99 + [False]))["p95_ms"] == pytest.approx(exit_path)
+    for key in PARTS:
+        assert p[key] == pytest.approx(parts[key])

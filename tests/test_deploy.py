@@ -1,0 +1,40 @@
+"""A real candidate deployed (ONNX Runtime, cloud server, edge over loopback) answers every test sample as
+its evaluation said it would, and the prediction covers exactly the samples sent."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compress.candidate import build_candidate
+from profiles import Network, load_profile
+from runtime.deploy import deploy_candidate
+from search.latency import predict
+
+N = 60
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def candidate(resnet_base, digits32):
+    return build_candidate(resnet_base, digits32, 3, 0.0, progress=False)  # r = 0: exit training only
+
+
+@pytest.mark.parametrize("codec", ["fp32", "int8"])
+def test_deployment_reproduces_the_evaluation(candidate, digits32, tmp_path, codec):
+    test = candidate.evaluations["test"]
+    conf = np.sort(test.exit_conf[:N])
+    t = float((conf[N // 2 - 1] + conf[N // 2]) / 2)  # about half the samples go to the server
+    parts = predict(load_profile("host", "resnet18", 32), load_profile("server", "resnet18", 32),
+                    Network(100, 1), 3, 0.0, codec, exit_rate=0.0).as_dict()
+    df, s = deploy_candidate(candidate, digits32, tmp_path, t, codec, parts, limit=N, bandwidth=100, rtt=1)
+    exited, answer = test.answers(t, codec)
+    assert s["agreement"] == 1.0
+    np.testing.assert_array_equal(df.exited, exited[:N])
+    np.testing.assert_array_equal(df.pred, answer[:N])
+    p = s["predicted"]
+    assert p["exit_rate"] == pytest.approx(exited[:N].mean()) == pytest.approx(s["exit_rate"])
+    assert p["accuracy"] == pytest.approx(s["accuracy"])
+    exit_path = parts["device_ms"] + parts["exit_ms"]
+    assert p["total_ms"] == pytest.approx(exit_path + (1 - p["exit_rate"]) * (parts["transfer_ms"] + parts["server_ms"]))
+    assert s["n"] == N and 0 < p["exit_rate"] < 1
