@@ -142,10 +142,26 @@ class Objective:
                 study.enqueue_trial(p.space.params(p.space.canonical(k, r, 0.9, codec)), skip_if_exists=True)
 
 
+def seed_order(problem: Problem) -> list[int]:
+    """The unpruned splits in the order the search tries them: the two ends first (no exit to train; the
+    base model's accuracy, feasible for any A0 up to it), then the intermediate splits from the
+    lowest latency lower bound up, so that each is skipped, without training its exit, once the best found
+    so far is below its bound."""
+    p = problem
+    K = p.space.K
+
+    def key(k: int) -> tuple[int, float]:
+        if not 0 < k < K:
+            return 0, float(k)
+        return 1, min(lower_bound_ms(p.device, p.server, p.network, k, 0.0, c) for c in p.space.codecs)
+
+    return sorted(p.space.splits, key=key)
+
+
 def seed(study: optuna.Study, problem: Problem) -> int:
-    """Queue the unpruned split at every k first: they cost no fine-tune (r = 0 only trains an exit),
-    and the best of them bounds every pruned candidate that follows."""
-    for k in problem.space.splits:
+    """Queue the unpruned split at every k first (in `seed_order`): they cost no fine-tune (r = 0 only
+    trains an exit), and the best of them bounds every pruned candidate that follows."""
+    for k in seed_order(problem):
         config = problem.space.canonical(k, 0.0, 0.9, "fp32")
         study.enqueue_trial(problem.space.params(config), skip_if_exists=True)
     return len(problem.space.splits)

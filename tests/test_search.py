@@ -14,8 +14,12 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from profiles import Network, load_profile
 from results.db import ProjectDB
+from search.latency import lower_bound_ms
 from search.run import RunSpec, run
+from search.space import Problem
+from search.study import seed, seed_order
 from tests.conftest import ROOT
 
 SMALL = dict(model="resnet18", end_device="emulated-10x", bandwidth=10.0, base_epochs=2, finetune_epochs=1,
@@ -49,6 +53,24 @@ def test_search_reaches_exhaustive_optimum(tmp_path, resnet_base):
     for name in ("trials.csv", "baselines.csv", "pareto.png", "threshold.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert result["spent"]["fine_tunes"] <= result["spent"]["grid_fine_tunes"]
+
+
+@pytest.mark.parametrize("bandwidth", [1.0, 100.0])
+def test_unpruned_splits_are_tried_ends_first_then_by_lowest_bound(bandwidth):
+    problem = Problem(load_profile("emulated-10x", "resnet18", 32), load_profile("server", "resnet18", 32),
+                      Network(bandwidth, 5), A0=0.9)
+    K = problem.space.K
+    order = seed_order(problem)
+    assert set(order[:2]) == {0, K} and sorted(order) == list(range(K + 1))
+    bounds = [min(lower_bound_ms(problem.device, problem.server, problem.network, k, 0.0, c)
+                  for c in problem.space.codecs) for k in order[2:]]
+    assert bounds == sorted(bounds)
+    study = optuna.create_study()
+    seed(study, problem)
+    tried = []
+    study.optimize(lambda trial: tried.append((problem.space.suggest(trial).k, trial.params.get("r", 0.0))) or 0.0,
+                   n_trials=K + 1)
+    assert tried == [(k, 0.0) for k in order]  # the queue runs in that order, all unpruned
 
 
 def test_restricted_splits_bound_the_search_and_every_baseline(tmp_path, resnet_base):
