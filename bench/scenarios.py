@@ -161,7 +161,7 @@ def deploy_choices(ctx, df: pd.DataFrame, out: Path, limit: int) -> pd.DataFrame
         if key not in done:
             dev = load_profile(s.device, ctx.spec.model, ctx.spec.input_size)
             cand = ctx.pool.candidate(int(s.k), float(s.r))
-            _, m = deploy_candidate(cand, ctx.data, out / "deploy" / "-".join(map(str, key)), key[4], s.codec,
+            _, m = deploy_candidate(cand, ctx.data, out / "deploy" / f"{ctx.spec.model}-{ctx.spec.input_size}px" / "-".join(map(str, key)), key[4], s.codec,
                                     s, bandwidth=s.bandwidth_mbps, rtt=ctx.problem.network.rtt_ms,
                                     slowdown=float(dev.meta.get("slowdown", 1.0)),
                                     server_threads=int(server.meta.get("threads", 1)), limit=limit, seed=ctx.spec.seed)
