@@ -151,6 +151,10 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     wall = f"; the suite took {(time.time() - a.started) / 60:.1f} min" if a.started else ""
+    if (sc / "grid.csv").exists():  # a warm run's wall time is not a cold run's: say which this was
+        built = pd.read_csv(sc / "grid.csv")["built_here"].astype(bool)
+        wall += (f" ({int(built.sum())} of {len(built)} scenario candidates built in this run"
+                 + (", the rest read from the cache)" if built.sum() < len(built) else ")"))
     parts = [f"# Benchmarks\n\nGenerated {datetime.now():%Y-%m-%d %H:%M} by `{a.command}` on {cpu} "
              f"({os.cpu_count()} cores){wall}. Versions: `{json.dumps(versions())}`.\n\n"
              "Every figure below was measured in that run, except the build time of candidates that an earlier run "

@@ -50,14 +50,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def versions() -> dict[str, str]:
+def versions(dists=("torch", "torchvision", "torch-pruning", "onnxruntime", "onnx")) -> dict[str, str]:
+    """Installed versions from the package metadata (torch_pruning 1.6.1 reports 1.6.0 as __version__)."""
     out = {"python": platform.python_version()}
-    for dist, key in (("torch", "torch"), ("torchvision", "torchvision"), ("torch-pruning", "torch_pruning"),
-                      ("onnxruntime", "onnxruntime"), ("onnx", "onnx")):
+    for dist in dists:
         try:
-            out[key] = metadata.version(dist)
+            out[dist.replace("-", "_")] = metadata.version(dist)
         except metadata.PackageNotFoundError:
-            out[key] = "absent"
+            out[dist.replace("-", "_")] = "absent"
     return out
 
 

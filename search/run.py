@@ -163,14 +163,10 @@ def spawn_workers(argv: list[str], n: int) -> list[subprocess.Popen]:
 
 
 def versions() -> dict:
-    import onnxruntime
-    import torch
-    import torch_pruning
-    import torchvision
+    """What a run records of its libraries, as installed."""
+    from profiles.profiler import versions as installed
 
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "torch_pruning": torch_pruning.__version__, "optuna": optuna.__version__,
-            "onnxruntime": onnxruntime.__version__}
+    return installed(("torch", "torchvision", "torch-pruning", "optuna", "onnxruntime", "onnx"))
 
 
 def public_args(spec: RunSpec) -> dict:
