@@ -18,8 +18,9 @@ from profiles import Network, load_profile
 from results.db import ProjectDB
 from search.latency import lower_bound_ms
 from search.run import RunSpec, run
-from search.space import Problem
-from search.study import seed, seed_order
+from search.pool import CandidatePool
+from search.space import Problem, best_setting
+from search.study import Objective, seed, seed_order
 from tests.conftest import ROOT
 
 SMALL = dict(model="resnet18", end_device="emulated-10x", bandwidth=10.0, base_epochs=2, finetune_epochs=1,
@@ -71,6 +72,29 @@ def test_unpruned_splits_are_tried_ends_first_then_by_lowest_bound(bandwidth):
     study.optimize(lambda trial: tried.append((problem.space.suggest(trial).k, trial.params.get("r", 0.0))) or 0.0,
                    n_trials=K + 1)
     assert tried == [(k, 0.0) for k in order]  # the queue runs in that order, all unpruned
+
+
+def test_branch_and_bound_waits_for_the_queue_and_never_trains_to_rank(resnet_base, digits32, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPLITOPT_CACHE", str(tmp_path))  # a cold candidate cache
+    problem = Problem(load_profile("emulated-10x", "resnet18", 32), load_profile("server", "resnet18", 32),
+                      Network(10, 5), A0=0.9)
+    pool = CandidatePool(resnet_base, digits32, progress=False)
+    objective = Objective(problem, pool)
+    assert objective._unpruned_exit_rate(2) is None  # unknown: ranked by its bound, nothing trained to rank it
+    assert pool.exit_trainings == pool.fine_tunes == 0
+    evals = pool.evaluations(2, 0.0)
+    assert objective._unpruned_exit_rate(2) == best_setting(problem, 2, 0.0, evals).exit_rate
+    assert objective._unpruned_exit_rate(0) is None  # the ends have no exit
+    study = optuna.create_study()
+    study.enqueue_trial({"k": 0})
+    objective._queue_most_promising(study, best_ms=float("inf"))
+    assert len(study.trials) == 1  # something is already waiting: decide later, with more known
+    study.optimize(lambda trial: 0.0, n_trials=1)
+    objective._queue_most_promising(study, best_ms=float("inf"))
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"]["r"] > 0  # lowest bound: a pruned one
+    objective._queue_most_promising(study, best_ms=0.0)  # nothing can beat 0 ms: nothing more is queued
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
 
 
 def test_restricted_splits_bound_the_search_and_every_baseline(tmp_path, resnet_base):
