@@ -73,6 +73,7 @@ class Objective:
         self.problem, self.pool, self.multi, self.skip_hopeless = problem, pool, multi, skip_hopeless
         self._polished: set[tuple[int, float]] = set()
         self._tried: set[tuple[int, float]] = set()  # (k, r) this worker evaluated, abandoned or saw pruned
+        self._exit_rates: dict[int, float] = {}  # k -> exit rate of (k, 0) at its best setting
 
     def _hopeless(self, trial: optuna.Trial, config) -> str | None:
         """Why (k, r) is not worth a fine-tune, judged from latency alone; None if it is."""
@@ -154,9 +155,11 @@ class Objective:
     def _unpruned_exit_rate(self, k: int) -> float | None:
         """Exit rate of (k, 0) at its best setting, if this worker already knows it without training."""
         p = self.problem
-        if not 0 < k < p.space.K or not self.pool.known(k, 0.0):
-            return None
-        return best_setting(p, k, 0.0, self.pool.evaluations(k, 0.0)).exit_rate
+        if k not in self._exit_rates:
+            if not 0 < k < p.space.K or not self.pool.known(k, 0.0):
+                return None
+            self._exit_rates[k] = best_setting(p, k, 0.0, self.pool.evaluations(k, 0.0)).exit_rate
+        return self._exit_rates[k]
 
 
 def seed_order(problem: Problem) -> list[int]:
