@@ -160,20 +160,20 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
                                   server_threads=int(ctx.problem.server.meta.get("threads", 1)),
                                   csv=out / "edge.csv", progress=spec.progress)
     predicted = summary["predicted"]
-    rate = predicted["exit_rate"]
-    rows = [("device+exit", predicted["device_ms"] + predicted["exit_ms"],
-             summary["device_ms"] + summary["exit_ms"]),
-            ("transfer", (1 - rate) * predicted["transfer_ms"], summary["transfer_ms"]),
-            ("server", (1 - rate) * predicted["server_ms"], summary["server_ms"]),
+    rows = [("device+exit", predicted["mean_device_exit_ms"], summary["device_ms"] + summary["exit_ms"]),
+            ("transfer", predicted["mean_transfer_ms"], summary["transfer_ms"]),
+            ("server", predicted["mean_server_ms"], summary["server_ms"]),
             ("mean total", predicted["total_ms"], summary["mean_ms"]),
             ("p95 total", predicted["p95_ms"], summary["p95_ms"])]
     print(f"\n== deployed over loopback ({ctx.problem.network}), {summary['n']} test samples")
     print(f"{'ms per request':<16}{'predicted':>10}{'measured':>10}")
     for name, p, m in rows:
         print(f"{name:<16}{p:>10.3f}{m:>10.3f}")
-    print(f"p50 {summary['p50_ms']:.3f} ms; accuracy {summary['accuracy']:.4f} (predicted {predicted['accuracy']:.4f}); "
-          f"exit rate {summary['exit_rate']:.3f} (predicted {rate:.3f}); {summary['agreement']:.1%} of samples "
-          f"answered as evaluated; {summary['bytes_per_request']:.0f} bytes per request")
+    print(f"p50 {summary['p50_ms']:.3f} ms; accuracy {summary['accuracy']:.4f} "
+          f"(predicted {predicted['accuracy']:.4f}); "
+          f"exit rate {summary['exit_rate']:.3f} (predicted {predicted['exit_rate']:.3f}); "
+          f"{summary['agreement']:.1%} of samples answered as evaluated; "
+          f"{summary['bytes_per_request']:.0f} bytes per request")
     (out / "deploy.json").write_text(json.dumps({"predicted": predicted, "measured": summary}, indent=2,
                                                 default=str))
     return summary

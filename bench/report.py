@@ -94,10 +94,10 @@ def size_section(head: pd.DataFrame) -> list[str]:
     if head["size"].nunique() < 2:
         return []
     keys = ["model", "device", "bandwidth_mbps", "A0_drop"]
-    wide = head.pivot_table(index=keys, columns="size", values=["choice", "ms", "sent_bytes", "x cloud only"],
-                            aggfunc="first")
+    values = ["choice", "ms", "sent_bytes", "x cloud only"]
+    wide = head.pivot_table(index=keys, columns="size", values=values, aggfunc="first")
     wide.columns = [f"{value} {size}px" for value, size in wide.columns]
-    order = [f"{v} {s}px" for s in sorted(head["size"].unique()) for v in ("choice", "ms", "sent_bytes", "x cloud only")]
+    order = [f"{v} {s}px" for s in sorted(head["size"].unique()) for v in values]
     t = wide[order].reset_index().rename(columns={"bandwidth_mbps": "Mbps", "A0_drop": "A0 drop (points)"})
     return ["### How the answer changes with the input size\n\nThe same scenario at each size (A0 is relative to "
             "that size's base model; `x cloud only` = cloud only's latency over ours):\n\n" + md(t)]

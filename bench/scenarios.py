@@ -161,21 +161,20 @@ def deploy_choices(ctx, df: pd.DataFrame, out: Path, limit: int) -> pd.DataFrame
         if key not in done:
             dev = load_profile(s.device, ctx.spec.model, ctx.spec.input_size)
             cand = ctx.pool.candidate(int(s.k), float(s.r))
-            _, m = deploy_candidate(cand, ctx.data, out / "deploy" / f"{ctx.spec.model}-{ctx.spec.input_size}px" / "-".join(map(str, key)), key[4], s.codec,
-                                    s, bandwidth=s.bandwidth_mbps, rtt=ctx.problem.network.rtt_ms,
-                                    slowdown=float(dev.meta.get("slowdown", 1.0)),
+            where = out / "deploy" / f"{ctx.spec.model}-{ctx.spec.input_size}px" / "-".join(map(str, key))
+            _, m = deploy_candidate(cand, ctx.data, where, key[4], s.codec, s, bandwidth=s.bandwidth_mbps,
+                                    rtt=ctx.problem.network.rtt_ms, slowdown=float(dev.meta.get("slowdown", 1.0)),
                                     server_threads=int(server.meta.get("threads", 1)), limit=limit, seed=ctx.spec.seed)
             pred = m["predicted"]
-            rate = pred["exit_rate"]
             t = "no-exit" if key[4] is None else f"t={key[4]:.3f}"
             done[key] = {"choice": f"k={key[2]} r={key[3]:g} {t} {key[5]}", "n": m["n"],
                          "pred_mean_ms": pred["total_ms"], "meas_mean_ms": m["mean_ms"],
                          "pred_p95_ms": pred["p95_ms"], "meas_p95_ms": m["p95_ms"],
-                         "pred_device_ms": pred["device_ms"] + pred["exit_ms"],
+                         "pred_device_ms": pred["mean_device_exit_ms"],
                          "meas_device_ms": m["device_ms"] + m["exit_ms"],
-                         "pred_transfer_ms": (1 - rate) * pred["transfer_ms"], "meas_transfer_ms": m["transfer_ms"],
-                         "pred_server_ms": (1 - rate) * pred["server_ms"], "meas_server_ms": m["server_ms"],
-                         "pred_exit_rate": rate, "meas_exit_rate": m["exit_rate"],
+                         "pred_transfer_ms": pred["mean_transfer_ms"], "meas_transfer_ms": m["transfer_ms"],
+                         "pred_server_ms": pred["mean_server_ms"], "meas_server_ms": m["server_ms"],
+                         "pred_exit_rate": pred["exit_rate"], "meas_exit_rate": m["exit_rate"],
                          "pred_accuracy": pred["accuracy"], "meas_accuracy": m["accuracy"],
                          "agreement": m["agreement"], "bytes_per_request": m["bytes_per_request"]}
         rows.append({"scenario": s.scenario, **done[key]})

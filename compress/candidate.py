@@ -53,34 +53,36 @@ class Evaluation:
     final: dict[str, np.ndarray]
     final_top5: dict[str, np.ndarray]
 
+    def exits(self, threshold: float | None) -> np.ndarray:
+        """Per sample: answered at the exit, i.e. its confidence >= t (never with t = None or no exit).
+
+        The one exit rule: exit rates, accuracies and a deployment's expected answers all follow it.
+        """
+        if threshold is None or self.exit_conf is None:
+            return np.zeros(len(self.label), dtype=bool)
+        return self.exit_conf >= threshold
+
     def exit_rate(self, thresholds) -> np.ndarray:
         """Fraction answered at the exit for each threshold (None = no exit)."""
-        return np.array([0.0 if t is None or self.exit_conf is None else float(np.mean(self.exit_conf >= t))
-                         for t in np.atleast_1d(np.asarray(thresholds, dtype=object))])
+        return np.array([float(self.exits(t).mean()) for t in np.atleast_1d(np.asarray(thresholds, dtype=object))])
 
     def accuracy(self, thresholds, codec: str = "fp32", metric: str = "top1") -> np.ndarray:
         """Accuracy for each threshold: the exit answers where its confidence >= t, the tail elsewhere."""
         final = self.final[codec] == self.label if metric == "top1" else self.final_top5[codec]
-        out = []
-        for t in np.atleast_1d(np.asarray(thresholds, dtype=object)):
-            if t is None or self.exit_conf is None:
-                out.append(float(final.mean()))
-                continue
-            at_exit = self.exit_conf >= t
-            exit_ok = self.exit_pred == self.label if metric == "top1" else self.exit_top5
-            out.append(float(np.where(at_exit, exit_ok, final).mean()))
-        return np.array(out)
+        if self.exit_conf is None:
+            return np.full(len(np.atleast_1d(np.asarray(thresholds, dtype=object))), float(final.mean()))
+        exit_ok = self.exit_pred == self.label if metric == "top1" else self.exit_top5
+        return np.array([float(np.where(self.exits(t), exit_ok, final).mean())
+                         for t in np.atleast_1d(np.asarray(thresholds, dtype=object))])
 
     def answers(self, threshold: float | None, codec: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
-        """Per sample: answered at the exit (confidence >= t), and the class the split model answers.
+        """Per sample: answered at the exit, and the class the split model answers.
 
         What a deployment of this candidate must reproduce sample by sample (same data, same order).
         """
+        at_exit = self.exits(threshold)
         final = self.final[codec]
-        if threshold is None or self.exit_conf is None:
-            return np.zeros(len(final), dtype=bool), final
-        at_exit = self.exit_conf >= threshold
-        return at_exit, np.where(at_exit, self.exit_pred, final)
+        return at_exit, (final if self.exit_pred is None else np.where(at_exit, self.exit_pred, final))
 
     def curve(self, codec: str = "fp32", metric: str = "top1") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(thresholds, accuracy, exit rate) at every distinct exit confidence, in decreasing order.

@@ -53,12 +53,16 @@ def predicted_at(parts: dict, exit_rate: float) -> dict[str, float]:
 
 def predicted_per_sample(parts: dict, exited) -> dict[str, float]:
     """The prediction for a known set of samples (a deployment's): each sample costs the exit path
-    (head + exit) if the exit answers it, else the full path; gives the mean parts and the p95."""
+    (head + exit) if the exit answers it, else the full path. Gives the parts, the total, the p95, and
+    each part's mean over the samples (`mean_*`, what a measured run's per-part means compare with)."""
     exited = np.asarray(exited, dtype=bool)
     out = predicted_at(parts, float(exited.mean()) if exited.size else 0.0)
     exit_path = out["device_ms"] + out["exit_ms"]
     per_sample = np.where(exited, exit_path, exit_path + out["transfer_ms"] + out["server_ms"])
     out["p95_ms"] = float(np.quantile(per_sample, 0.95)) if exited.size else float("nan")
+    sent = 1.0 - out["exit_rate"]
+    out.update(mean_device_exit_ms=exit_path, mean_transfer_ms=sent * out["transfer_ms"],
+               mean_server_ms=sent * out["server_ms"])
     return out
 
 

@@ -36,5 +36,6 @@ def test_deployment_reproduces_the_evaluation(candidate, digits32, tmp_path, cod
     assert p["exit_rate"] == pytest.approx(exited[:N].mean()) == pytest.approx(s["exit_rate"])
     assert p["accuracy"] == pytest.approx(s["accuracy"])
     exit_path = parts["device_ms"] + parts["exit_ms"]
-    assert p["total_ms"] == pytest.approx(exit_path + (1 - p["exit_rate"]) * (parts["transfer_ms"] + parts["server_ms"]))
+    sent = 1 - p["exit_rate"]
+    assert p["total_ms"] == pytest.approx(exit_path + sent * (parts["transfer_ms"] + parts["server_ms"]))
     assert s["n"] == N and 0 < p["exit_rate"] < 1

@@ -145,3 +145,7 @@ def test_prediction_for_known_samples(host, server):
     assert predicted_per_sample(parts, np.array([True] * 99 + [False]))["p95_ms"] == pytest.approx(exit_path)
     for key in PARTS:
         assert p[key] == pytest.approx(parts[key])
+    # per-part means over the samples, as a measured run reports them (0 where a part did not run)
+    assert p["mean_device_exit_ms"] == pytest.approx(exit_path)
+    assert p["mean_transfer_ms"] == pytest.approx(0.25 * parts["transfer_ms"])
+    assert p["mean_server_ms"] == pytest.approx(0.25 * parts["server_ms"])

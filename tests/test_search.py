@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 from profiles import Network, load_profile
 from results.db import ProjectDB
 from search.latency import lower_bound_ms
-from search.run import RunSpec, run
 from search.pool import CandidatePool
+from search.run import RunSpec, run
 from search.space import Problem, best_setting
 from search.study import Objective, seed, seed_order
 from tests.conftest import ROOT
