@@ -16,7 +16,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from compress import zoo
-from compress.codec import CODECS
+from compress.codec import FEATURE_CODECS, INPUT_CODECS
 from compress.data import DATASETS
 from compress.train import PRECISIONS
 
@@ -46,19 +46,28 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--server", default="server", help="server profile: a shipped name or a JSON path")
     g.add_argument("--bandwidth", type=float, default=10.0, help="uplink bandwidth in Mbit/s (> 0)")
     g.add_argument("--rtt", type=float, default=5.0, help="network round-trip time in ms")
-    g.add_argument("--A0", type=float, default=0.9, help="required validation accuracy, in (0, 1]")
+    g.add_argument("--A0", type=float, default=0.9,
+                   help="required accuracy, in (0, 1]: its lower confidence bound on the selection split must reach it")
+    g.add_argument("--confidence", type=float, default=0.95,
+                   help="one-sided confidence of the promise (Wilson bound on the selection accuracy and on the "
+                        "share of samples sent); 0 = point estimates")
+    g.add_argument("--objective", default="mean", choices=("mean", "p95", "p99"),
+                   help="latency to minimise: the mean per request or a per-request quantile")
     g.add_argument("--T0", type=float, default=None,
                    help="instead of --A0: the most accurate configuration with expected latency <= T0 ms")
     g.add_argument("--multi", action="store_true", help="multi-objective (latency, accuracy): the Pareto front")
     g.add_argument("--metric", default="top1", choices=("top1", "top5"), help="accuracy metric of A0")
     g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", default="digits", help=f"data set: {', '.join(DATASETS)}")
-    g.add_argument("--data-root", default=None, help="directory of a local CIFAR-10 or ImageFolder copy")
+    g.add_argument("--dataset", default="fashion-mnist", help=f"data set: {', '.join(DATASETS)}")
+    g.add_argument("--data-root", default=None,
+                   help="directory of the data set (Fashion-MNIST's IDX files, default /usr/share/datasets/"
+                        "fashion-mnist; a CIFAR-10 copy; an ImageFolder tree)")
     g.add_argument("--input-size", type=int, default=32, help="square input size in pixels (must match a profile)")
     g.add_argument("--seed", type=int, default=0, help="seed of the data split, training and sampler")
     g.add_argument("--weights", default=None, help="local state-dict or checkpoint file to start the base model from")
     g.add_argument("--base-epochs", type=int, default=None,
-                   help="epoch budget of the base model's training (default 20; with --weights: continue "
+                   help="epoch budget of the base model's training (default 8 on fashion-mnist, else 20; with "
+                        "--weights: continue "
                         "training from them for this many epochs, e.g. from a smaller input size)")
     g.add_argument("--exit-epochs", type=int, default=20, help="epochs of each early exit's training")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,
@@ -70,7 +79,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--splits", type=_ints, default=None,
                    help="intermediate split points to search, e.g. 3,4,5 (default: all; device only and "
                         "cloud only are always included)")
-    g.add_argument("--codecs", default=",".join(CODECS), help=f"feature codecs to search, from {', '.join(CODECS)}")
+    g.add_argument("--codecs", default=",".join(FEATURE_CODECS),
+                   help=f"feature codecs to search at a split, from {', '.join(FEATURE_CODECS)}")
+    g.add_argument("--input-codecs", default=",".join(INPUT_CODECS),
+                   help=f"image codecs for k = 0 (cloud only), from {', '.join(INPUT_CODECS)}")
     g.add_argument("--exhaustive", action="store_true",
                    help="fine-tune the whole grid for exact baselines and the exhaustive optimum")
     g.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
@@ -93,11 +105,13 @@ def spec_from(args):
 
     return RunSpec(model=args.model, end_device=args.end_device, server=args.server, bandwidth=args.bandwidth,
                    rtt=args.rtt, A0=args.A0, T0=args.T0, metric=args.metric, multi=args.multi,
+                   confidence=args.confidence, objective=args.objective,
                    dataset=args.dataset, data_root=args.data_root, input_size=args.input_size, seed=args.seed,
                    weights=args.weights, base_epochs=args.base_epochs, finetune_epochs=args.finetune_epochs,
                    exit_epochs=args.exit_epochs,
                    ratios=args.ratios, splits=args.splits, precision=args.precision,
-                   codecs=[c for c in args.codecs.split(",") if c], trials=args.trials,
+                   codecs=[c for c in args.codecs.split(",") if c],
+                   input_codecs=[c for c in args.input_codecs.split(",") if c], trials=args.trials,
                    n_workers=args.n_workers, storage=args.storage, study=args.study, run_dir=args.run_dir,
                    exhaustive=args.exhaustive, progress=args.progress)
 
@@ -160,20 +174,37 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
                                   server_threads=int(ctx.problem.server.meta.get("threads", 1)),
                                   csv=out / "edge.csv", progress=spec.progress)
     predicted = summary["predicted"]
+    promised = {"mean total": result["best"]["expected_ms"]}  # at the promised (bounded) exit rate
+    if spec.objective == "p95":
+        promised["p95 total"] = result["best"]["latency_ms"]
     rows = [("device+exit", predicted["mean_device_exit_ms"], summary["device_ms"] + summary["exit_ms"]),
             ("transfer", predicted["mean_transfer_ms"], summary["transfer_ms"]),
             ("server", predicted["mean_server_ms"], summary["server_ms"]),
             ("mean total", predicted["total_ms"], summary["mean_ms"]),
             ("p95 total", predicted["p95_ms"], summary["p95_ms"])]
     print(f"\n== deployed over loopback ({ctx.problem.network}), {summary['n']} test samples")
-    print(f"{'ms per request':<16}{'predicted':>10}{'measured':>10}")
+    print("predicted: the latency model for exactly these samples' exit decisions; promised: what the search "
+          "promised from the selection split")
+    print(f"{'ms per request':<16}{'promised':>10}{'predicted':>10}{'measured':>10}{'vs pred':>9}{'vs promise':>11}")
     for name, p, m in rows:
-        print(f"{name:<16}{p:>10.3f}{m:>10.3f}")
+        pr = promised.get(name)
+        pr_text = f"{pr:>10.3f}" if pr is not None else f"{'':>10}"
+        vs_promise = f"{100 * (m / pr - 1):>+10.1f}%" if pr else f"{'':>11}"
+        vs_pred = f"{100 * (m / p - 1):>+8.1f}%" if p > 0 else f"{'':>9}"
+        print(f"{name:<16}{pr_text}{p:>10.3f}{m:>10.3f}{vs_pred}{vs_promise}")
+    mean_promise = promised["mean total"]
     print(f"p50 {summary['p50_ms']:.3f} ms; accuracy {summary['accuracy']:.4f} "
-          f"(predicted {predicted['accuracy']:.4f}); "
-          f"exit rate {summary['exit_rate']:.3f} (predicted {predicted['exit_rate']:.3f}); "
+          f"(predicted {predicted['accuracy']:.4f}, promised >= {result['best']['acc_bound']:.4f}); "
+          f"exit rate {summary['exit_rate']:.3f} (predicted {predicted['exit_rate']:.3f}, "
+          f"promised {result['best']['exit_rate']:.3f}); "
           f"{summary['agreement']:.1%} of samples answered as evaluated; "
           f"{summary['bytes_per_request']:.0f} bytes per request")
+    within = abs(summary["mean_ms"] / predicted["total_ms"] - 1) <= 0.10
+    kept = summary["mean_ms"] <= 1.10 * mean_promise
+    print(f"mean within 10% of the prediction: {'yes' if within else 'NO'}; "
+          f"not above the promise by more than 10%: {'yes' if kept else 'NO'}")
+    summary.update(promised_mean_ms=mean_promise, within_10pct_of_prediction=within,
+                   within_10pct_of_promise=kept)
     (out / "deploy.json").write_text(json.dumps({"predicted": predicted, "measured": summary}, indent=2,
                                                 default=str))
     return summary

@@ -60,7 +60,7 @@ def base_model(arch: str, data: DataSplits, seed: int = 0, weights: str | Path |
         recipe = Recipe()
     origin = {"weights": store.file_digest(weights) if weights else None}
     key = {"arch": arch, "dataset": data.name, "input_size": data.input_size, "classes": data.num_classes,
-           "seed": seed, "recipe": recipe.key() if recipe else None, **origin}
+           "sizes": data.sizes(), "seed": seed, "recipe": recipe.key() if recipe else None, **origin}
     digest = store.digest(key)
     path = store.cache_root() / "base" / f"{arch}-{data.name}-{data.input_size}px-{digest}.pt"
     seed_everything(seed)

@@ -26,7 +26,7 @@ from compress.zoo import SplitModel
 
 FINETUNE = Recipe(epochs=3, lr=3e-3, patience=2)  # measured: 3e-3 recovers more than 1e-3 on digits
 EXIT_EPOCHS = 20
-SPLITS = ("val", "test")
+SPLITS = ("selection", "test")  # what a candidate is evaluated on per sample (val only steers training)
 
 
 class ExitBranch(nn.Module):
@@ -52,6 +52,21 @@ class Evaluation:
     exit_top5: np.ndarray | None  # label within the exit's top five
     final: dict[str, np.ndarray]
     final_top5: dict[str, np.ndarray]
+    nbytes: dict[str, np.ndarray] = field(default_factory=dict)  # per-sample bytes of variable-size codecs
+
+    def _codec(self, codec: str | None) -> str:
+        """The pass that answers for `codec`: None is the first (fp32, or raw at k = 0, where fp32 means raw)."""
+        if codec is None or (codec == "fp32" and codec not in self.final and "raw" in self.final):
+            return next(iter(self.final))
+        if codec not in self.final:
+            raise ValueError(f"no evaluation under codec {codec!r} (evaluated: {', '.join(self.final)})")
+        return codec
+
+    def sample_bytes(self, codec: str) -> np.ndarray:
+        """Measured bytes per sample under a variable-size codec."""
+        if codec not in self.nbytes:
+            raise ValueError(f"no per-sample bytes for codec {codec!r} (measured: {', '.join(self.nbytes) or 'none'})")
+        return self.nbytes[codec]
 
     def exits(self, threshold: float | None) -> np.ndarray:
         """Per sample: answered at the exit, i.e. its confidence >= t (never with t = None or no exit).
@@ -66,8 +81,9 @@ class Evaluation:
         """Fraction answered at the exit for each threshold (None = no exit)."""
         return np.array([float(self.exits(t).mean()) for t in np.atleast_1d(np.asarray(thresholds, dtype=object))])
 
-    def accuracy(self, thresholds, codec: str = "fp32", metric: str = "top1") -> np.ndarray:
+    def accuracy(self, thresholds, codec: str | None = None, metric: str = "top1") -> np.ndarray:
         """Accuracy for each threshold: the exit answers where its confidence >= t, the tail elsewhere."""
+        codec = self._codec(codec)
         final = self.final[codec] == self.label if metric == "top1" else self.final_top5[codec]
         if self.exit_conf is None:
             return np.full(len(np.atleast_1d(np.asarray(thresholds, dtype=object))), float(final.mean()))
@@ -75,16 +91,16 @@ class Evaluation:
         return np.array([float(np.where(self.exits(t), exit_ok, final).mean())
                          for t in np.atleast_1d(np.asarray(thresholds, dtype=object))])
 
-    def answers(self, threshold: float | None, codec: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    def answers(self, threshold: float | None, codec: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per sample: answered at the exit, and the class the split model answers.
 
         What a deployment of this candidate must reproduce sample by sample (same data, same order).
         """
         at_exit = self.exits(threshold)
-        final = self.final[codec]
+        final = self.final[self._codec(codec)]
         return at_exit, (final if self.exit_pred is None else np.where(at_exit, self.exit_pred, final))
 
-    def curve(self, codec: str = "fp32", metric: str = "top1") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def curve(self, codec: str | None = None, metric: str = "top1") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(thresholds, accuracy, exit rate) at every distinct exit confidence, in decreasing order.
 
         Accuracy and exit rate only change at a sample's confidence, so these thresholds cover every
@@ -92,6 +108,7 @@ class Evaluation:
         """
         if self.exit_conf is None:
             return np.empty(0), np.empty(0), np.empty(0)
+        codec = self._codec(codec)
         final_ok = (self.final[codec] == self.label) if metric == "top1" else self.final_top5[codec]
         exit_ok = (self.exit_pred == self.label) if metric == "top1" else self.exit_top5
         order = np.argsort(-self.exit_conf, kind="stable")
@@ -123,7 +140,7 @@ def unpack_evaluations(blob: bytes) -> dict[str, Evaluation]:
         for key in z.files:
             split, name, *codec = key.split(".")
             f = fields.setdefault(split, {"exit_conf": None, "exit_pred": None, "exit_top5": None,
-                                          "final": {}, "final_top5": {}})
+                                          "final": {}, "final_top5": {}, "nbytes": {}})
             if codec:
                 f[name][codec[0]] = z[key]
             else:
@@ -137,7 +154,7 @@ class Candidate:
     ratio: float
     model: SplitModel  # pruned network: head(k) on the device, tail(k) on the server
     exit: ExitBranch | None
-    evaluations: dict[str, Evaluation]  # "val" and "test"
+    evaluations: dict[str, Evaluation]  # "selection" and "test"
     meta: dict = field(default_factory=dict)  # timings, fine-tune history, bytes, cache path
 
     def head(self) -> nn.Sequential:
@@ -156,38 +173,60 @@ def _topk_hit(logits: torch.Tensor, labels: torch.Tensor, k: int = 5) -> torch.T
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
 
 
+def codecs_at(k: int, K: int) -> tuple[str, ...]:
+    """What a split can send: the image under an input codec (k = 0), features under a feature codec
+    (0 < k < K), nothing at k = K (one pass, named fp32 by convention)."""
+    return codecs.INPUT_CODECS if k == 0 else codecs.FEATURE_CODECS if k < K else ("fp32",)
+
+
 @torch.no_grad()
 def evaluate(model: SplitModel, exit_branch: nn.Module | None, k: int, data: DataSplits, split: str,
-             codec_names=codecs.CODECS) -> Evaluation:
-    """Per-sample exit and final predictions on a split, the split tensor passed through each codec."""
+             codec_names: tuple[str, ...] | None = None) -> Evaluation:
+    """Per-sample exit and final predictions on a split, what is sent passed through each codec.
+
+    At k = 0 the uint8 images go through each input codec (decoded images, bytes measured per sample);
+    at 0 < k < K the split tensor goes through each feature codec; int8-zlib loses what int8 loses, so
+    it shares int8's predictions and only its bytes are measured.
+    """
     model.eval()
     head, tail = model.head(k).eval(), model.tail(k).eval()
     if exit_branch is not None:
         exit_branch.eval()
+    names = codec_names or codecs_at(k, model.K)
     cols: dict[str, list] = {"label": [], "conf": [], "pred": [], "top5": []}
-    # k = 0 sends the raw uint8 image and k = K sends nothing: no codec loss there, one pass serves all
-    sends_features = 0 < k < model.K
-    passes = codec_names if sends_features else codec_names[:1]
+    passes = [c for c in names if c != "int8-zlib"] or ["int8"]
     finals: dict[str, list] = {c: [] for c in passes}
     finals5: dict[str, list] = {c: [] for c in passes}
+    sizes: dict[str, list] = {c: [] for c in names if codecs.is_variable(c)}
     for images, labels in data.loader(split, batch_size=256):
-        x = data.normalize(images)
-        feats = head(x)
         cols["label"].append(labels)
+        if k == 0:
+            for c in passes:
+                decoded, nb = codecs.roundtrip_images(images.numpy(), c)
+                if c in sizes:
+                    sizes[c].append(torch.from_numpy(nb))
+                logits = tail(data.normalize(torch.from_numpy(decoded)))
+                finals[c].append(logits.argmax(1))
+                finals5[c].append(_topk_hit(logits, labels))
+            continue
+        feats = head(data.normalize(images))
         if exit_branch is not None:
             probs = F.softmax(exit_branch(feats), dim=1)
             conf, pred = probs.max(dim=1)
             cols["conf"].append(conf)
             cols["pred"].append(pred)
             cols["top5"].append(_topk_hit(probs, labels))
+        for c in sizes:
+            sizes[c].append(torch.from_numpy(codecs.sample_bytes(feats.numpy(), c)))
         for c in passes:
-            logits = tail(codecs.roundtrip(feats, c) if sends_features else feats)
+            logits = tail(codecs.roundtrip(feats, c) if 0 < k < model.K else feats)
             finals[c].append(logits.argmax(1))
             finals5[c].append(_topk_hit(logits, labels))
     cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
-    of = lambda c: c if c in finals else passes[0]  # noqa: E731
+    of = lambda c: c if c in finals else "int8"  # noqa: E731
     return Evaluation(cat(cols["label"]), cat(cols["conf"]), cat(cols["pred"]), cat(cols["top5"]),
-                      {c: cat(finals[of(c)]) for c in codec_names}, {c: cat(finals5[of(c)]) for c in codec_names})
+                      {c: cat(finals[of(c)]) for c in names}, {c: cat(finals5[of(c)]) for c in names},
+                      {c: cat(v) for c, v in sizes.items()})
 
 
 @torch.no_grad()
@@ -224,7 +263,7 @@ def candidate_key(base: BaseModel, k: int, ratio: float, importance: str = "magn
                   exit_epochs: int = EXIT_EPOCHS, seed: int = 0) -> dict:
     """Everything that determines a candidate's weights and evaluation."""
     return {"base": base.digest, "k": k, "r": round(float(ratio), 4), "importance": importance,
-            "recipe": recipe.key(), "exit_epochs": exit_epochs, "seed": seed, "format": 2}
+            "recipe": recipe.key(), "exit_epochs": exit_epochs, "seed": seed, "format": 3}
 
 
 def candidate_path(key: dict):
@@ -264,7 +303,8 @@ def build_candidate(base: BaseModel, data: DataSplits, k: int, ratio: float, imp
         evals = {s: evaluate(model, exit_branch, k, data, s) for s in SPLITS}
         meta = {**key, "history": history, "finetune_seconds": round(finetune_s, 3),
                 "total_seconds": round(time.perf_counter() - start, 3), "path": str(path),
-                "val_acc": float(evals["val"].accuracy([None])[0]),
+                "val_acc": history[-1]["val_acc"] if history else None,
+                "sel_acc": float(evals["selection"].accuracy([None])[0]),
                 "test_acc": float(evals["test"].accuracy([None])[0])}
         store.save({"model": model.state_dict(), "exit": exit_branch.state_dict() if exit_branch else None,
                     "evaluations": pack_evaluations(evals), "meta": meta}, path)

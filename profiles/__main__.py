@@ -1,8 +1,9 @@
 """Command line of the profiling stage.
 
     python -m profiles measure --model resnet18 --input-size 224 --device host --role device --threads 1
-    python -m profiles emulate --from host --factor 10 --name emulated-10x
-    python -m profiles defaults --input-size 224          # host, server and emulated-10x, both models
+    python -m profiles emulate --from host --factor 10 --name emulated-10x [--input-size 32]
+    python -m profiles overhead --model resnet18 --input-size 32 --device host   # adds the overhead section
+    python -m profiles defaults --input-size 224          # host, server, emulated-10x/-50x, both models
     python -m profiles validate --model resnet18 --input-size 32 --device host --server server --csv out.csv
     python -m profiles list
 """
@@ -13,9 +14,9 @@ import sys
 from pathlib import Path
 
 DEFAULT_MODELS = ("mobilenet_v2", "resnet18")
-# The shipped devices: (name, role, intra-op threads) measured here, plus an emulated slow device.
+# The shipped devices: (name, role, intra-op threads) measured here, plus emulated slow devices.
 DEFAULT_DEVICES = (("host", "device", 1), ("server", "server", 2))
-DEFAULT_EMULATED = (("emulated-10x", "host", 10.0),)
+DEFAULT_EMULATED = (("emulated-10x", "host", 10.0), ("emulated-50x", "host", 50.0))
 
 
 def _ratios(text: str) -> list[float]:
@@ -27,6 +28,9 @@ def _ratios(text: str) -> list[float]:
 
 def parser() -> argparse.ArgumentParser:
     from compress.prune import RATIO_GRID
+    from profiles.overhead import DEFAULT_MIN_MS as OVERHEAD_MIN_MS
+    from profiles.overhead import DEFAULT_REPEATS as OVERHEAD_REPEATS
+    from profiles.overhead import DEFAULT_WARMUP as OVERHEAD_WARMUP
     from profiles.profiler import DEFAULT_MIN_MS, DEFAULT_REPEATS, DEFAULT_WARMUP
 
     p = argparse.ArgumentParser(prog="python -m profiles", description=__doc__,
@@ -47,13 +51,29 @@ def parser() -> argparse.ArgumentParser:
                    help="time short parts more often, until this many ms of timed runs")
     m.add_argument("--num-classes", type=int, default=10)
     m.add_argument("--out", default=None, help="output JSON path (default: <root>/<device>/<model>-<size>px.json)")
+    m.add_argument("--overhead", action="store_true", help="then measure its overhead section (as the overhead command)")
 
     e = sub.add_parser("emulate", help="write a slowed-down copy of every profile of a measured device")
     e.add_argument("--from", dest="source", required=True)
     e.add_argument("--factor", type=float, required=True)
     e.add_argument("--name", required=True)
+    e.add_argument("--input-size", type=int, action="append", default=None,
+                   help="only the source's profiles at this size (repeatable; default: all)")
 
-    d = sub.add_parser("defaults", help="measure the shipped set: host (1 thread), server (2 threads), emulated-10x")
+    o = sub.add_parser("overhead", help="measure the per-request runtime overhead outside the model and add it to "
+                                        "an existing profile in place (an emulated profile copies its source's)")
+    o.add_argument("--model", required=True)
+    o.add_argument("--input-size", type=int, required=True)
+    o.add_argument("--device", required=True, help="device name (its folder under the root) or a profile .json path")
+    o.add_argument("--repeats", type=int, default=OVERHEAD_REPEATS)
+    o.add_argument("--warmup", type=int, default=OVERHEAD_WARMUP)
+    o.add_argument("--min-ms", type=float, default=OVERHEAD_MIN_MS,
+                   help="time each quantity until this many ms of timed requests")
+    o.add_argument("--every-ratio", action="store_true",
+                   help="measure every ratio instead of the grid's two ends (interpolated in between)")
+
+    d = sub.add_parser("defaults", help="measure the shipped set: host (1 thread), server (2 threads), emulated-10x "
+                                        "and -50x, each with its overhead section")
     d.add_argument("--input-size", type=int, action="append", required=True, help="repeatable")
     d.add_argument("--models", default=",".join(DEFAULT_MODELS))
     d.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
@@ -81,12 +101,25 @@ def _list(root) -> None:
     rows = []
     for device in available_devices(root):
         for stem in available_profiles(device, root):
-            meta = read_json(Path(root or DATA_ROOT) / device / f"{stem}.json")["meta"]
+            doc = read_json(Path(root or DATA_ROOT) / device / f"{stem}.json")
+            meta = doc["meta"]
             rows.append({"device": device, "profile": stem, "role": meta["role"], "threads": meta["threads"],
                          "slowdown": meta["slowdown"], "emulates": meta["emulates"] or "",
+                         "overhead": "yes" if doc.get("overhead") else "no",
                          "ratios": len(meta["ratios"]), "repeats": meta["repeats"],
                          "seconds": meta["seconds"], "date": meta["date"], "host": meta["host"]})
     print(pd.DataFrame(rows).to_string(index=False) if rows else f"no profiles under {root or DATA_ROOT}")
+
+
+def _overhead(device: str, model: str, input_size: int, root, **kwargs) -> Path:
+    from profiles import overhead
+    from profiles.profile import _is_path
+
+    path = overhead.add_to_file(device, model, input_size, root, path=device if _is_path(device) else None, **kwargs)
+    meta = overhead.read_json(path)["meta"]["overhead"]
+    how = f"copied from {meta['copied_from']}" if "copied_from" in meta else f"{meta['seconds']} s"
+    print(f"wrote the overhead section of {path} ({how})")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,9 +135,14 @@ def main(argv: list[str] | None = None) -> int:
                                             num_classes=args.num_classes)
             meta = profiler.read_json(path)["meta"]
             print(f"wrote {path} ({meta['seconds']} s; load average {meta['loadavg_before']} -> {meta['loadavg_after']})")
+            if args.overhead:
+                _overhead(str(path), args.model, args.input_size, args.root)
         elif args.command == "emulate":
-            for path in profiler.emulate(args.source, args.factor, args.name, args.root):
+            for path in profiler.emulate(args.source, args.factor, args.name, args.root, args.input_size):
                 print(f"wrote {path}")
+        elif args.command == "overhead":
+            _overhead(args.device, args.model, args.input_size, args.root, repeats=args.repeats,
+                      warmup=args.warmup, min_ms=args.min_ms, every_ratio=args.every_ratio)
         elif args.command == "defaults":
             for size in args.input_size:
                 for model in args.models.split(","):
@@ -113,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                                                         threads=threads, repeats=args.repeats, warmup=args.warmup,
                                                         min_ms=args.min_ms)
                         print(f"wrote {path} ({profiler.read_json(path)['meta']['seconds']} s)")
-            for name, source, factor in DEFAULT_EMULATED:
-                for path in profiler.emulate(source, factor, name, args.root):
+                        _overhead(device, model, size, args.root)
+            for name, source, factor in DEFAULT_EMULATED:  # copies the host's overhead rows unscaled
+                for path in profiler.emulate(source, factor, name, args.root, args.input_size):
                     print(f"wrote {path}")
         elif args.command == "validate":
             device = load_profile(args.device, args.model, args.input_size, args.root)

@@ -5,11 +5,33 @@ A profile is one JSON file per (device, model, input size) at
 
     {"meta": {...how, where and when it was measured...},
      "latency": [{"part", "k", "r", "median_ms", "p10_ms", "p90_ms", "n"}, ...],
-     "bytes": [{"k", "r", "codec", "bytes", "shape"}, ...]}
+     "bytes": [{"k", "r", "codec", "bytes", "shape"}, ...],
+     "overhead": [{"k", "r", "codec", <the role's two overhead keys>, "n"}, ...]}   (optional)
 
 A device-role profile holds head rows for every (k, r) and exit rows where the split has an exit
-(0 < k < K); a server-role profile holds tail rows for every (k, r).  Both hold the bytes table.
+(0 < k < K); a server-role profile holds tail rows for every (k, r).  Both hold the bytes table, for
+the fixed-size codecs (fp32, fp16, int8; at k = 0 every row is the uint8 image, which is also "raw").
 Numbers of an emulated profile are already scaled: nothing downstream multiplies them again.
+
+The optional "overhead" section is the per-request runtime cost outside the model (the latency rows
+time `session.run` only), measured by `profiles.overhead` through the real runtime code with trivial
+ONNX graphs; `meta["overhead"]` says how, where and when.  All values are median milliseconds:
+
+- device profile: ``device_overhead_ms`` (every request: normalisation, the exit decision, Python glue;
+  the runtime's device_ms minus head.onnx) and ``encode_ms`` (only when the sample is sent: the codec);
+- server profile: ``link_overhead_ms`` (the exchange on an unshaped loopback beyond the modelled
+  rtt + 8 b / B: framing, send, the server reading and validating the frame, the reply back, parsing it;
+  the runtime's transfer_ms at zero rtt) and ``server_overhead_ms`` (decoding, checks, normalisation at
+  k = 0, packing the reply; the server's reported server_ms minus tail.onnx).
+
+A row holds only its role's two keys; `Profile.overhead(k, r, codec)` returns all four, 0.0 for the
+other role's.  Codecs: k = 0 takes the input codecs (raw, png, jpeg*, webp*; a feature codec there means
+raw, as in the runtime), 0 < k < K the feature codecs (fp32, fp16, int8, int8-zlib), and k = K sends
+nothing (one row with codec null).  Rows need not cover every ratio: a (k, codec) measured at some
+ratios is interpolated linearly in the split tensor's number of elements (the bytes table's shape) for
+the others, and held constant beyond the measured range.  The overhead is not scaled for an emulated
+device: the runtime's --slowdown sleeps only for the model's own compute.  A profile without the
+section (older files) loads with every overhead 0.0 and `has_overhead` False.
 """
 from __future__ import annotations
 
@@ -24,11 +46,30 @@ import pandas as pd
 DATA_ROOT = Path(__file__).resolve().parent / "data"
 ROLES = ("device", "server")
 PARTS = ("head", "exit", "tail")
-CODECS = ("fp32", "fp16", "int8")  # same as compress.codec.CODECS; kept here so loading needs no torch
+# Codec names, the same as compress.codec's CODECS, FEATURE_CODECS, INPUT_CODECS, ALL_CODECS and VARIABLE;
+# copied here so that loading a profile needs neither torch nor Pillow (tests check they agree).
+CODECS = ("fp32", "fp16", "int8")  # fixed size: the bytes table holds them
+FEATURE_CODECS = CODECS + ("int8-zlib",)  # 0 < k < K
+IMAGE_CODECS = ("png", "jpeg90", "jpeg75", "jpeg50", "webp90", "webp75", "webp50")
+INPUT_CODECS = ("raw",) + IMAGE_CODECS  # k = 0
+ALL_CODECS = FEATURE_CODECS + INPUT_CODECS
+VARIABLE = ("int8-zlib",) + IMAGE_CODECS  # bytes depend on the sample: measured per sample, not profiled
 META_KEYS = ("device", "role", "cpu", "host", "threads", "slowdown", "emulates", "versions", "date", "method",
              "model", "input_size", "num_classes", "K", "ratios", "repeats", "warmup", "seconds")
 LATENCY_KEYS = ("part", "k", "r", "median_ms", "p10_ms", "p90_ms", "n")
 BYTES_KEYS = ("k", "r", "codec", "bytes", "shape")
+OVERHEAD_PARTS = ("device_overhead_ms", "encode_ms", "link_overhead_ms", "server_overhead_ms")
+ROLE_OVERHEAD = {"device": ("device_overhead_ms", "encode_ms"), "server": ("link_overhead_ms", "server_overhead_ms")}
+
+
+def overhead_keys(role: str) -> tuple[str, ...]:
+    """Keys of an overhead row of a `role` profile."""
+    return ("k", "r", "codec", *ROLE_OVERHEAD[role], "n")
+
+
+def overhead_codecs(k: int, K: int) -> tuple[str | None, ...]:
+    """The codecs an overhead section has rows for at split k (None at k = K: nothing is sent)."""
+    return (None,) if k == K else INPUT_CODECS if k == 0 else FEATURE_CODECS
 
 
 class ProfileNotFoundError(FileNotFoundError, ValueError):
@@ -78,8 +119,11 @@ class Profile:
         self.bytes = pd.DataFrame(doc["bytes"], columns=list(BYTES_KEYS))
         self._ms = {(row["part"], int(row["k"]), rkey(row["r"])): float(row["median_ms"]) for row in doc["latency"]}
         self._bytes = {(int(row["k"]), rkey(row["r"]), row["codec"]): int(row["bytes"]) for row in doc["bytes"]}
+        self._shapes = {(int(row["k"]), rkey(row["r"])): tuple(row["shape"]) for row in doc["bytes"]}
         self._ratios = [rkey(r) for r in self.meta["ratios"]]  # looked up on every prediction: kept once
         self._check_complete()
+        self.overhead_rows = pd.DataFrame(doc.get("overhead") or [], columns=list(overhead_keys(self.role)))
+        self._overhead = self._overhead_table(doc.get("overhead") or [])
 
     # The meta fields everyone asks for, as attributes.
     device = property(lambda self: self.meta["device"])
@@ -91,6 +135,7 @@ class Profile:
     threads = property(lambda self: int(self.meta["threads"]))
     slowdown = property(lambda self: float(self.meta["slowdown"]))
     ratios = property(lambda self: list(self._ratios))
+    has_overhead = property(lambda self: bool(self._overhead), doc="True when the profile has an overhead section")
 
     def __repr__(self) -> str:
         return (f"Profile({self.device!r}, role={self.role}, {self.model} {self.input_size}px, K={self.K}, "
@@ -112,17 +157,91 @@ class Profile:
         return self._ms[(part, int(k), rkey(r))]
 
     def tensor_bytes(self, k: int, r: float, codec: str = "fp32") -> int:
-        """Bytes sent at split k (0 at k = K; the uint8 image at k = 0 whatever the codec)."""
-        if codec not in CODECS:
-            raise ValueError(f"unknown codec {codec!r}; choose one of: {', '.join(CODECS)}")
+        """Bytes sent at split k under a fixed-size codec: 0 at k = K (whatever the codec); at k = 0 the
+        uint8 image for "raw" and for any fixed feature codec (the runtime sends the image raw then).
+
+        A variable-size codec (int8-zlib, the image codecs) raises ValueError below k = K: its bytes
+        depend on the sample and are measured per sample (compress.codec.sample_bytes), not profiled.
+        """
+        if codec not in ALL_CODECS:
+            raise ValueError(f"unknown codec {codec!r}; choose one of: {', '.join(ALL_CODECS)}")
         self._check_kr(k, r)
+        if k == self.K:
+            return 0
+        if codec in VARIABLE:
+            raise ValueError(f"codec {codec!r} has a variable size: its bytes depend on the sample and are "
+                             f"measured per sample (compress.codec.sample_bytes), not in the profile; "
+                             f"fixed-size codecs: {', '.join(CODECS + ('raw',))}")
+        if codec == "raw":
+            if k != 0:
+                raise ValueError(f"codec 'raw' sends the uint8 image: only at k = 0, not at k = {k}")
+            codec = "fp32"  # every k = 0 row holds the image bytes
         return self._bytes[(int(k), rkey(r), codec)]
+
+    def overhead(self, k: int, r: float, codec: str | None = "fp32") -> dict[str, float]:
+        """Per-request runtime overhead (ms) at split k, ratio r under `codec`: the four keys of
+        OVERHEAD_PARTS, 0.0 for the other role's and for all of them without an overhead section.
+
+        k = 0 takes an input codec (a feature codec means "raw"), 0 < k < K a feature codec; at k = K
+        nothing is sent and any codec (or None) gives the device-only row.
+        """
+        key = self._overhead_key(k, r, codec)
+        zeros = dict.fromkeys(OVERHEAD_PARTS, 0.0)
+        if not self._overhead:
+            return zeros
+        return {**zeros, **self._overhead[key]}
+
+    def _overhead_key(self, k: int, r: float, codec: str | None) -> tuple[int, float, str | None]:
+        self._check_kr(k, r)
+        if codec is not None and codec not in ALL_CODECS:
+            raise ValueError(f"unknown codec {codec!r}; choose one of: {', '.join(ALL_CODECS)}")
+        if k == self.K:
+            return int(k), rkey(r), None
+        if codec is None:
+            raise ValueError(f"split k={k} sends a tensor: name its codec")
+        if k == 0:
+            return 0, rkey(r), codec if codec in INPUT_CODECS else "raw"
+        if codec not in FEATURE_CODECS:
+            raise ValueError(f"codec {codec!r} applies to the input image (k = 0 only); at k = {k} choose one "
+                             f"of: {', '.join(FEATURE_CODECS)}")
+        return int(k), rkey(r), codec
+
+    def _overhead_table(self, rows: list[dict]) -> dict[tuple[int, float, str | None], dict[str, float]]:
+        """Every (k, r, codec) of the grid from the measured rows, interpolated in the split's numel."""
+        if not rows:
+            return {}
+        parts = ROLE_OVERHEAD[self.role]
+        points: dict[tuple[int, str | None], dict[float, list[float]]] = {}
+        for row in rows:
+            k, r = int(row["k"]), rkey(row["r"])
+            if not 0 <= k <= self.K or r not in self._ratios:
+                raise ValueError(f"{self.source}: overhead row k={k} r={r} is outside the profile's splits or grid")
+            if row["codec"] not in overhead_codecs(k, self.K):
+                raise ValueError(f"{self.source}: overhead row k={k} has codec {row['codec']!r}; that split takes "
+                                 f"{', '.join(map(str, overhead_codecs(k, self.K)))}")
+            values = [float(row[p]) for p in parts]
+            if not all(math.isfinite(v) and v >= 0 for v in values):
+                raise ValueError(f"{self.source}: overhead values must be finite and >= 0 (row k={k} r={r} "
+                                 f"codec={row['codec']})")
+            numel = float(math.prod(self.shape(k, r)))
+            points.setdefault((k, row["codec"]), {}).setdefault(numel, []).append(values)
+        missing = [f"k={k} {c}" for k in range(self.K + 1) for c in overhead_codecs(k, self.K) if (k, c) not in points]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise ValueError(f"{self.source}: incomplete overhead section, no rows for {', '.join(missing[:3])}{more}")
+        table = {}
+        for (k, codec), by_numel in points.items():
+            xs = sorted(by_numel)
+            ys = [[sum(v[i] for v in by_numel[x]) / len(by_numel[x]) for x in xs] for i in range(len(parts))]
+            for r in self._ratios:
+                numel = float(math.prod(self.shape(k, r)))
+                table[(k, r, codec)] = {p: round(_interp(numel, xs, y), 4) for p, y in zip(parts, ys)}
+        return table
 
     def shape(self, k: int, r: float) -> tuple[int, ...]:
         """Shape (without batch) of the tensor at split k under ratio r."""
         self._check_kr(k, r)
-        row = self.bytes[(self.bytes.k == k) & (self.bytes.r.map(rkey) == rkey(r))].iloc[0]
-        return tuple(row["shape"])
+        return self._shapes[(int(k), rkey(r))]
 
     def _check_kr(self, k: int, r: float) -> None:
         try:
@@ -155,6 +274,16 @@ class Profile:
             raise ValueError(f"{self.source}: latency values must be finite and >= 0")
 
 
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    """Piecewise linear through (xs, ys) (xs sorted, distinct), constant beyond the ends."""
+    if x <= xs[0]:
+        return ys[0]
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[-1]
+
+
 def _check_doc(doc: Any, source: str) -> None:
     """One-line errors for a file that is not a profile, naming what is missing."""
     if not isinstance(doc, dict):
@@ -177,6 +306,21 @@ def _check_doc(doc: Any, source: str) -> None:
             lacking = [k for k in keys if not isinstance(row, dict) or k not in row]
             if lacking:
                 raise ValueError(f"{source}: malformed profile, {table} row {i} lacks {', '.join(lacking)}")
+    rows = doc.get("overhead")
+    if rows is None:
+        return
+    if not isinstance(rows, list):
+        raise ValueError(f"{source}: malformed profile, 'overhead' is not a list of rows")
+    keys = overhead_keys(meta["role"])
+    other = [p for p in OVERHEAD_PARTS if p not in keys]
+    for i, row in enumerate(rows):
+        lacking = [k for k in keys if not isinstance(row, dict) or k not in row]
+        if lacking:
+            raise ValueError(f"{source}: malformed profile, overhead row {i} lacks {', '.join(lacking)}")
+        foreign = [p for p in other if p in row]
+        if foreign:
+            raise ValueError(f"{source}: a {meta['role']} profile's overhead rows cannot hold {', '.join(foreign)} "
+                             f"(that part belongs to the other role's profile)")
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

@@ -231,7 +231,12 @@ def measure_to_file(model: str, input_size: int, device: str, out: str | Path | 
 
 
 def scaled(doc: dict[str, Any], factor: float, name: str, source: str) -> dict[str, Any]:
-    """A copy of a profile with every latency multiplied by `factor` (bytes unchanged)."""
+    """A copy of a profile with every latency multiplied by `factor` (bytes and overhead unchanged).
+
+    The overhead rows (per-request runtime cost outside the model, profiles.overhead) are copied as they
+    are: the runtime's --slowdown sleeps only for the model's own compute (runtime.edge `_slow` around
+    head.run), so the emulated device pays this host's overhead, not `factor` times it.
+    """
     if not factor > 0:
         raise ValueError(f"slowdown factor must be > 0, got {factor}")
     doc = copy.deepcopy(doc)
@@ -241,22 +246,35 @@ def scaled(doc: dict[str, Any], factor: float, name: str, source: str) -> dict[s
         "device": name, "slowdown": round(float(meta["slowdown"]) * factor, 6), "emulates": first,
         "emulated_on": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "method": (f"EMULATED: the measured profile of {first!r} with every latency multiplied by "
-                   f"{float(meta['slowdown']) * factor:g} (bytes unchanged); the runtime emulates the same "
-                   f"device by sleeping (slowdown - 1) x its head compute time. Source method: {meta['method']}"),
+                   f"{float(meta['slowdown']) * factor:g} (bytes unchanged; overhead rows, if any, copied "
+                   f"unscaled: the runtime's slowdown sleeps for the model's compute only, so the emulated device "
+                   f"pays the host's per-request overhead); the runtime emulates the same device by sleeping "
+                   f"(slowdown - 1) x its head compute time. Source method: {meta['method']}"),
     })
+    if isinstance(meta.get("overhead"), dict):
+        meta["overhead"]["copied_from"] = (f"{first!r} unscaled (the runtime's slowdown sleeps for model compute "
+                                           f"only)")
     for row in doc["latency"]:
         for key in ("median_ms", "p10_ms", "p90_ms"):
             row[key] = round(row[key] * factor, 4)
     return doc
 
 
-def emulate(source: str, factor: float, name: str, root: str | Path | None = None) -> list[Path]:
-    """Write scaled copies of every profile of device `source` as device `name`."""
+def emulate(source: str, factor: float, name: str, root: str | Path | None = None,
+            sizes: Iterable[int] | None = None) -> list[Path]:
+    """Write scaled copies of every profile of device `source` (only those at `sizes` px if given) as
+    device `name`."""
     if name == source:
         raise ValueError("the emulated device needs a name of its own")
     stems = available_profiles(source, root)
     if not stems:
         raise ProfileNotFoundError(f"device {source!r} has no profiles under {root or DATA_ROOT}")
+    if sizes is not None:
+        wanted = sorted({int(size) for size in sizes})
+        stems = [stem for stem in stems if any(stem.endswith(f"-{size}px") for size in wanted)]
+        if not stems:
+            raise ProfileNotFoundError(f"device {source!r} has no profiles at {', '.join(f'{v}px' for v in wanted)}; "
+                                       f"it has: {', '.join(available_profiles(source, root))}")
     out = []
     for stem in stems:
         src = Path(root or DATA_ROOT) / source / f"{stem}.json"

@@ -31,15 +31,18 @@ runs = sa.Table(
     sa.Column("summary", sa.Text),
 )
 
+# v3: per-sample evaluations of format 3 (selection and test roles, bytes per sample); the ratio is an
+# exact integer in 1/10000 (FLOAT is single precision on MySQL: r = 0.3 stored was not found by r == 0.3).
 candidates = sa.Table(
-    "splitopt_candidates", metadata,
+    "splitopt_candidates_v3", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("base", sa.String(64), nullable=False),
     sa.Column("k", sa.Integer, nullable=False),
-    sa.Column("r", sa.Float, nullable=False),
+    sa.Column("r_e4", sa.Integer, nullable=False),  # round(r * 10000)
     sa.Column("recipe", sa.String(64), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),  # done | abandoned
-    sa.Column("val_acc", sa.Float),
+    sa.Column("val_acc", sa.Float),  # of an abandoned fine-tune: its last validation accuracy
+    sa.Column("sel_acc", sa.Float),
     sa.Column("test_acc", sa.Float),
     sa.Column("exit_rate_09", sa.Float),
     sa.Column("exit_acc_09", sa.Float),
@@ -48,7 +51,7 @@ candidates = sa.Table(
     sa.Column("host", sa.String(255)),
     sa.Column("evaluation", sa.LargeBinary(length=2 ** 24)),  # MEDIUMBLOB on MySQL
     sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.UniqueConstraint("base", "k", "r", "recipe", name="uq_candidate"),
+    sa.UniqueConstraint("base", "k", "r_e4", "recipe", name="uq_candidate_v3"),
 )
 
 
@@ -70,6 +73,11 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown by its scheme only
         return url.split(":", 1)[0] + "://..."
+
+
+def ratio_e4(r: float) -> int:
+    """A pruning ratio as the exact integer the candidates table stores."""
+    return int(round(float(r) * 10000))
 
 
 def _now() -> datetime:
@@ -101,25 +109,25 @@ class ProjectDB:
 
     def candidate(self, base: str, k: int, r: float, recipe: str) -> dict | None:
         q = sa.select(candidates).where(candidates.c.base == base, candidates.c.k == k,
-                                        candidates.c.r == r, candidates.c.recipe == recipe)
+                                        candidates.c.r_e4 == ratio_e4(r), candidates.c.recipe == recipe)
         with self.engine.connect() as c:
             row = c.execute(q).mappings().first()
-        return dict(row) if row else None
+        return {**row, "r": row["r_e4"] / 10000} if row else None
 
     def put_candidate(self, base: str, k: int, r: float, recipe: str, status: str, *,
                       evaluations: dict[str, Evaluation] | None = None, seconds: float | None = None,
                       weights_path: str | None = None, val_acc: float | None = None) -> bool:
         """Insert once; False when another worker stored it first (theirs is kept)."""
-        values = {"base": base, "k": k, "r": r, "recipe": recipe, "status": status, "seconds": seconds,
+        values = {"base": base, "k": k, "r_e4": ratio_e4(r), "recipe": recipe, "status": status, "seconds": seconds,
                   "val_acc": val_acc,
                   "weights_path": weights_path, "host": socket.gethostname(), "created_at": _now()}
         if evaluations:
-            val, test = evaluations["val"], evaluations["test"]
-            values.update(val_acc=float(val.accuracy([None])[0]), test_acc=float(test.accuracy([None])[0]),
+            sel, test = evaluations["selection"], evaluations["test"]
+            values.update(sel_acc=float(sel.accuracy([None])[0]), test_acc=float(test.accuracy([None])[0]),
                           evaluation=pack_evaluations(evaluations))
-            if val.exit_conf is not None:
-                values.update(exit_rate_09=float(val.exit_rate([0.9])[0]),
-                              exit_acc_09=float(val.accuracy([0.9])[0]))
+            if sel.exit_conf is not None:
+                values.update(exit_rate_09=float(sel.exit_rate([0.9])[0]),
+                              exit_acc_09=float(sel.accuracy([0.9])[0]))
         try:
             with self.engine.begin() as c:
                 c.execute(candidates.insert().values(**values))
@@ -134,7 +142,8 @@ class ProjectDB:
         if base is not None:
             q = q.where(candidates.c.base == base)
         with self.engine.connect() as c:
-            return pd.DataFrame(c.execute(q).mappings().all())
+            df = pd.DataFrame(c.execute(q).mappings().all())
+        return df.assign(r=df.r_e4 / 10000) if len(df) else df
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -12,10 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from search.latency import predict  # noqa: E402
+from search.latency import PARTS, predict  # noqa: E402
 from search.space import Config, score  # noqa: E402
-
-PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms")
 
 
 def trials_frame(study) -> pd.DataFrame:
@@ -24,20 +22,22 @@ def trials_frame(study) -> pd.DataFrame:
 
 
 def _completed(study) -> list:
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "expected_ms" in t.user_attrs]
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "latency_ms" in t.user_attrs]
 
 
 def choose(study, problem) -> tuple[dict | None, dict | None]:
-    """(best feasible trial's attributes, most accurate trial's attributes)."""
+    """(best feasible trial's attributes, the closest to the target: most accurate for A0, fastest for T0)."""
     done = [t.user_attrs for t in _completed(study)]
     if not done:
         return None, None
     feasible = [a for a in done if a.get("feasible", True)]
     if problem.T0 is not None:
-        best = max(feasible, key=lambda a: (a["val_acc"], -a["expected_ms"]), default=None)
+        best = max(feasible, key=lambda a: (a["acc_bound"], -a["latency_ms"]), default=None)
+        fallback = min(done, key=lambda a: (a["latency_ms"], -a["acc_bound"]))  # nothing fits T0: the fastest
     else:
-        best = min(feasible, key=lambda a: (a["expected_ms"], -a["val_acc"]), default=None)
-    return best, max(done, key=lambda a: (a["val_acc"], -a["expected_ms"]))
+        best = min(feasible, key=lambda a: (a["latency_ms"], -a["acc_bound"]), default=None)
+        fallback = max(done, key=lambda a: (a["acc_bound"], -a["latency_ms"]))
+    return best, fallback
 
 
 def _config(attrs: dict) -> Config:
@@ -48,8 +48,8 @@ def _config(attrs: dict) -> Config:
 
 def pareto_plot(study, path: Path, best: dict | None) -> None:
     done = _completed(study)
-    lat = np.array([t.user_attrs["expected_ms"] for t in done])
-    acc = np.array([t.user_attrs["val_acc"] for t in done])
+    lat = np.array([t.user_attrs["latency_ms"] for t in done])
+    acc = np.array([t.user_attrs["acc_bound"] for t in done])
     order = np.argsort(lat)
     front, top = [], -1.0
     for i in order:
@@ -60,9 +60,9 @@ def pareto_plot(study, path: Path, best: dict | None) -> None:
     ax.scatter(lat, acc, s=12, alpha=0.5, label="trials")
     ax.plot(lat[front], acc[front], "r.-", label="Pareto front")
     if best:
-        ax.scatter([best["expected_ms"]], [best["val_acc"]], marker="*", s=150, c="k", label="chosen", zorder=3)
-    ax.set_xlabel("expected latency (ms)")
-    ax.set_ylabel("validation accuracy")
+        ax.scatter([best["latency_ms"]], [best["acc_bound"]], marker="*", s=150, c="k", label="chosen", zorder=3)
+    ax.set_xlabel("promised latency (ms)")
+    ax.set_ylabel("accuracy bound (selection split)")
     ax.set_xscale("log")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -72,19 +72,20 @@ def pareto_plot(study, path: Path, best: dict | None) -> None:
 
 
 def threshold_plot(problem, evaluations, config: Config, path: Path) -> None:
-    """Accuracy and expected latency of the chosen split against the exit threshold."""
+    """Selection accuracy and expected latency of the chosen split against the exit threshold."""
     ts = np.linspace(0.1, 1.0, 91)
-    ev = evaluations["val"]
+    ev = evaluations["selection"]
     acc = ev.accuracy(list(ts), config.codec, problem.metric)
     rate = ev.exit_rate(list(ts))
     lat = predict(problem.device, problem.server, problem.network, config.k, config.r, config.codec,
-                  exit_rate=0.0).expected_at(rate)
+                  exit_rate=0.0, n_bytes=ev.sample_bytes(config.codec).mean() if config.codec in ev.nbytes else None
+                  ).expected_at(rate)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ts, lat, "b-", label="expected latency")
     ax.set_xlabel("exit threshold t")
     ax.set_ylabel("expected latency (ms)", color="b")
     ax2 = ax.twinx()
-    ax2.plot(ts, acc, "g-", label="val accuracy")
+    ax2.plot(ts, acc, "g-", label="selection accuracy")
     ax2.plot(ts, rate, "g:", label="exit rate")
     if problem.A0 is not None:
         ax2.axhline(problem.A0, color="r", lw=0.8, ls="--", label="A0")
@@ -106,22 +107,28 @@ def write(ctx, study, reference: pd.DataFrame | None, spent: dict, versions: dic
     result = {"study": ctx.spec.study, "args": args, "versions": versions, "spent": spent,
               "device_profile": problem.device.meta, "server_profile": problem.server.meta,
               "network": {"bandwidth_mbps": problem.network.bandwidth_mbps, "rtt_ms": problem.network.rtt_ms},
-              "base": {k: ctx.pool.base.meta.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds")}}
+              "base": {k: ctx.pool.base.meta.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds")},
+              "data": ctx.data.sizes(), "confidence": problem.confidence, "objective": problem.objective}
     if ctx.spec.multi:
         front = sorted((t.user_attrs for t in study.best_trials), key=lambda a: a["expected_ms"])
         result["pareto_front"] = front
     if best is not None:
         s = score(problem, _config(best), ctx.pool.evaluations(int(best["k"]), float(best["r"])))
         result.update(feasible=True, best=s.as_dict(), predicted={**{p: s.breakdown.as_dict()[p] for p in PARTS},
-                                                                  "expected_ms": s.latency_ms})
+                                                                  "bytes": s.breakdown.bytes,
+                                                                  "expected_ms": s.breakdown.expected_ms,
+                                                                  "promised_ms": s.latency_ms},
+                      promise=promise(s, problem, ctx.data.sizes()))
         threshold_plot(problem, ctx.pool.evaluations(s.config.k, s.config.r), s.config, out / "threshold.png")
     else:
-        result.update(feasible=False, most_accurate=most_accurate)
+        result.update(feasible=False, closest=most_accurate)
     if _completed(study):
         pareto_plot(study, out / "pareto.png", best)
     if reference is not None:
-        ours = result["best"]["expected_ms"] if best else float("nan")
-        reference = reference.assign(speedup_of_ours=reference.get("expected_ms", np.nan) / ours)
+        ours = result["best"]["latency_ms"] if best else float("nan")
+        reference = reference.assign(speedup_of_ours=reference.get("latency_ms", np.nan) / ours)
+        if problem.A0 is not None and "test_acc" in reference:
+            reference = reference.assign(test_meets_A0=reference.test_acc >= problem.A0)
         reference.to_csv(out / "baselines.csv", index=False)
         result["baselines"] = reference.replace({np.nan: None}).to_dict(orient="records")
     (out / "best.json").write_text(json.dumps(result, indent=2, default=str))
@@ -129,22 +136,57 @@ def write(ctx, study, reference: pd.DataFrame | None, spent: dict, versions: dic
     return result
 
 
+def promise(s, problem, sizes: dict[str, int]) -> dict:
+    """What the answer promises (selection split, bounded) against what it delivers on the test split."""
+    out = {"confidence": problem.confidence, "objective": problem.objective, "n_selection": sizes["selection"],
+           "n_test": sizes["test"], "promised_ms": s.latency_ms, "delivered_ms": s.test_latency_ms,
+           "delivered_minus_promised_ms": s.test_latency_ms - s.latency_ms,
+           "acc_bound": s.acc_bound, "sel_acc": s.sel_acc, "test_acc": s.test_acc,
+           "promised_exit_rate": s.breakdown.exit_rate, "sel_exit_rate": s.sel_exit_rate,
+           "test_exit_rate": s.test_exit_rate, "exit_answers_all": s.sel_exit_rate >= 1.0}
+    if problem.A0 is not None:
+        out.update(A0=problem.A0, test_meets_A0=s.test_acc >= problem.A0)
+    if problem.T0 is not None:
+        out.update(T0=problem.T0, test_meets_T0=s.test_latency_ms <= problem.T0)
+    return out
+
+
 def print_summary(result: dict, problem, out: Path) -> None:
     target = f"T0 = {problem.T0} ms" if problem.T0 is not None else f"A0 = {problem.A0}"
-    print(f"\n== {result['study']}  ({target}, {problem.network})")
+    conf = f"confidence {problem.confidence:g}" if problem.confidence else "point estimates (--confidence 0)"
+    print(f"\n== {result['study']}  ({target}, {problem.network}, {problem.objective} latency, {conf})")
+    d = result.get("data", {})
+    if d:
+        print("data: " + ", ".join(f"{k} {v}" for k, v in d.items()))
     if result.get("feasible"):
-        b = result["best"]
+        b, pr = result["best"], result["promise"]
         t = "no exit" if b["t"] is None else f"{b['t']:.3f}"
-        print(f"best: k={b['k']} r={b['r']:g} t={t} "
-              f"codec={b['codec']}  expected {b['expected_ms']:.3f} ms  "
-              f"(device {b['device_ms']:.3f} + exit {b['exit_ms']:.3f} + "
-              f"{1 - b['exit_rate']:.3f} x (transfer {b['transfer_ms']:.3f} + server {b['server_ms']:.3f}))")
-        print(f"      val acc {b['val_acc']:.4f}, test acc {b['test_acc']:.4f}, exit rate {b['exit_rate']:.3f}, "
-              f"{b['bytes']} bytes when sent")
+        print(f"best: k={b['k']} r={b['r']:g} t={t} codec={b['codec']}, {b['bytes']:.0f} bytes per request sent")
+        sent = 1 - b["exit_rate"]
+        print(f"  promised latency {b['latency_ms']:.3f} ms ({problem.objective}); mean = device {b['device_ms']:.3f}"
+              f" + exit {b['exit_ms']:.3f} + runtime {b['device_overhead_ms']:.3f} + {sent:.3f} sent x (encode "
+              f"{b['encode_ms']:.3f} + transfer {b['transfer_ms']:.3f} + link {b['link_overhead_ms']:.3f} + server "
+              f"{b['server_ms']:.3f} + server runtime {b['server_overhead_ms']:.3f}) = {b['expected_ms']:.3f} ms")
+        acc_claim = (f"accuracy >= {pr['acc_bound']:.4f} with confidence {problem.confidence:g}" if problem.confidence
+                     else f"accuracy {pr['acc_bound']:.4f} (point estimate)")
+        print(f"  promised {acc_claim} (selection {pr['sel_acc']:.4f}, n = {pr['n_selection']}); exit rate "
+              f"{pr['sel_exit_rate']:.3f} (priced as {pr['promised_exit_rate']:.3f})")
+        verdict = ""
+        if "test_meets_A0" in pr:
+            verdict = f" ({'meets' if pr['test_meets_A0'] else 'BELOW'} A0 = {problem.A0})"
+        elif "test_meets_T0" in pr:
+            verdict = f" ({'meets' if pr['test_meets_T0'] else 'ABOVE'} T0 = {problem.T0} ms)"
+        print(f"  delivered on test (n = {pr['n_test']}, never chosen on): accuracy {pr['test_acc']:.4f}{verdict}, "
+              f"exit rate {pr['test_exit_rate']:.3f}, latency {pr['delivered_ms']:.3f} ms "
+              f"({pr['delivered_minus_promised_ms']:+.3f} ms against the promise)")
+        if pr["exit_answers_all"]:
+            print("  note: the exit answers 100% of the selection split: the tail never runs, the answer is an "
+                  "on-device model (the split and the bandwidth change nothing)")
     else:
-        m = result.get("most_accurate")
+        m = result.get("closest")
+        what = "fastest" if problem.T0 is not None else "best accuracy bound"
         print("no configuration reaches the target." + (
-            f" Best reachable val accuracy {m['val_acc']:.4f} at {m['config']} ({m['expected_ms']:.3f} ms)"
+            f" Closest ({what}): accuracy bound {m['acc_bound']:.4f} at {m['config']} ({m['latency_ms']:.3f} ms)"
             if m else ""))
     s = result["spent"]
     print(f"spent: {s['fine_tunes']} fine-tunes and {s['exit_trainings']} exit trainings here "
@@ -152,7 +194,7 @@ def print_summary(result: dict, problem, out: Path) -> None:
           f"search {s['search_seconds']} s")
     if result.get("baselines"):
         df = pd.DataFrame(result["baselines"])
-        cols = [c for c in ("method", "k", "r", "t", "codec", "expected_ms", "val_acc", "bytes", "feasible",
-                            "complete", "speedup_of_ours") if c in df]
+        cols = [c for c in ("method", "k", "r", "t", "codec", "latency_ms", "delivered_ms", "acc_bound", "test_acc",
+                            "bytes", "feasible", "complete", "speedup_of_ours") if c in df]
         print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"outputs: {out}")

@@ -26,7 +26,7 @@ import numpy as np
 from compress.onnx_io import session
 from runtime import manifest as mf
 from runtime import protocol as wire
-from runtime.protocol import DType, Frame, MsgType, ProtocolError
+from runtime.protocol import Frame, MsgType, ProtocolError
 
 log = logging.getLogger("runtime.cloud")
 MAX_BATCH = 256  # with the frame limit, bounds the memory one request can make the server allocate
@@ -57,8 +57,8 @@ class CloudServer:
         self.input_name = self.session.get_inputs()[0].name
         warm = np.zeros((1, *self.manifest["tail"]["input_shape"]), dtype=np.float32)
         self.session.run(None, {self.input_name: warm})  # first run allocates: keep it out of request times
-        k = self.manifest["k"]
-        self.wire_dtype = DType.UINT8 if k == 0 else wire.CODEC_DTYPES[self.manifest["codec"]]
+        # k = 0: UINT8 or an image dtype; else the feature codec's (a manifest's fp32 at k = 0 means raw)
+        self.wire_dtype = wire.CODEC_DTYPES[mf.manifest_codec(self.manifest)]
         self.wire_shape = tuple(self.manifest["split"]["shape"])
         self._tls = None
         if tls_cert:
@@ -230,8 +230,12 @@ class CloudServer:
             self.stats["bad_requests"] += 1
             return wire.error(rid, f"this split expects tensors of shape (n, {', '.join(map(str, self.wire_shape))}) "
                                    f"with 1 <= n <= {MAX_BATCH}, got {frame.shape}")
-        x = wire.tensor(frame)
-        if frame.dtype == DType.UINT8:
+        try:
+            x = wire.tensor(frame)  # variable-size payloads can still fail here (bad zlib or image)
+        except ProtocolError as e:
+            self.stats["bad_requests"] += 1
+            return wire.error(rid, str(e))
+        if x.dtype == np.uint8:
             x = mf.normalize(x, self.manifest)  # k = 0: the server does what the device would have done
         if not np.isfinite(x).all():
             self.stats["bad_requests"] += 1

@@ -6,8 +6,9 @@
 Per test sample, one row (all times in ms, measured with perf_counter):
 
 - device_ms: normalisation + head.onnx (which includes the exit branch: one graph, so exit_ms is 0)
-  + encoding the split tensor when it is sent.  The emulated slowdown sleeps (F - 1) x the head.onnx
-  run only, the part the profile measured, so an "emulated-10x" device runs the model 10x slower.
+  + encoding the split tensor when it is sent (at k = 0, the image under the manifest's input codec).
+  The emulated slowdown sleeps (F - 1) x the head.onnx run only, the part the profile measured, so an
+  "emulated-10x" device runs the model 10x slower.
 - transfer_ms: from handing the frame to the link until the reply is read, minus server_ms; with a
   shaped link it includes the rtt and the paced serialization (runtime.link), so it matches
   T_N(b) = rtt + 8 b / bandwidth plus the real loopback cost.
@@ -127,7 +128,7 @@ class Device:
         self.slowdown = slowdown
         self.use_exit = bool(manifest["exit"])
         self.t = manifest["t"]
-        self.codec = None if manifest["k"] == 0 else manifest["codec"]  # k = 0 sends the uint8 image
+        self.codec = mf.manifest_codec(manifest)  # k = 0: the uint8 image, raw or through an image codec
         self.head = session(Path(model_dir) / manifest["head"]["file"], threads=1) if manifest["head"] else None
         self.last = manifest["tail"] is None  # k = K: the head is the whole model
         if self.head is not None:

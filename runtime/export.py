@@ -3,8 +3,8 @@
 head.onnx takes the normalised float image (NCHW, dynamic batch) and gives the exit logits and the
 split tensor ("exit", "split"), or only "split" when the split has no exit (or t is None); at k = K
 its one output is the final "logits".  tail.onnx takes the split tensor and gives "logits".
-k = 0 has no head (the device sends the uint8 image, the server normalises and runs the whole model
-as tail.onnx); k = K has no tail (the device runs everything).
+k = 0 has no head (the device sends the uint8 image, raw or through an image codec; the server decodes,
+normalises and runs the whole model as tail.onnx); k = K has no tail (the device runs everything).
 """
 from __future__ import annotations
 
@@ -62,10 +62,12 @@ def export_split(candidate: Candidate, data: DataSplits, out_dir: str | Path, th
     `threshold` None means the exit is not used (and not exported).  `seed` is the data-split seed
     the edge needs to load the same test split.  Every part is run by ONNX Runtime on `samples` test
     images and compared with PyTorch; a difference beyond the tolerance raises ValueError.
+    `codec` is a feature codec at 0 < k < K and an input codec at k = 0, where a feature codec means
+    "raw" (older callers pass fp32); the manifest records the codec the wire carries.
     """
-    codecs.check(codec)
     k, model = candidate.k, candidate.model
     K = model.K
+    sent = mf.wire_codec(k, K, codec)  # refuses an unknown codec, and an image codec past k = 0, up front
     if threshold is not None:
         if candidate.exit is None:
             raise ValueError(f"threshold t={threshold} given but split k={k} has no exit branch")
@@ -110,21 +112,27 @@ def export_split(candidate: Candidate, data: DataSplits, out_dir: str | Path, th
             m.train(training)
 
     numel = int(np.prod(feats.shape[1:]))
-    wire = None if k == K else "uint8" if k == 0 else codec
+    # bytes per sample: exact for a fixed-size codec, null for a variable one (measured per sample at run
+    # time); max_bytes is the bound the server's protocol accepts, exact or not
+    if sent is None:
+        wire, size, most = None, 0, 0
+    else:
+        wire = "uint8" if sent == "raw" else sent
+        most = codecs.max_payload_bytes(numel, sent)
+        size = None if codecs.is_variable(sent) else most
     manifest = {
         "format": mf.FORMAT,
         "model": {"arch": getattr(model, "arch", type(model).__name__), "blocks": list(model.block_names),
                   "num_classes": int(logits.shape[1])},
         "k": k, "r": float(candidate.ratio), "K": K,
         "t": None if threshold is None else float(threshold),
-        "codec": codec,
+        "codec": codec if sent is None else sent,
         "exit": use_exit,
         "data": {"name": data.name, "input_size": data.input_size, "seed": seed, "split": "test",
                  "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std)},
         "input": {"shape": [3, data.input_size, data.input_size], "dtype": "uint8", "layout": "NCHW",
                   "normalize": "(x - 255 * mean) / (255 * std), per channel, in float32"},
-        "split": {"shape": list(feats.shape[1:]), "wire_dtype": wire,
-                  "bytes": 0 if k == K else numel if k == 0 else codecs.payload_bytes(numel, codec)},
+        "split": {"shape": list(feats.shape[1:]), "wire_dtype": wire, "bytes": size, "max_bytes": most},
         "head": head_entry,
         "tail": tail_entry,
         "predicted": predicted,

@@ -1,6 +1,12 @@
 """manifest.json of an exported split: what the edge and the cloud each need to run their part.
 
 Kept free of torch so the cloud server only needs numpy and ONNX Runtime to read it.
+
+"codec" names what the wire carries: at k = 0 an input codec ("raw" or an image codec), at 0 < k < K a
+feature codec.  A manifest from before the image codecs may name a feature codec at k = 0: that means
+"raw" (`wire_codec`).  split.bytes is the payload size of a fixed-size codec and null for a variable one
+(int8-zlib, the image codecs), whose size depends on the sample; split.max_bytes is the upper bound the
+server accepts either way.
 """
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from compress import codec as codecs
 
 FORMAT = 1
 NAME = "manifest.json"
@@ -36,6 +44,26 @@ def save(manifest: dict[str, Any], model_dir: str | Path) -> Path:
     tmp.write_text(json.dumps(manifest, indent=2, default=_jsonable) + "\n")
     tmp.replace(path)  # a reader never sees half a manifest
     return path
+
+
+def wire_codec(k: int, K: int, codec: str) -> str | None:
+    """The codec the edge sends with at split k: None at k = K (nothing is sent), an input codec at
+    k = 0 (any feature codec means "raw": older callers and manifests name fp32 there), else `codec`,
+    which must then be a feature codec."""
+    codecs.check(codec, codecs.ALL_CODECS)
+    if k == K:
+        return None
+    if k == 0:
+        return codec if codec in codecs.INPUT_CODECS else "raw"
+    if codec not in codecs.FEATURE_CODECS:
+        raise ValueError(f"codec {codec!r} compresses the input image: only k = 0 sends it; at k = {k} choose one "
+                         f"of: {', '.join(codecs.FEATURE_CODECS)}")
+    return codec
+
+
+def manifest_codec(manifest: dict[str, Any]) -> str | None:
+    """`wire_codec` of a loaded manifest."""
+    return wire_codec(manifest["k"], manifest["K"], manifest["codec"])
 
 
 def normalize(images: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:

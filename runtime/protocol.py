@@ -14,8 +14,23 @@ request, with the same request id.
 
 Payloads by message type:
 
-- REQUEST: the tensor, encoded by its dtype: UINT8 raw image bytes (k = 0), FP32/FP16 plain casts,
-  INT8 the affine code of `compress.codec` (float32 offset and scale, then the codes).
+- REQUEST: the tensor, encoded by its dtype (each dtype names the one `compress.codec` decoder):
+
+  =========  ====  =============================================  ======================
+  dtype      code  payload                                        length
+  =========  ====  =============================================  ======================
+  UINT8      1     raw image bytes (k = 0, codec "raw")           numel
+  FP32/FP16  2, 3  plain little-endian casts                      4 / 2 x numel
+  INT8       4     float32 offset and scale, then uint8 codes     numel + 8
+  INT8_ZLIB  5     the INT8 payload through zlib                  1 .. max_payload_bytes
+  PNG        6     a PNG image (k = 0; grey sent as one channel)  1 .. max_payload_bytes
+  JPEG       7     a JPEG image (k = 0; any quality)              1 .. max_payload_bytes
+  WEBP       8     a WebP image (k = 0; any quality)              1 .. max_payload_bytes
+  =========  ====  =============================================  ======================
+
+  Variable lengths are checked against `compress.codec.max_payload_bytes` with the header; a payload
+  that then fails to decode (bad zlib or image, wrong decoded size, a zlib bomb: inflating is capped
+  at the expected size) is a non-fatal error of that request.
 - REPLY: dtype FP32, shape (n, classes); payload = float64 server compute ms, n int64 classes,
   then the float32 logits.
 - ERROR: a utf-8 message.  HELLO: the nonce.  AUTH: the 32-byte digest.  PING/PONG: empty.
@@ -70,10 +85,18 @@ class DType(enum.IntEnum):
     FP32 = 2
     FP16 = 3
     INT8 = 4  # compress.codec's affine 8-bit code: float32 offset and scale, then uint8 codes
+    INT8_ZLIB = 5  # the INT8 payload through zlib: variable size
+    PNG = 6  # image codecs (k = 0): variable size, decoded to the uint8 image
+    JPEG = 7  # one code per format: the quality is the encoder's choice, the decoder does not need it
+    WEBP = 8
 
 
-CODEC_DTYPES = {"fp32": DType.FP32, "fp16": DType.FP16, "int8": DType.INT8}
-DTYPE_CODECS = {v: k for k, v in CODEC_DTYPES.items()}
+# every codec name -> the dtype that carries it; "raw" (and None in `encode`) is the uint8 image
+CODEC_DTYPES = {"fp32": DType.FP32, "fp16": DType.FP16, "int8": DType.INT8, "int8-zlib": DType.INT8_ZLIB,
+                "raw": DType.UINT8, **{c: DType[fmt] for c, (fmt, _) in codecs.IMAGE_FORMATS.items()}}
+# dtype -> the codec name whose decoder reads it (for JPEG and WebP any quality decodes alike)
+DTYPE_CODECS = {dt: next(c for c, d in CODEC_DTYPES.items() if d == dt) for dt in dict.fromkeys(CODEC_DTYPES.values())}
+VARIABLE_DTYPES = frozenset(dt for dt, c in DTYPE_CODECS.items() if codecs.is_variable(c))
 
 
 class ProtocolError(ValueError):
@@ -110,14 +133,23 @@ class Reply:
     server_ms: float
 
 
+def payload_limits(dtype: DType, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(least, most) payload bytes of a tensor frame of this dtype and shape; equal for fixed-size dtypes."""
+    if dtype not in DTYPE_CODECS:
+        raise ValueError(f"dtype {dtype!r} carries no tensor")
+    numel, codec = math.prod(shape), DTYPE_CODECS[dtype]
+    if dtype in VARIABLE_DTYPES:
+        return 1, codecs.max_payload_bytes(numel, codec)
+    size = codecs.payload_bytes(numel, codec)
+    return size, size
+
+
 def payload_size(dtype: DType, shape: tuple[int, ...]) -> int:
-    """Payload bytes of a tensor frame of this dtype and shape."""
-    numel = math.prod(shape)
-    if dtype == DType.UINT8:
-        return numel
-    if dtype in DTYPE_CODECS:
-        return codecs.payload_bytes(numel, DTYPE_CODECS[dtype])
-    raise ValueError(f"dtype {dtype!r} carries no tensor")
+    """Payload bytes of a fixed-size tensor frame of this dtype and shape."""
+    least, most = payload_limits(dtype, shape)
+    if least != most:
+        raise ValueError(f"dtype {dtype.name} has a variable size (up to {most} bytes for shape {shape})")
+    return least
 
 
 def pack(type: MsgType, request_id: int = 0, payload: bytes = b"", dtype: DType = DType.NONE,
@@ -177,9 +209,10 @@ def validate(header: Header, payload: bytes) -> Frame:
             raise ProtocolError("a REQUEST must carry a tensor (dtype NONE given)", rid)
         if ndim == 0 or 0 in shape:
             raise ProtocolError(f"a REQUEST tensor needs a non-empty shape, got {shape}", rid)
-        expected = payload_size(dt, shape)
-        if len(payload) != expected:
-            raise ProtocolError(f"{dt.name} tensor of shape {shape} needs {expected} payload bytes, "
+        least, most = payload_limits(dt, shape)
+        if not least <= len(payload) <= most:
+            needs = f"{least}" if least == most else f"{least} to {most}"
+            raise ProtocolError(f"{dt.name} tensor of shape {shape} needs {needs} payload bytes, "
                                 f"got {len(payload)}", rid)
     return Frame(mtype, rid, dt, shape, payload)
 
@@ -228,11 +261,13 @@ class Encoded:
 
 
 def encode(x: np.ndarray, codec: str | None) -> Encoded:
-    """uint8 `x` goes raw (codec None, k = 0); anything else under `codec`."""
-    if codec is None:
+    """`x` under `codec`: None or "raw" send a uint8 tensor as it is (k = 0), an image codec a uint8
+    (1, C, H, W) image, a feature codec a float tensor (0 < k < K)."""
+    if codec is None or codec == "raw":  # any shape: the raw path predates the image codecs' (C, H, W) rule
         x = np.ascontiguousarray(x, dtype=np.uint8)
         return Encoded(x.tobytes(), DType.UINT8, x.shape)
-    return Encoded(codecs.encode(x, codec), CODEC_DTYPES[codecs.check(codec)], tuple(np.shape(x)))
+    return Encoded(codecs.encode(x, codec), CODEC_DTYPES[codecs.check(codec, codecs.ALL_CODECS)],
+                   tuple(np.shape(x)))
 
 
 def request(request_id: int, x: np.ndarray, codec: str | None) -> bytes:
@@ -241,12 +276,17 @@ def request(request_id: int, x: np.ndarray, codec: str | None) -> bytes:
 
 
 def tensor(frame: Frame) -> np.ndarray:
-    """Decode the tensor of a (validated) REQUEST frame: uint8 for UINT8, float32 otherwise."""
+    """Decode the tensor of a (validated) REQUEST frame: uint8 for UINT8 and the image dtypes, float32
+    otherwise.  A payload that does not decode to its shape raises a non-fatal ProtocolError."""
     if frame.dtype == DType.UINT8:
         return np.frombuffer(frame.payload, dtype=np.uint8).reshape(frame.shape)
     if frame.dtype not in DTYPE_CODECS:
         raise ProtocolError(f"dtype {frame.dtype.name} carries no tensor", frame.request_id)
-    return codecs.decode(frame.payload, DTYPE_CODECS[frame.dtype], frame.shape)
+    try:
+        return codecs.decode(frame.payload, DTYPE_CODECS[frame.dtype], frame.shape)
+    except Exception as e:  # noqa: BLE001 - hostile bytes: Pillow's decoders raise more than ValueError
+        raise ProtocolError(f"{frame.dtype.name} payload of shape {frame.shape} does not decode: "
+                            f"{type(e).__name__}: {e}", frame.request_id) from None
 
 
 def reply(request_id: int, logits: np.ndarray, server_ms: float) -> bytes:

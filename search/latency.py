@@ -1,10 +1,16 @@
-"""The latency model: expected end-to-end latency of a candidate (k, r, codec, exit rate) from profiles.
+"""The latency model: end-to-end latency of a candidate (k, r, codec, exit rate) from profiles.
 
-    T = T_D(head k, r) + T_D(exit k, r) + (1 - p_exit) * (T_N(bytes(k, r, codec)) + T_C(tail k, r))
+    exit path  E = T_D(head k, r) + T_D(exit k, r) + O_D                  (every request)
+    sent part  S = encode + T_N(bytes) + link + T_C(tail k, r) + O_C    (only the requests sent)
+    mean       T = E + (1 - p_exit) * S
+    quantile q T_q = E if the share sent (1 - p_exit) <= 1 - q, else the q-quantile of E + S over the sent
 
-Every number comes from a measured (or named-emulated) profile and a Network; a result is a Breakdown,
-never a bare number.  `exit_rate=None` means the candidate has no exit branch at all ("no exit" is its
-own value): the exit costs nothing and never answers.
+O_D, encode, link and O_C are the per-request runtime overheads measured beside the model's compute
+(`Profile.overhead`; 0 for a profile measured without them).  Every number comes from a measured (or
+named-emulated) profile and a Network; a result is a Breakdown, never a bare number.
+`exit_rate=None` means the candidate has no exit branch at all ("no exit" is its own value): the exit
+costs nothing and never answers.  Codecs whose size depends on the sample (int8-zlib, PNG, JPEG, WebP)
+take the mean of their measured per-sample bytes (and the sizes themselves for a quantile).
 """
 from __future__ import annotations
 
@@ -16,6 +22,15 @@ import pandas as pd
 from profiles.network import Network
 from profiles.profile import Profile, check_pair, has_exit
 
+OBJECTIVES = {"mean": None, "p95": 0.95, "p99": 0.99}
+OVERHEADS = ("device_overhead_ms", "encode_ms", "link_overhead_ms", "server_overhead_ms")
+
+
+def check_objective(objective: str) -> str:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+    return objective
+
 
 @dataclass(frozen=True)
 class Breakdown:
@@ -23,46 +38,80 @@ class Breakdown:
     exit_ms: float  # exit branch on the end device (0 without an exit)
     transfer_ms: float  # rtt + 8 bytes / bandwidth, 0 when nothing is sent (k = K)
     server_ms: float  # tail on the server
-    bytes: int  # payload at the split under the codec
-    exit_rate: float  # fraction answered at the exit
+    bytes: float  # payload at the split under the codec (mean per request for a variable-size codec)
+    exit_rate: float  # fraction answered at the exit (the promised, bounded one in a search result)
     k: int | None = None
     r: float | None = None
     codec: str | None = None
+    device_overhead_ms: float = 0.0  # runtime outside the model on the device, every request
+    encode_ms: float = 0.0  # encoding and framing on the device, sent requests only
+    link_overhead_ms: float = 0.0  # socket and framing cost beyond rtt + 8 b / B, sent requests only
+    server_overhead_ms: float = 0.0  # read, decode and reply on the server, sent requests only
+
+    @property
+    def exit_path_ms(self) -> float:
+        return self.device_ms + self.exit_ms + self.device_overhead_ms
+
+    @property
+    def sent_ms(self) -> float:
+        """What a sent request adds to the exit path."""
+        return self.encode_ms + self.transfer_ms + self.link_overhead_ms + self.server_ms + self.server_overhead_ms
 
     @property
     def expected_ms(self) -> float:
-        return self.device_ms + self.exit_ms + (1.0 - self.exit_rate) * (self.transfer_ms + self.server_ms)
+        return self.exit_path_ms + (1.0 - self.exit_rate) * self.sent_ms
 
     def expected_at(self, exit_rates) -> np.ndarray:
         """Expected latency for many exit rates at once (same split, same costs)."""
         p = np.asarray(exit_rates, dtype=float)
-        return self.device_ms + self.exit_ms + (1.0 - p) * (self.transfer_ms + self.server_ms)
+        return self.exit_path_ms + (1.0 - p) * self.sent_ms
+
+    def quantile_at(self, q: float, exit_rates, sent_extra_ms=None) -> np.ndarray:
+        """The q-quantile of per-request latency for many exit rates: the exit path while the share sent
+        is at most 1 - q, else the sent path (at the matching quantile of `sent_extra_ms`, the per-sample
+        deviations of a variable-size codec's transfer from its mean, if given)."""
+        sent = 1.0 - np.asarray(exit_rates, dtype=float)
+        full = np.full(sent.shape, self.exit_path_ms + self.sent_ms)
+        if sent_extra_ms is not None and len(sent_extra_ms):
+            level = np.clip((q - (1.0 - sent)) / np.maximum(sent, 1e-12), 0.0, 1.0)
+            full = full + np.quantile(np.asarray(sent_extra_ms, dtype=float), level, method="inverted_cdf")
+        return np.where(sent <= 1.0 - q + 1e-12, self.exit_path_ms, full)
+
+    def objective_at(self, objective: str, exit_rates, sent_extra_ms=None) -> np.ndarray:
+        q = OBJECTIVES[check_objective(objective)]
+        return self.expected_at(exit_rates) if q is None else self.quantile_at(q, exit_rates, sent_extra_ms)
+
+    def with_exit_rate(self, exit_rate: float) -> "Breakdown":
+        return Breakdown(**{**asdict(self), "exit_rate": float(exit_rate)})
 
     def as_dict(self) -> dict:
         return {**asdict(self), "expected_ms": self.expected_ms}
 
 
-PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms")
+PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms") + OVERHEADS
 
 
 def predicted_at(parts: dict, exit_rate: float) -> dict[str, float]:
-    """The four predicted parts with their expected total at another exit rate (a deployment's test split)."""
-    b = Breakdown(*(float(parts[p]) for p in PARTS), bytes=0, exit_rate=float(exit_rate))
+    """The predicted parts with their expected total at another exit rate (a deployment's test split)."""
+    b = Breakdown(**{p: float(parts.get(p, 0.0)) for p in PARTS}, bytes=float(parts.get("bytes", 0.0)),
+                  exit_rate=float(exit_rate))
     return {**{p: getattr(b, p) for p in PARTS}, "exit_rate": b.exit_rate, "total_ms": b.expected_ms}
 
 
 def predicted_per_sample(parts: dict, exited) -> dict[str, float]:
     """The prediction for a known set of samples (a deployment's): each sample costs the exit path
-    (head + exit) if the exit answers it, else the full path. Gives the parts, the total, the p95, and
-    each part's mean over the samples (`mean_*`, what a measured run's per-part means compare with)."""
+    (head + exit + device overhead) if the exit answers it, else the full path. Gives the parts, the total,
+    the p95, and the mean of each side over the samples (`mean_*`, what a measured run's per-part means
+    compare with: device+exit holds what the edge measures as device time, encoding included)."""
     exited = np.asarray(exited, dtype=bool)
     out = predicted_at(parts, float(exited.mean()) if exited.size else 0.0)
-    exit_path = out["device_ms"] + out["exit_ms"]
-    per_sample = np.where(exited, exit_path, exit_path + out["transfer_ms"] + out["server_ms"])
+    b = Breakdown(**{p: out[p] for p in PARTS}, bytes=float(parts.get("bytes", 0.0)), exit_rate=out["exit_rate"])
+    per_sample = np.where(exited, b.exit_path_ms, b.exit_path_ms + b.sent_ms)
     out["p95_ms"] = float(np.quantile(per_sample, 0.95)) if exited.size else float("nan")
     sent = 1.0 - out["exit_rate"]
-    out.update(mean_device_exit_ms=exit_path, mean_transfer_ms=sent * out["transfer_ms"],
-               mean_server_ms=sent * out["server_ms"])
+    out.update(mean_device_exit_ms=b.exit_path_ms + sent * b.encode_ms,
+               mean_transfer_ms=sent * (b.transfer_ms + b.link_overhead_ms),
+               mean_server_ms=sent * (b.server_ms + b.server_overhead_ms))
     return out
 
 
@@ -76,39 +125,68 @@ def _check_rate(exit_rate: float | None, k: int, K: int) -> float:
     return float(exit_rate)
 
 
+def _overheads(device: Profile, server: Profile, k: int, r: float, codec: str) -> dict[str, float]:
+    if k == device.K:
+        codec = "fp32"  # nothing is sent: the device overhead alone
+    dev = device.overhead(k, r, codec) if hasattr(device, "overhead") else {}
+    srv = server.overhead(k, r, codec) if hasattr(server, "overhead") else {}
+    out = {"device_overhead_ms": float(dev.get("device_overhead_ms", 0.0)),
+           "encode_ms": float(dev.get("encode_ms", 0.0)),
+           "link_overhead_ms": float(srv.get("link_overhead_ms", 0.0)),
+           "server_overhead_ms": float(srv.get("server_overhead_ms", 0.0))}
+    if k == device.K:
+        out.update(encode_ms=0.0, link_overhead_ms=0.0, server_overhead_ms=0.0)
+    return out
+
+
 def predict(device: Profile, server: Profile, network: Network, k: int, r: float, codec: str = "fp32",
-            exit_rate: float | None = None) -> Breakdown:
-    """Breakdown of the expected latency of (k, r) under `codec` with a measured exit rate."""
+            exit_rate: float | None = None, n_bytes: float | None = None) -> Breakdown:
+    """Breakdown of the latency of (k, r) under `codec` with a measured exit rate.
+
+    `n_bytes` gives the (mean) payload of a variable-size codec, measured per sample; fixed-size codecs
+    take the profile's bytes table.
+    """
     check_pair(device, server)
     rate = _check_rate(exit_rate, k, device.K)
-    n_bytes = device.tensor_bytes(k, r, codec)
+    if n_bytes is None:
+        n_bytes = device.tensor_bytes(k, r, "fp32" if k == 0 and codec == "raw" else codec)
+    if k == device.K:
+        n_bytes = 0
     exit_ms = device.ms("exit", k, r) if exit_rate is not None else 0.0
-    return Breakdown(device_ms=device.ms("head", k, r), exit_ms=exit_ms, transfer_ms=network.transfer_ms(n_bytes),
-                     server_ms=server.ms("tail", k, r), bytes=n_bytes, exit_rate=rate, k=k, r=r, codec=codec)
+    return Breakdown(device_ms=device.ms("head", k, r), exit_ms=exit_ms,
+                     transfer_ms=network.transfer_ms(n_bytes) if k < device.K else 0.0,
+                     server_ms=server.ms("tail", k, r), bytes=float(n_bytes), exit_rate=rate, k=k, r=r, codec=codec,
+                     **_overheads(device, server, k, r, codec))
 
 
 def expected_ms_many(device: Profile, server: Profile, network: Network, k: int, r: float, codec: str,
-                     exit_rates) -> np.ndarray:
+                     exit_rates, n_bytes: float | None = None) -> np.ndarray:
     """Expected latency of (k, r, codec) with an exit, for an array of exit rates (one per threshold)."""
     rates = np.asarray(exit_rates, dtype=float)
     if rates.size and (rates.min() < 0 or rates.max() > 1):
         raise ValueError("exit rates must be in [0, 1]")
-    return predict(device, server, network, k, r, codec, exit_rate=0.0 if has_exit(k, device.K) else None) \
-        .expected_at(rates)
+    return predict(device, server, network, k, r, codec, exit_rate=0.0 if has_exit(k, device.K) else None,
+                   n_bytes=n_bytes).expected_at(rates)
 
 
 def lower_bound_ms(device: Profile, server: Profile, network: Network, k: int, r: float,
                    codec: str = "fp32") -> float:
-    """The lowest latency (k, r, codec) can reach over every threshold, "no exit" included.
+    """The lowest latency (k, r, codec) can reach over every threshold and objective, "no exit" included.
 
-    With an exit, the best case answers every sample there (exit rate 1): head + exit; without one (or
-    when sending is cheaper than the exit itself) it is head + transfer + tail.  A candidate whose bound
+    With an exit, the best case answers every sample there (exit rate 1): the exit path; without one (or
+    when sending is cheaper than the exit itself) the full path.  A variable-size codec is bounded by
+    sending nothing at all (its bytes are not known before it is evaluated).  A candidate whose bound
     is already worse than the best feasible one found can be skipped without evaluating its accuracy.
     """
-    none = predict(device, server, network, k, r, codec, exit_rate=None)
+    from compress.codec import is_variable
+
+    none = predict(device, server, network, k, r, codec, exit_rate=None,
+                   n_bytes=0 if is_variable(codec) else None)
+    if is_variable(codec):
+        none = Breakdown(**{**asdict(none), "transfer_ms": network.transfer_ms(0)})
     if not has_exit(k, device.K):
         return none.expected_ms
-    return none.device_ms + min(device.ms("exit", k, r), none.transfer_ms + none.server_ms)
+    return none.exit_path_ms + min(device.ms("exit", k, r), none.sent_ms)
 
 
 def predict_all(device: Profile, server: Profile, network: Network, codec: str = "fp32") -> pd.DataFrame:

@@ -57,7 +57,7 @@ def best_of(problem: Problem, pool: CandidatePool, method: Method, build: bool =
             complete = False
             continue
         s = best_setting(problem, k, r, evals, method.codecs, method.exit)
-        if best is None or key(s.latency_ms, s.val_acc) < key(best.latency_ms, best.val_acc):
+        if best is None or key(s.latency_ms, s.acc_bound) < key(best.latency_ms, best.acc_bound):
             best = s
     return best, complete
 

@@ -17,15 +17,20 @@ from compress import data as datasets
 from compress import zoo
 from compress.base import base_model
 from compress.candidate import EXIT_EPOCHS, FINETUNE
-from compress.codec import CODECS
+from compress.codec import FEATURE_CODECS, INPUT_CODECS
 from compress.train import Recipe, check_precision
 from profiles import Network, load_profile
 from results.db import ProjectDB, redact
 from search.pool import CandidatePool
+from search.bounds import check_confidence
+from search.latency import check_objective
 from search.space import Problem, SearchSpace
 from search.study import Objective, open_study, polish, seed, storage
 
 ROOT = Path(__file__).resolve().parent.parent
+# Base training budget by data set (epochs over its training role): Fashion-MNIST's 12,000 images x 8
+# epochs take about 4 min for mobilenet_v2 at 32 px on 2 cores; the small sets keep Recipe's 20.
+BASE_EPOCHS = {"fashion-mnist": 8}
 
 
 @dataclass
@@ -41,7 +46,9 @@ class RunSpec:
     T0: float | None = None
     metric: str = "top1"
     multi: bool = False
-    dataset: str = "digits"
+    confidence: float = 0.95  # one-sided Wilson bound on the selection accuracy and share sent; 0 = point
+    objective: str = "mean"  # mean, p95 or p99 of per-request latency
+    dataset: str = "fashion-mnist"
     data_root: str | None = None
     input_size: int = 32
     seed: int = 0
@@ -52,7 +59,8 @@ class RunSpec:
     ratios: list[float] | None = None  # default: the profile's grid
     splits: list[int] | None = None  # intermediate split points to consider; default: all (0 and K always)
     precision: str = "fp32"  # training arithmetic (compress.train.PRECISIONS)
-    codecs: list[str] = field(default_factory=lambda: list(CODECS))
+    codecs: list[str] = field(default_factory=lambda: list(FEATURE_CODECS))
+    input_codecs: list[str] = field(default_factory=lambda: list(INPUT_CODECS))
     trials: int = 40
     n_workers: int = 1
     storage: str | None = None
@@ -80,9 +88,15 @@ class RunSpec:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         check_precision(self.precision)
-        for c in self.codecs:
-            if c not in CODECS:
-                raise ValueError(f"unknown codec {c!r}; choose from: {', '.join(CODECS)}")
+        check_confidence(self.confidence)
+        check_objective(self.objective)
+        for flag, given, allowed in (("--codecs", self.codecs, FEATURE_CODECS),
+                                     ("--input-codecs", self.input_codecs, INPUT_CODECS)):
+            if not given:
+                raise ValueError(f"{flag} needs at least one of: {', '.join(allowed)}")
+            for c in given:
+                if c not in allowed:
+                    raise ValueError(f"unknown codec {c!r} in {flag}; choose from: {', '.join(allowed)}")
 
     def resolved(self) -> "RunSpec":
         """Fill in the run directory, storage URL and study name (stable, so a rerun can resume)."""
@@ -111,7 +125,7 @@ def context(spec: RunSpec, log=print) -> Context:
     device = load_profile(spec.end_device, spec.model, spec.input_size)
     server = load_profile(spec.server, spec.model, spec.input_size)
     problem = Problem(device, server, Network(spec.bandwidth, spec.rtt), A0=None if spec.T0 else spec.A0,
-                      T0=spec.T0, metric=spec.metric)
+                      T0=spec.T0, metric=spec.metric, confidence=spec.confidence, objective=spec.objective)
     ratios = tuple(problem.space.ratios)
     if spec.ratios is not None:
         bad = [r for r in spec.ratios if r not in ratios]
@@ -125,15 +139,17 @@ def context(spec: RunSpec, log=print) -> Context:
         if bad:
             raise ValueError(f"splits {bad} are not intermediate split points of {spec.model} (1..{K - 1})")
         splits = tuple(sorted({0, K, *spec.splits}))
-    problem.space = SearchSpace(K, ratios, tuple(spec.codecs), splits)
+    problem.space = SearchSpace(K, ratios, tuple(spec.codecs), splits, tuple(spec.input_codecs))
+    Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
+    study_storage = storage(spec.storage)  # a bad URL fails here, before any training
     data = datasets.load(spec.dataset, spec.data_root, spec.input_size, spec.seed)
+    log(f"data: {data.describe()}")
     base_recipe = None
     if spec.base_epochs is not None or not spec.weights:
-        base_recipe = Recipe(epochs=spec.base_epochs or Recipe().epochs, precision=spec.precision)
+        epochs = spec.base_epochs or BASE_EPOCHS.get(spec.dataset, Recipe().epochs)
+        base_recipe = Recipe(epochs=epochs, precision=spec.precision)
     base = base_model(spec.model, data, seed=spec.seed, weights=spec.weights, recipe=base_recipe,
                       progress=spec.progress, log=log)
-    Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
-    study_storage = storage(spec.storage)  # validates the URL before the project tables touch it
     db = ProjectDB(spec.storage)
     recipe = Recipe(**{**FINETUNE.key(), "epochs": spec.finetune_epochs, "precision": spec.precision})
     pool = CandidatePool(base, data, db, recipe=recipe, exit_epochs=spec.exit_epochs, seed=spec.seed,

@@ -5,10 +5,13 @@ from dataclasses import asdict, dataclass, field
 
 import optuna
 
+import numpy as np
+
 from compress.candidate import Evaluation, exit_allowed
-from compress.codec import CODECS
+from compress.codec import FEATURE_CODECS, INPUT_CODECS, is_variable
 from profiles import Network, Profile
-from search.latency import Breakdown, predict
+from search import bounds
+from search.latency import Breakdown, check_objective, predict
 
 T_RANGE = (0.1, 1.0)  # max softmax over >= 2 classes is above 1/classes; 1.0 answers only certain samples
 
@@ -29,19 +32,27 @@ class Config:
 class SearchSpace:
     K: int
     ratios: tuple[float, ...]
-    codecs: tuple[str, ...] = CODECS
+    codecs: tuple[str, ...] = FEATURE_CODECS
     splits: tuple[int, ...] | None = None  # default: every split 0..K
+    input_codecs: tuple[str, ...] = INPUT_CODECS  # what k = 0 may send the image as
 
     def __post_init__(self) -> None:
         if self.splits is None:
             object.__setattr__(self, "splits", tuple(range(self.K + 1)))
 
     def canonical(self, k: int, r: float, t: float | None, codec: str) -> Config:
-        """One name per distinct deployment: k = 0 prunes nothing, and only 0 < k < K has an exit and a codec."""
+        """One name per distinct deployment: k = 0 prunes nothing and sends the image (raw or an input
+        codec), only 0 < k < K has an exit and a feature codec, k = K sends nothing ("fp32" by convention)."""
         r = 0.0 if k == 0 else float(r)
         t = t if exit_allowed(k, self.K) else None
-        codec = codec if 0 < k < self.K else "fp32"
+        if k == 0:
+            codec = codec if codec in INPUT_CODECS else "raw"
+        elif k == self.K:
+            codec = "fp32"
         return Config(k, r, t, codec)
+
+    def codecs_at(self, k: int) -> tuple[str, ...]:
+        return self.input_codecs if k == 0 else self.codecs if k < self.K else ("fp32",)
 
     def suggest(self, trial: optuna.Trial) -> Config:
         """Conditional parameters: r only where something is pruned, t and codec only where they act."""
@@ -52,6 +63,8 @@ class SearchSpace:
             t = trial.suggest_float("t", *T_RANGE)
         if 0 < k < self.K:
             codec = trial.suggest_categorical("codec", list(self.codecs))
+        elif k == 0:  # its own parameter: Optuna needs one set of choices per name
+            codec = trial.suggest_categorical("input_codec", list(self.input_codecs))
         return Config(k, float(r), t, codec)
 
     def params(self, config: Config) -> dict:
@@ -65,6 +78,8 @@ class SearchSpace:
                 p["t"] = config.t
         if 0 < config.k < self.K:
             p["codec"] = config.codec
+        elif config.k == 0:
+            p["input_codec"] = config.codec
         return p
 
     def candidates(self) -> list[tuple[int, float]]:
@@ -74,7 +89,7 @@ class SearchSpace:
 
 @dataclass
 class Problem:
-    """What a run optimises: profiles, network and the accuracy or latency target."""
+    """What a run optimises: profiles, network, the accuracy or latency target and how promises are made."""
 
     device: Profile
     server: Profile
@@ -82,79 +97,143 @@ class Problem:
     A0: float | None = None  # minimise latency subject to accuracy >= A0
     T0: float | None = None  # or maximise accuracy subject to latency <= T0
     metric: str = "top1"
+    confidence: float = 0.95  # one-sided bound on the selection accuracy and share sent; 0 = point estimates
+    objective: str = "mean"  # mean, p95 or p99 of per-request latency
     space: SearchSpace = field(init=False)
 
     def __post_init__(self) -> None:
+        bounds.check_confidence(self.confidence)
+        check_objective(self.objective)
         self.space = SearchSpace(self.device.K, tuple(self.device.ratios))
 
 
 @dataclass
 class Score:
-    config: Config
-    breakdown: Breakdown
-    val_acc: float
-    test_acc: float
-    exit_rate: float
-    test_exit_rate: float
+    """A configuration's promise (from the selection split, bounded) and its delivery on the test split."""
 
-    @property
-    def latency_ms(self) -> float:
-        return self.breakdown.expected_ms
+    config: Config
+    breakdown: Breakdown  # exit_rate = the promised one: 1 - upper bound of the share sent
+    objective: str
+    latency_ms: float  # promised latency under the objective
+    sel_acc: float  # selection accuracy (point)
+    acc_bound: float  # its one-sided lower confidence bound: what the A0 check uses
+    sel_exit_rate: float  # selection exit rate (point)
+    test_acc: float
+    test_exit_rate: float
+    test_latency_ms: float  # the same objective from the test split's own exit decisions and bytes
 
     def feasible(self, problem: Problem) -> bool:
-        return violation(problem, self.latency_ms, self.val_acc) <= 0
+        return violation(problem, self.latency_ms, self.acc_bound) <= 0
 
     def as_dict(self) -> dict:
-        return {**asdict(self.config), "expected_ms": self.latency_ms, "val_acc": self.val_acc,
-                "test_acc": self.test_acc, "exit_rate": self.exit_rate, "test_exit_rate": self.test_exit_rate,
-                **{f"{k}": v for k, v in self.breakdown.as_dict().items()
-                   if k in ("device_ms", "exit_ms", "transfer_ms", "server_ms", "bytes")}}
+        b = self.breakdown.as_dict()
+        return {**asdict(self.config), "objective": self.objective, "latency_ms": self.latency_ms,
+                "expected_ms": b["expected_ms"], "acc_bound": self.acc_bound, "sel_acc": self.sel_acc,
+                "exit_rate": self.breakdown.exit_rate, "sel_exit_rate": self.sel_exit_rate,
+                "test_acc": self.test_acc, "test_exit_rate": self.test_exit_rate,
+                "delivered_ms": self.test_latency_ms, "exit_answers_all": self.sel_exit_rate >= 1.0,
+                **{key: b[key] for key in ("device_ms", "exit_ms", "transfer_ms", "server_ms", "bytes",
+                                           "device_overhead_ms", "encode_ms", "link_overhead_ms",
+                                           "server_overhead_ms")}}
 
 
 def violation(problem: Problem, latency_ms: float, accuracy: float) -> float:
-    """Optuna's constraint value: <= 0 is feasible."""
+    """Optuna's constraint value: <= 0 is feasible (`accuracy` is the bounded one)."""
     if problem.T0 is not None:
         return latency_ms - problem.T0
     return (problem.A0 or 0.0) - accuracy
 
 
+def _bytes(problem: Problem, config: Config, ev: Evaluation) -> tuple[float | None, np.ndarray | None]:
+    """(mean payload, per-sample transfer deviations in ms) of a variable-size codec on a split."""
+    if not is_variable(config.codec) or config.k == problem.space.K:
+        return None, None
+    sizes = ev.sample_bytes(config.codec)
+    mean = float(sizes.mean())
+    net = problem.network
+    return mean, np.array([net.transfer_ms(b) - net.transfer_ms(mean) for b in (sizes.min(), sizes.max())]) \
+        if problem.objective == "mean" else np.array([net.transfer_ms(b) for b in sizes]) - net.transfer_ms(mean)
+
+
+def _breakdown(problem: Problem, config: Config, ev: Evaluation) -> tuple[Breakdown, np.ndarray | None]:
+    n_bytes, extra = _bytes(problem, config, ev)
+    b = predict(problem.device, problem.server, problem.network, config.k, config.r, config.codec,
+                exit_rate=0.0 if config.t is not None else None, n_bytes=n_bytes)
+    return b, extra
+
+
+def promised_rates(problem: Problem, point_rates, n: int) -> np.ndarray:
+    """Exit rates the latency promise uses: 1 - the upper bound of the share sent."""
+    return 1.0 - bounds.upper(1.0 - np.asarray(point_rates, dtype=float), n, problem.confidence)
+
+
+def accuracy_bounds(problem: Problem, ev: Evaluation, codec: str) -> tuple[np.ndarray, ...]:
+    """(thresholds, accuracy, exit rate, accuracy bound) at every distinct exit confidence, decreasing.
+
+    The bound of a threshold is the lowest one-sided bound from the top threshold down to it: a fixed-
+    sequence test (from the fewest exits to the most), so choosing the lowest threshold that still passes
+    keeps the confidence of one test instead of paying for every threshold scanned (measured: the pointwise
+    bound missed A0 on held-out data in 4 of 20 constructed cases, tests/test_promise.py).  With
+    confidence 0 it is the point estimate.
+    """
+    ts, acc, rate = ev.curve(codec, problem.metric)
+    lb = bounds.lower(acc, len(ev.label), problem.confidence)
+    if problem.confidence and len(lb):
+        lb = np.minimum.accumulate(lb)
+    return ts, acc, rate, lb
+
+
 def score(problem: Problem, config: Config, evaluations: dict[str, Evaluation]) -> Score:
-    """Predicted latency breakdown and measured accuracy of one configuration."""
-    val, test = evaluations["val"], evaluations["test"]
-    rate = float(val.exit_rate([config.t])[0])
-    breakdown = predict(problem.device, problem.server, problem.network, config.k, config.r, config.codec,
-                        exit_rate=rate if config.t is not None else None)
-    return Score(config, breakdown, float(val.accuracy([config.t], config.codec, problem.metric)[0]),
-                 float(test.accuracy([config.t], config.codec, problem.metric)[0]), rate,
-                 float(test.exit_rate([config.t])[0]))
+    """Promised latency (bounded share sent) and accuracy bound on the selection split; delivery on test."""
+    sel, test = evaluations["selection"], evaluations["test"]
+    b, extra = _breakdown(problem, config, sel)
+    n = len(sel.label)
+    rate = float(sel.exit_rate([config.t])[0])
+    promised = float(promised_rates(problem, [rate], n)[0]) if config.t is not None else 0.0
+    b = b.with_exit_rate(promised)
+    acc = float(sel.accuracy([config.t], config.codec, problem.metric)[0])
+    acc_bound = float(bounds.lower(acc, n, problem.confidence))
+    if config.t is not None and sel.exit_conf is not None:
+        ts, _, _, lb = accuracy_bounds(problem, sel, config.codec)
+        passed = int(np.count_nonzero(ts >= config.t))  # thresholds tested before this one, itself included
+        if passed:
+            acc_bound = float(lb[passed - 1])
+    test_rate = float(test.exit_rate([config.t])[0])
+    tb, textra = _breakdown(problem, config, test)
+    return Score(config, b, problem.objective, float(b.objective_at(problem.objective, [promised], extra)[0]),
+                 acc, acc_bound, rate, float(test.accuracy([config.t], config.codec, problem.metric)[0]), test_rate,
+                 float(tb.objective_at(problem.objective, [test_rate], textra)[0]))
 
 
 def best_threshold(problem: Problem, k: int, r: float, codec: str, evaluations: dict[str, Evaluation]) -> Score:
-    """The best t for a fixed (k, r, codec), scanned exactly over the validation confidences.
+    """The best t for a fixed (k, r, codec), scanned exactly over the selection confidences.
 
     Thresholds cost no inference, so once a candidate is evaluated this is exact and free.
     """
     base = score(problem, problem.space.canonical(k, r, None, codec), evaluations)
     if not exit_allowed(k, problem.space.K):
         return base
-    ts, acc, rate = evaluations["val"].curve(codec, problem.metric)
-    lat = predict(problem.device, problem.server, problem.network, k, r, codec, exit_rate=0.0).expected_at(rate)
-    best = base
+    sel = evaluations["selection"]
+    ts, _, rate, acc_lb = accuracy_bounds(problem, sel, codec)
+    b, extra = _breakdown(problem, Config(k, r, 0.5, codec), sel)
+    lat = b.objective_at(problem.objective, promised_rates(problem, rate, len(sel.label)), extra)
     key = objective_key(problem)
+    best, best_key = base, key(base.latency_ms, base.acc_bound)
     for i in range(len(ts)):
-        if key(lat[i], acc[i]) < key(best.latency_ms, best.val_acc):
-            best = score(problem, Config(k, r, float(ts[i]), codec), evaluations)
-    return best
+        if key(lat[i], acc_lb[i]) < best_key:
+            best_key, best = key(lat[i], acc_lb[i]), i
+    return best if isinstance(best, Score) else score(problem, Config(k, r, float(ts[best]), codec), evaluations)
 
 
 def best_setting(problem: Problem, k: int, r: float, evaluations: dict[str, Evaluation],
                  codecs: tuple[str, ...] | None = None, exit: bool = True) -> Score:
     """The exact best codec (among `codecs`) and, with `exit`, threshold of an evaluated (k, r)."""
     key = objective_key(problem)
-    codecs = (codecs or problem.space.codecs) if 0 < k < problem.space.K else ("fp32",)
+    allowed = problem.space.codecs_at(k)
+    codecs = tuple(c for c in (codecs or allowed) if c in allowed) or allowed[:1]
     scores = (best_threshold(problem, k, r, c, evaluations) if exit else
               score(problem, problem.space.canonical(k, r, None, c), evaluations) for c in codecs)
-    return min(scores, key=lambda s: key(s.latency_ms, s.val_acc))
+    return min(scores, key=lambda s: key(s.latency_ms, s.acc_bound))
 
 
 def objective_key(problem: Problem):

@@ -11,6 +11,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from results.db import first_start, redact
+from compress.codec import is_variable
 from search.latency import expected_ms_many, lower_bound_ms
 from search.pool import Abandoned, CandidatePool
 from search.space import Problem, best_setting, score, violation
@@ -61,7 +62,7 @@ def open_study(name: str, store: RDBStorage, problem: Problem, multi: bool, seed
 
 
 def best_feasible_ms(study: optuna.Study) -> float:
-    values = [t.user_attrs["expected_ms"] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    values = [t.user_attrs["latency_ms"] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
               if t.user_attrs.get("feasible")]
     return min(values, default=float("inf"))
 
@@ -118,13 +119,13 @@ class Objective:
         for key, value in s.as_dict().items():
             trial.set_user_attr(key, value)
         if self.multi:
-            return s.latency_ms, s.val_acc
+            return s.latency_ms, s.acc_bound
         trial.set_user_attr("feasible", s.feasible(p))
         if p.T0 is None:
             best = min(best_feasible_ms(trial.study), s.latency_ms if s.feasible(p) else float("inf"))
             self._queue_most_promising(trial.study, best)
-        trial.set_constraint("T0" if p.T0 is not None else "A0", violation(p, s.latency_ms, s.val_acc))
-        return s.val_acc if p.T0 is not None else s.latency_ms
+        trial.set_constraint("T0" if p.T0 is not None else "A0", violation(p, s.latency_ms, s.acc_bound))
+        return s.acc_bound if p.T0 is not None else s.latency_ms
 
 
     def _queue_most_promising(self, study: optuna.Study, best_ms: float) -> None:
@@ -141,11 +142,10 @@ class Objective:
             if (k, r) in self._tried:
                 continue
             rate = self._unpruned_exit_rate(k) if r > 0 else None
-            codecs = p.space.codecs if 0 < k < p.space.K else ("fp32",)
-            for c in codecs:
+            for c in p.space.codecs_at(k):
                 bound = lower_bound_ms(p.device, p.server, p.network, k, r, c)
-                estimate = bound if rate is None else float(expected_ms_many(p.device, p.server, p.network, k, r, c,
-                                                                             [rate])[0])
+                estimate = bound if rate is None or is_variable(c) else float(
+                    expected_ms_many(p.device, p.server, p.network, k, r, c, [rate])[0])
                 options.append((max(estimate, bound), bound, k, r, c))
         promising = [o for o in options if o[1] < best_ms]
         if promising:
@@ -158,7 +158,7 @@ class Objective:
         if k not in self._exit_rates:
             if not 0 < k < p.space.K or not self.pool.known(k, 0.0):
                 return None
-            self._exit_rates[k] = best_setting(p, k, 0.0, self.pool.evaluations(k, 0.0)).exit_rate
+            self._exit_rates[k] = best_setting(p, k, 0.0, self.pool.evaluations(k, 0.0)).breakdown.exit_rate
         return self._exit_rates[k]
 
 
@@ -173,7 +173,7 @@ def seed_order(problem: Problem) -> list[int]:
     def key(k: int) -> tuple[int, float]:
         if not 0 < k < K:
             return 0, float(k)
-        return 1, min(lower_bound_ms(p.device, p.server, p.network, k, 0.0, c) for c in p.space.codecs)
+        return 1, min(lower_bound_ms(p.device, p.server, p.network, k, 0.0, c) for c in p.space.codecs_at(k))
 
     return sorted(p.space.splits, key=key)
 
@@ -182,7 +182,7 @@ def seed(study: optuna.Study, problem: Problem) -> int:
     """Queue the unpruned split at every k first (in `seed_order`): they cost no fine-tune (r = 0 only
     trains an exit), and the best of them bounds every pruned candidate that follows."""
     for k in seed_order(problem):
-        config = problem.space.canonical(k, 0.0, 0.9, "fp32")
+        config = problem.space.canonical(k, 0.0, 0.9, problem.space.codecs_at(k)[0])
         study.enqueue_trial(problem.space.params(config), skip_if_exists=True)
     return len(problem.space.splits)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from compress import candidate as cand
+from compress import codec
 from compress import prune, zoo
 from compress.train import Recipe
 
@@ -47,18 +48,31 @@ def test_ratio_zero_reproduces_base_exactly(resnet_base, digits32):
     c = cand.build_candidate(resnet_base, digits32, 2, 0.0, progress=False)
     base_pred = []
     with torch.no_grad():
-        for x, _ in digits32.loader("val", 256):
+        for x, _ in digits32.loader("selection", 256):
             base_pred.append(resnet_base.model(digits32.normalize(x)).argmax(1))
     base_pred = torch.cat(base_pred).numpy()
-    ev = c.evaluations["val"]
+    ev = c.evaluations["selection"]
     assert np.array_equal(ev.final["fp32"], base_pred)
-    assert ev.accuracy([None])[0] == pytest.approx(resnet_base.meta["val_acc"])
+    assert ev.accuracy([None])[0] == pytest.approx((base_pred == ev.label).mean())
     assert c.meta["history"] == []  # no fine-tuning at r = 0
+    # int8-zlib loses what int8 loses (zlib is lossless), and its bytes are measured per sample
+    assert np.array_equal(ev.final["int8-zlib"], ev.final["int8"])
+    int8_bytes = zoo.split_table(resnet_base.model, 32)[2].bytes("int8")
+    assert len(ev.sample_bytes("int8-zlib")) == len(ev.label) and ev.sample_bytes("int8-zlib").max() < int8_bytes
+
+
+def test_cloud_only_evaluates_every_input_codec_on_decoded_images(resnet_base, digits32):
+    ev = cand.build_candidate(resnet_base, digits32, 0, 0.0, progress=False).evaluations["test"]
+    assert set(ev.final) == set(codec.INPUT_CODECS) and ev.exit_conf is None
+    assert np.array_equal(ev.final["png"], ev.final["raw"])  # lossless: the same answers
+    raw_bytes = 3 * 32 * 32
+    assert (ev.sample_bytes("png") < raw_bytes).all()  # a grey digit as one PNG channel
+    assert ev.sample_bytes("jpeg50").mean() < ev.sample_bytes("jpeg90").mean()
 
 
 def test_threshold_arrays_match_a_plain_loop(resnet_base, digits32):
     c = cand.build_candidate(resnet_base, digits32, 3, 0.0, progress=False)
-    ev = c.evaluations["val"]
+    ev = c.evaluations["selection"]
     ts = [None, 0.0, 0.5, 0.9, 0.99, 1.01]
     acc, rate = ev.accuracy(ts), ev.exit_rate(ts)
     for t, a, r in zip(ts, acc, rate):
@@ -94,7 +108,7 @@ def test_finetune_reports_epochs_caches_and_can_be_stopped(resnet_base, digits32
     again = cand.build_candidate(resnet_base, digits32, 4, 0.5, recipe=ONE_EPOCH, progress=False)
     assert not first.meta["cached"] and again.meta["cached"]
     assert len(first.meta["history"]) == 1
-    for split in ("val", "test"):
+    for split in ("selection", "test"):
         a, b = first.evaluations[split], again.evaluations[split]
         assert np.array_equal(a.exit_conf, b.exit_conf) and np.array_equal(a.final["int8"], b.final["int8"])
     x = torch.randn(1, 3, 32, 32)
@@ -135,7 +149,7 @@ def test_cache_is_safe_across_processes(resnet_base, tmp_path):
 
 
 def test_curve_equals_pointwise_accuracy(resnet_base, digits32):
-    ev = cand.build_candidate(resnet_base, digits32, 3, 0.0, progress=False).evaluations["val"]
+    ev = cand.build_candidate(resnet_base, digits32, 3, 0.0, progress=False).evaluations["selection"]
     for codec in ("fp32", "int8"):
         ts, acc, rate = ev.curve(codec)
         assert len(ts) > 5 and np.all(np.diff(ts) < 0)

@@ -35,7 +35,10 @@ def test_deployment_reproduces_the_evaluation(candidate, digits32, tmp_path, cod
     p = s["predicted"]
     assert p["exit_rate"] == pytest.approx(exited[:N].mean()) == pytest.approx(s["exit_rate"])
     assert p["accuracy"] == pytest.approx(s["accuracy"])
-    exit_path = parts["device_ms"] + parts["exit_ms"]
+    exit_path = parts["device_ms"] + parts["exit_ms"] + parts["device_overhead_ms"]
     sent = 1 - p["exit_rate"]
-    assert p["total_ms"] == pytest.approx(exit_path + sent * (parts["transfer_ms"] + parts["server_ms"]))
+    sent_ms = sum(parts[x] for x in ("encode_ms", "transfer_ms", "link_overhead_ms", "server_ms",
+                                     "server_overhead_ms"))
+    assert parts["device_overhead_ms"] > 0 and parts["link_overhead_ms"] > 0  # measured runtime overheads
+    assert p["total_ms"] == pytest.approx(exit_path + sent * sent_ms)
     assert s["n"] == N and 0 < p["exit_rate"] < 1

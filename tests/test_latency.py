@@ -13,14 +13,37 @@ from search.latency import (PARTS, Breakdown, expected_ms_many, lower_bound_ms, 
 MODEL, SIZE = "resnet18", 32
 
 
+def _compute_only(profile: Profile) -> Profile:
+    """The profile without its runtime-overhead rows: the DESIGN formula of the model's compute alone."""
+    doc = copy.deepcopy(profile.doc)
+    doc.pop("overhead", None)
+    doc["meta"].pop("overhead", None)
+    return Profile(doc, profile.source)
+
+
 @pytest.fixture(scope="module")
 def host():
-    return load_profile("host", MODEL, SIZE)
+    return _compute_only(load_profile("host", MODEL, SIZE))
 
 
 @pytest.fixture(scope="module")
 def server():
-    return load_profile("server", MODEL, SIZE)
+    return _compute_only(load_profile("server", MODEL, SIZE))
+
+
+def test_runtime_overheads_add_to_every_request_and_to_each_send():
+    """With the measured overheads: O_D on every request, encode + link + server runtime on each send."""
+    host, server = load_profile("host", MODEL, SIZE), load_profile("server", MODEL, SIZE)
+    assert host.has_overhead and server.has_overhead
+    bare = predict(_compute_only(host), _compute_only(server), Network(10, 5), 2, 0.5, "int8", exit_rate=0.25)
+    b = predict(host, server, Network(10, 5), 2, 0.5, "int8", exit_rate=0.25)
+    o = {**host.overhead(2, 0.5, "int8"), **{k: v for k, v in server.overhead(2, 0.5, "int8").items() if v}}
+    assert min(o.values()) > 0
+    assert b.expected_ms == pytest.approx(bare.expected_ms + o["device_overhead_ms"] + 0.75 * (
+        o["encode_ms"] + o["link_overhead_ms"] + o["server_overhead_ms"]))
+    on_device = predict(host, server, Network(10, 5), host.K, 0.5, "fp32")
+    assert on_device.expected_ms == pytest.approx(host.ms("head", host.K, 0.5) + on_device.device_overhead_ms)
+    assert on_device.encode_ms == on_device.link_overhead_ms == on_device.server_overhead_ms == 0
 
 
 def _with(profile: Profile, part: str, k: int, r: float, ms: float) -> Profile:

@@ -12,7 +12,7 @@ from compress import zoo
 from compress.codec import payload_bytes
 from profiles import Network, Profile, ProfileNotFoundError, available_devices, load_profile
 from profiles.__main__ import main as cli
-from profiles.profile import profile_path, save_json
+from profiles.profile import OVERHEAD_PARTS, overhead_codecs, profile_path, save_json
 from profiles.profiler import scaled, summarize
 from profiles.profiler import validate as validate_profiles
 
@@ -28,6 +28,16 @@ def root(tmp_path_factory):
     assert cli(["--root", str(root), "measure", *common, "--device", "dev", "--role", "device", "--threads", "1"]) == 0
     assert cli(["--root", str(root), "measure", *common, "--device", "srv", "--role", "server", "--threads", "2"]) == 0
     assert cli(["--root", str(root), "emulate", "--from", "dev", "--factor", "10", "--name", "dev-10x"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def ov_root(root):
+    """The same profiles with their overhead sections: measured for dev and srv (a real, short measurement),
+    copied for the emulated dev-10x."""
+    quick = ["--model", MODEL, "--input-size", str(SIZE), "--repeats", "10", "--warmup", "2", "--min-ms", "0"]
+    for device in ("dev", "srv", "dev-10x"):
+        assert cli(["--root", str(root), "overhead", *quick, "--device", device]) == 0
     return root
 
 
@@ -238,3 +248,154 @@ def test_shipped_profiles(model):
     for part, k, r in zip(host.latency.part, host.latency.k, host.latency.r):
         assert emu.ms(part, k, r) == pytest.approx(10 * host.ms(part, k, r), abs=1e-3)
     assert isinstance(host, Profile)
+    # 32 px ships with the per-request runtime overhead; emulated devices carry the host's unscaled
+    emu50 = load_profile("emulated-50x", model, 32)
+    assert emu50.slowdown == 50.0 and emu50.meta["emulates"] == "host"
+    assert host.has_overhead and server.has_overhead and emu.has_overhead and emu50.has_overhead
+    for k in range(host.K + 1):
+        codec = "png" if k == 0 else "int8" if k < host.K else None
+        assert emu.overhead(k, 0.3, codec) == emu50.overhead(k, 0.3, codec) == host.overhead(k, 0.3, codec)
+        assert server.overhead(k, 0.3, codec)["encode_ms"] == 0.0
+        assert (server.overhead(k, 0.3, codec)["link_overhead_ms"] > 0) == (k < host.K)
+
+
+# -- per-request runtime overhead (profiles.overhead) ------------------------------------------------------
+
+def _ov(root, device):
+    return load_profile(device, MODEL, SIZE, root=root)
+
+
+def test_codec_names_match_compress():
+    from compress import codec
+    from profiles import profile
+
+    assert profile.CODECS == codec.CODECS and profile.FEATURE_CODECS == codec.FEATURE_CODECS
+    assert profile.INPUT_CODECS == codec.INPUT_CODECS and profile.ALL_CODECS == codec.ALL_CODECS
+    assert set(profile.VARIABLE) == set(codec.VARIABLE)
+
+
+def test_profile_without_overhead_loads_with_zeros(root):
+    doc = {key: value for key, value in _doc(root).items() if key != "overhead"}
+    old = Profile(doc, "old.json")
+    assert not old.has_overhead and old.overhead_rows.empty
+    for k, codec in ((0, "png"), (0, "fp32"), (2, "int8-zlib"), (3, "fp16"), (K, None)):
+        assert old.overhead(k, 0.5, codec) == dict.fromkeys(OVERHEAD_PARTS, 0.0)
+    shipped = load_profile("host", MODEL, 224)  # a file written before the section existed
+    assert not shipped.has_overhead and shipped.overhead(2, 0.3, "int8") == dict.fromkeys(OVERHEAD_PARTS, 0.0)
+
+
+def test_overhead_rows_round_trip(ov_root, tmp_path):
+    for device, own, other in (("dev", ("device_overhead_ms", "encode_ms"), ("link_overhead_ms", "server_overhead_ms")),
+                               ("srv", ("link_overhead_ms", "server_overhead_ms"), ("device_overhead_ms", "encode_ms"))):
+        doc = _doc(ov_root, device)
+        meta = doc["meta"]["overhead"]
+        assert meta["host"] and meta["date"] and meta["seconds"] > 0 and "onnxruntime" in meta["versions"]
+        assert "trivial ONNX graphs" in meta["method"] and "half zeros" in meta["method"]
+        assert meta["threads"] == (1 if device == "dev" else 2)
+        again = Profile(json.loads(save_json(doc, tmp_path / f"{device}.json").read_text()), device)
+        assert again.has_overhead
+        for row in doc["overhead"]:
+            assert set(row) == {"k", "r", "codec", *own, "n"}
+            got = again.overhead(row["k"], row["r"], row["codec"])
+            assert {key: got[key] for key in own} == {key: row[key] for key in own}
+            assert all(got[key] == 0.0 for key in other)  # the other role's parts are not this profile's
+        # every split and codec is covered: k = 0 the input codecs, 0 < k < K the feature codecs, k = K one row
+        assert {row["codec"] for row in doc["overhead"] if row["k"] == 0} == set(overhead_codecs(0, K))
+        assert {row["codec"] for row in doc["overhead"] if row["k"] == 3} == {"fp32", "fp16", "int8", "int8-zlib"}
+        assert [row["codec"] for row in doc["overhead"] if row["k"] == K] == [None]
+
+
+def test_measured_overhead_orders_as_the_codecs_work(ov_root):
+    dev, srv = _ov(ov_root, "dev"), _ov(ov_root, "srv")
+    # zlib after the 8-bit code costs more than a plain cast; an image codec more than sending raw bytes
+    assert dev.overhead(1, 0.0, "int8-zlib")["encode_ms"] > dev.overhead(1, 0.0, "fp32")["encode_ms"]
+    assert dev.overhead(0, 0.0, "png")["encode_ms"] > dev.overhead(0, 0.0, "raw")["encode_ms"]
+    assert srv.overhead(0, 0.0, "png")["server_overhead_ms"] > srv.overhead(0, 0.0, "raw")["server_overhead_ms"]
+    assert dev.overhead(K, 0.0, None)["encode_ms"] == 0.0  # nothing is sent at k = K
+    assert srv.overhead(K, 0.0, None) == dict.fromkeys(OVERHEAD_PARTS, 0.0)
+    assert all(srv.overhead(k, 0.5, "int8")["link_overhead_ms"] > 0 for k in range(1, K))  # a real exchange
+    assert all(dev.overhead(k, 0.0, "fp16")["device_overhead_ms"] > 0 for k in range(1, K + 1))
+
+
+def test_overhead_lookup_rules(ov_root):
+    dev = _ov(ov_root, "dev")
+    assert dev.overhead(0, 0.5, "fp32") == dev.overhead(0, 0.5, "raw")  # a feature codec at k = 0 sends raw
+    assert dev.overhead(K, 0.5, "int8-zlib") == dev.overhead(K, 0.5, None)  # k = K sends nothing
+    with pytest.raises(ValueError, match="applies to the input image"):
+        dev.overhead(2, 0.0, "jpeg75")
+    with pytest.raises(ValueError, match="unknown codec 'bf16'"):
+        dev.overhead(2, 0.0, "bf16")
+    with pytest.raises(ValueError, match="name its codec"):
+        dev.overhead(2, 0.0, None)
+    with pytest.raises(ValueError, match="not in the profiled grid"):
+        dev.overhead(2, 0.3, "fp32")
+
+
+def test_overhead_is_interpolated_in_the_number_of_elements(ov_root):
+    """A ratio between two measured ones gets the value linear in the split tensor's element count."""
+    doc = _doc(ov_root, "dev")
+    doc["meta"]["ratios"] = [0.0, 0.25, 0.5]
+    doc["latency"] += [{**row, "r": 0.25} for row in doc["latency"] if row["r"] == 0.5]
+    for row in [row for row in doc["bytes"] if row["r"] == 0.5]:
+        mid = {**row, "r": 0.25}
+        if row["k"] == 1:  # 64 channels at r = 0, 32 at r = 0.5: 48 is half-way in elements
+            mid["shape"] = [48, 8, 8]
+        doc["bytes"].append(mid)
+    p = Profile(doc, "mid.json")
+    lo, hi, mid = (p.overhead(1, r, "int8-zlib") for r in (0.5, 0.0, 0.25))
+    assert lo["encode_ms"] != hi["encode_ms"]
+    for key in ("device_overhead_ms", "encode_ms"):
+        assert mid[key] == pytest.approx((lo[key] + hi[key]) / 2, abs=2e-4)
+    assert p.overhead(2, 0.25, "fp16") == p.overhead(2, 0.5, "fp16")  # the same shape as r = 0.5
+    # rows at one ratio only: every ratio gets them
+    doc["overhead"] = [row for row in doc["overhead"] if row["r"] == 0.0]
+    one = Profile(doc, "one.json")
+    assert one.overhead(3, 0.5, "int8") == one.overhead(3, 0.0, "int8")
+
+
+def test_scaled_keeps_the_overhead(ov_root):
+    doc = _doc(ov_root, "dev")
+    slow = scaled(doc, 3.0, "dev-3x", "dev")
+    assert slow["overhead"] == doc["overhead"]
+    assert "unscaled" in slow["meta"]["overhead"]["copied_from"] and "overhead rows" in slow["meta"]["method"]
+    fast, emu = Profile(doc, "dev"), Profile(slow, "dev-3x")
+    assert emu.ms("head", 3, 0.5) == pytest.approx(3 * fast.ms("head", 3, 0.5), abs=1e-3)
+    for k in range(K + 1):
+        for codec in ("fp32", "int8-zlib") if 0 < k < K else ("webp75",) if k == 0 else (None,):
+            assert emu.overhead(k, 0.5, codec) == fast.overhead(k, 0.5, codec)
+    # the command line's copy for an already emulated profile: the source's rows, as they are
+    assert _doc(ov_root, "dev-10x")["overhead"] == doc["overhead"]
+
+
+def test_overhead_is_not_measured_for_an_emulation(ov_root):
+    from profiles import overhead
+
+    with pytest.raises(ValueError, match="emulated"):
+        overhead.measure(_ov(ov_root, "dev-10x"))
+
+
+def test_malformed_overhead_sections(ov_root, tmp_path):
+    doc = _doc(ov_root, "dev")
+    foreign = [{**doc["overhead"][0], "link_overhead_ms": 1.0}] + doc["overhead"][1:]
+    with pytest.raises(ValueError, match="cannot hold link_overhead_ms"):
+        load_profile(_broken(tmp_path, {**doc, "overhead": foreign}), MODEL, SIZE)
+    partial = [row for row in doc["overhead"] if not (row["k"] == 2 and row["codec"] == "int8-zlib")]
+    with pytest.raises(ValueError, match="incomplete overhead section, no rows for k=2 int8-zlib"):
+        load_profile(_broken(tmp_path, {**doc, "overhead": partial}), MODEL, SIZE)
+    wrong = [{**doc["overhead"][0], "codec": "int8"}] + doc["overhead"][1:]  # k = 0 takes input codecs
+    with pytest.raises(ValueError, match="k=0 has codec 'int8'"):
+        load_profile(_broken(tmp_path, {**doc, "overhead": wrong}), MODEL, SIZE)
+    negative = [{**doc["overhead"][0], "encode_ms": -1.0}] + doc["overhead"][1:]
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        load_profile(_broken(tmp_path, {**doc, "overhead": negative}), MODEL, SIZE)
+
+
+def test_tensor_bytes_of_raw_and_variable_codecs(dev):
+    for r in RATIOS:
+        assert dev.tensor_bytes(0, r, "raw") == 3 * SIZE * SIZE == dev.tensor_bytes(0, r, "fp32")
+        assert dev.tensor_bytes(K, r, "int8-zlib") == 0 and dev.tensor_bytes(K, r, "png") == 0  # nothing sent
+    for codec in ("int8-zlib", "png", "jpeg75", "webp50"):
+        with pytest.raises(ValueError, match=f"codec '{codec}' has a variable size.*measured per sample"):
+            dev.tensor_bytes(0 if codec != "int8-zlib" else 2, 0.0, codec)
+    with pytest.raises(ValueError, match="only at k = 0"):
+        dev.tensor_bytes(2, 0.0, "raw")

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from compress import codec as codecs
 from compress import onnx_io, zoo
 from compress.candidate import Candidate, ExitBranch
 from runtime import manifest as mf
+from runtime.deploy import deploy
 from runtime.export import check_close, export_split
 
 
@@ -77,7 +79,7 @@ def test_middle_k_parity_and_manifest(middle, resnet, digits32):
     assert m["input"]["shape"] == [3, 32, 32]
     assert m["head"]["outputs"] == ["exit", "split"]
     assert m["split"]["shape"] == m["tail"]["input_shape"] == [128, 4, 4]
-    assert m["split"]["bytes"] == 128 * 16 + 8 and m["split"]["wire_dtype"] == "int8"
+    assert m["split"]["bytes"] == m["split"]["max_bytes"] == 128 * 16 + 8 and m["split"]["wire_dtype"] == "int8"
     assert m["predicted"] == predicted
     assert set(m["tolerance"]["max_abs_diff"]) == {"head.exit", "head.split", "tail.logits"}
 
@@ -96,10 +98,10 @@ def test_middle_k_parity_and_manifest(middle, resnet, digits32):
 def test_k0_is_whole_model_on_server(middle, resnet, digits32, tmp_path):
     shutil.copytree(middle[0], tmp_path, dirs_exist_ok=True)  # a previous export of k = 3 must not linger
     cand = _cand(resnet, 0)
-    m = export_split(cand, digits32, tmp_path, threshold=None, codec="fp16")
+    m = export_split(cand, digits32, tmp_path, threshold=None, codec="fp16")  # a feature codec at k = 0: raw
     assert not (tmp_path / "head.onnx").exists() and m["head"] is None
-    assert mf.load(tmp_path)["k"] == 0
-    assert m["split"] == {"shape": [3, 32, 32], "wire_dtype": "uint8", "bytes": 3 * 32 * 32}
+    assert mf.load(tmp_path)["k"] == 0 and m["codec"] == "raw"
+    assert m["split"] == {"shape": [3, 32, 32], "wire_dtype": "uint8", "bytes": 3 * 32 * 32, "max_bytes": 3 * 32 * 32}
     images, x, _, logits, _ = _torch_parts(cand, digits32)
     np.testing.assert_array_equal(mf.normalize(images, m), x)  # the server normalises as the device would
     got = onnx_io.run(onnx_io.session(tmp_path / "tail.onnx"), mf.normalize(images, m))[0]
@@ -110,7 +112,8 @@ def test_kK_is_whole_model_on_device(resnet, digits32, tmp_path):
     cand = _cand(resnet, resnet.K)
     m = export_split(cand, digits32, tmp_path, threshold=None, codec="fp32")
     assert not (tmp_path / "tail.onnx").exists() and m["tail"] is None
-    assert m["head"]["outputs"] == ["logits"] and m["split"]["bytes"] == 0
+    assert m["head"]["outputs"] == ["logits"] and m["split"]["bytes"] == m["split"]["max_bytes"] == 0
+    assert m["codec"] == "fp32" and m["split"]["wire_dtype"] is None
     _, x, _, logits, _ = _torch_parts(cand, digits32)
     np.testing.assert_allclose(onnx_io.run(onnx_io.session(tmp_path / "head.onnx"), x)[0], logits,
                                atol=1e-4, rtol=1e-4)
@@ -131,6 +134,50 @@ def test_refusals(resnet, digits32, tmp_path):
         export_split(_cand(resnet, 3), digits32, tmp_path, threshold=1.5, codec="fp32")
     with pytest.raises(ValueError, match="unknown codec"):
         export_split(_cand(resnet, 3), digits32, tmp_path, threshold=None, codec="bf16")
+    with pytest.raises(ValueError, match="compresses the input image: only k = 0 sends it; at k = 3 choose one of"):
+        export_split(_cand(resnet, 3), digits32, tmp_path, threshold=None, codec="png")
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_old_manifests_name_a_feature_codec_at_k0():
+    assert mf.wire_codec(0, 9, "fp32") == mf.wire_codec(0, 9, "int8-zlib") == "raw"
+    assert mf.wire_codec(0, 9, "webp50") == "webp50" and mf.wire_codec(3, 9, "int8-zlib") == "int8-zlib"
+    assert mf.wire_codec(9, 9, "png") is None  # k = K sends nothing
+    with pytest.raises(ValueError, match="unknown codec"):
+        mf.wire_codec(0, 9, "gif")
+
+
+N_DEPLOY = 30
+
+
+@pytest.mark.parametrize("k, codec, reference", [(0, "png", "raw"), (3, "int8-zlib", "int8")])
+def test_variable_codec_deployment_answers_like_its_fixed_twin(resnet, digits32, tmp_path, k, codec, reference):
+    """Real ONNX Runtime and a real loopback server: png is lossless and int8-zlib loses what int8 loses,
+    so both answer every sample exactly as raw and int8 do, with fewer (or at most max_bytes) bytes."""
+    dfs, manifests = {}, {}
+    for name in (codec, reference):
+        out = tmp_path / name
+        manifests[name] = export_split(_cand(resnet, k, with_exit=False), digits32, out, threshold=None, codec=name,
+                                       samples=4)
+        dfs[name], s = deploy(out, digits32, bandwidth=None, rtt=0.0, limit=N_DEPLOY)
+        assert s["server_stats"]["requests"] == N_DEPLOY and not s["server_stats"].get("bad_requests")
+        assert not dfs[name].fallback.any() and (dfs[name].error == "").all()
+    m = manifests[codec]
+    assert (m["codec"], m["split"]["wire_dtype"], m["split"]["bytes"]) == (codec, codec, None)  # varies per sample
+    numel = int(np.prod(m["split"]["shape"]))
+    assert m["split"]["max_bytes"] == codecs.max_payload_bytes(numel, codec)
+    assert mf.load(tmp_path / codec)["codec"] == codec
+    np.testing.assert_array_equal(dfs[codec].pred, dfs[reference].pred)
+    sent, fixed = dfs[codec].bytes_sent, dfs[reference].bytes_sent
+    assert (fixed == manifests[reference]["split"]["bytes"]).all()
+    assert ((0 < sent) & (sent <= m["split"]["max_bytes"])).all()
+    if k == 0:
+        images, _ = digits32.arrays("test")
+        np.testing.assert_array_equal(sent, codecs.sample_bytes(images[:N_DEPLOY].numpy(), "png"))
+        assert (sent < fixed).all()  # grey digits go as one PNG channel
+        with torch.no_grad():
+            want = resnet(digits32.normalize(images[:N_DEPLOY])).argmax(1).numpy()
+        np.testing.assert_array_equal(dfs[codec].pred, want)
 
 
 def test_check_close_names_part_and_difference():

@@ -2,12 +2,17 @@
 
 Each bad connection must end with an ERROR frame or a closed connection, never a REPLY or a
 malformed answer, while a well-behaved client on its own connection keeps getting correct logits.
+The variable-size codecs (int8-zlib at a middle split, png at k = 0) get their own servers: payloads
+that pass the header check but do not decode are answered with an ERROR and the connection goes on.
 """
 from __future__ import annotations
 
+import contextlib
+import re
 import socket
 import struct
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -15,8 +20,10 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from compress import codec as codecs
 from compress import onnx_io, zoo
 from compress.candidate import Candidate
+from runtime import manifest as mf
 from runtime import protocol as wire
 from runtime.cloud import CloudServer
 from runtime.client import Client
@@ -47,9 +54,9 @@ def served(digits32, tmp_path_factory):
 class GoodClient:
     """Keeps sending valid requests on one connection for as long as the fuzzing runs."""
 
-    def __init__(self, port: int, x: np.ndarray, expected: np.ndarray):
+    def __init__(self, port: int, x: np.ndarray, expected: np.ndarray, codec: str = "fp32"):
         self.client = Client("127.0.0.1", port, timeout=30)
-        self.tensor = wire.encode(x, "fp32")
+        self.tensor = wire.encode(x, codec)
         self.expected = expected
         self.ok = 0
         self.failures: list[str] = []
@@ -237,3 +244,117 @@ def test_too_many_clients_get_busy(served):
 
 def test_header_struct_is_44_bytes():
     assert struct.calcsize("<4sBBBBQ6II") == wire.HEADER.size == 44
+
+
+# -- variable-size codecs ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def variable_served(digits32, tmp_path_factory):
+    """Servers for int8-zlib at k = 3 and png at k = 0: codec -> (server, valid input, expected logits)."""
+    images, _ = digits32.arrays("test")
+    inputs = {"int8-zlib": (3, np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)),
+              "png": (0, images[:1].numpy())}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = zoo.build("resnet18", 10, 32).eval()
+        exports = {}
+        for codec, (k, x) in inputs.items():
+            out = tmp_path_factory.mktemp(codec)
+            exports[codec] = out, export_split(Candidate(k, 0.0, model, None, {}, {}), digits32, out,
+                                               threshold=None, codec=codec, samples=4)
+    finally:
+        torch.set_num_threads(before)
+    served = {}
+    with contextlib.ExitStack() as stack:
+        for codec, (out, m) in exports.items():
+            x = inputs[codec][1]
+            sent = codecs.decode(codecs.encode(x, codec), codec, x.shape)  # what the server will decode
+            tail_input = mf.normalize(sent, m) if m["k"] == 0 else sent
+            expected = onnx_io.run(onnx_io.session(out / "tail.onnx"), tail_input)[0]
+            served[codec] = stack.enter_context(CloudServer(out)), x, expected
+        yield served
+    assert all(server.stats["internal_errors"] == 0 for server, _, _ in served.values())
+
+
+def _bad_payloads(codec: str, x: np.ndarray) -> list[tuple[str, bytes, tuple[int, ...], str]]:
+    """(what, payload, shape, expected message) of requests the server must refuse but survive."""
+    good = codecs.encode(x, codec)
+    most = codecs.max_payload_bytes(x.size, codec)
+    cases = [("empty", b"", x.shape, f"needs 1 to {most} payload bytes, got 0"),
+             ("past the bound", bytes(most + 1), x.shape, f"needs 1 to {most} payload bytes, got {most + 1}"),
+             ("garbage", b"\x78\x9c garbage" * 3, x.shape, "does not decode"),
+             ("truncated", good[:len(good) // 2], x.shape, "does not decode")]
+    if codec == "int8-zlib":
+        bomb = zlib.compress(bytes(2 << 20), 9)  # 2 MiB of zeros under the 2140-byte bound: inflating is capped
+        assert len(bomb) <= most
+        cases += [("zlib bomb", bomb, x.shape, r"inflates to 2057\+ bytes, expected 2056"),
+                  ("another shape", codecs.encode(x[:, :64], codec), x.shape, "inflates to 1032 bytes, expected 2056")]
+    else:
+        other = np.ascontiguousarray(x[..., :31])
+        cases += [("another size", codecs.encode(other, "png"), x.shape, "png image is 31x32, expected 32x32"),
+                  ("another format", codecs.encode(x, "jpeg90"), x.shape, "not a valid PNG image")]
+    return cases
+
+
+def _expect(frame: wire.Frame | None, rid: int, message: str) -> None:
+    assert frame is not None and frame.type == MsgType.ERROR and frame.request_id == rid, frame
+    assert re.search(message, wire.error_message(frame)), wire.error_message(frame)
+
+
+@pytest.mark.parametrize("codec", ["int8-zlib", "png"])
+def test_variable_payload_faults_keep_the_connection(variable_served, codec):
+    server, x, expected = variable_served[codec]
+    dtype = wire.CODEC_DTYPES[codec]
+    bad_before = server.stats["bad_requests"] + server.stats["bad_frames"]
+    cases = _bad_payloads(codec, x)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        assert wire.read_frame(s).type == MsgType.HELLO
+        for rid, (what, payload, shape, message) in enumerate(cases, start=100):
+            s.sendall(wire.pack(MsgType.REQUEST, rid, payload, dtype, shape))
+            _expect(wire.read_frame(s), rid, message)
+            s.sendall(wire.encode(x, codec).frame(rid + 1000))  # the same connection still serves
+            reply = wire.parse_reply(wire.read_frame(s))
+            assert reply.request_id == rid + 1000, what
+            np.testing.assert_allclose(reply.logits, expected, rtol=1e-5, atol=1e-5)
+    assert server.stats["bad_requests"] + server.stats["bad_frames"] - bad_before == len(cases)
+
+
+@st.composite
+def variable_payloads(draw, good: bytes, most: int) -> bytes:
+    """Random bytes, or the valid payload cut, or with a few bytes changed: within the length bound."""
+    kind = draw(st.sampled_from(["random", "cut", "flip"]))
+    if kind == "random":
+        return draw(st.binary(min_size=1, max_size=min(most, 400)))
+    if kind == "cut":
+        return good[:draw(st.integers(1, len(good) - 1))]
+    data = bytearray(good)
+    for i, v in draw(st.lists(st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)), min_size=1, max_size=4)):
+        data[i] = v
+    return bytes(data)
+
+
+def _fuzz_variable(port: int, codec: str, x: np.ndarray):
+    good = codecs.encode(x, codec)
+    dtype, most = wire.CODEC_DTYPES[codec], codecs.max_payload_bytes(x.size, codec)
+
+    @settings(FUZZ, max_examples=150)
+    @given(payload=variable_payloads(good, most))
+    def run(payload):
+        """One answer for the request (an ERROR, or a REPLY where a changed byte still decodes), then a PONG."""
+        frames, end = talk(port, wire.pack(MsgType.REQUEST, 77, payload, dtype, x.shape) + wire.pack(MsgType.PING, 78))
+        assert [f.request_id for f in frames] == [77, 78] and end == "closed", (frames, end)
+        assert frames[0].type in (MsgType.ERROR, MsgType.REPLY) and frames[1].type == MsgType.PONG
+        if frames[0].type == MsgType.REPLY:
+            assert wire.parse_reply(frames[0]).logits.shape == (1, 10)
+
+    run()
+
+
+@pytest.mark.parametrize("codec", ["int8-zlib", "png"])
+def test_fuzzed_variable_payloads(variable_served, codec):
+    server, x, expected = variable_served[codec]
+    with GoodClient(server.port, x, expected, codec) as good:
+        _fuzz_variable(server.port, codec, x)
+    assert good.ok > 0 and server.stats["bad_requests"] > 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -48,6 +50,48 @@ def test_uint8_images_are_sent_raw(x):
     frame = _through_socket(wire.request(1, x, None))
     assert frame.dtype == DType.UINT8 and len(frame.payload) == x.size
     np.testing.assert_array_equal(wire.tensor(frame), x)
+
+
+def test_every_codec_has_one_dtype_and_every_dtype_one_decoder():
+    assert set(wire.CODEC_DTYPES) == set(codecs.ALL_CODECS)
+    assert set(wire.DTYPE_CODECS) == set(DType) - {DType.NONE}
+    assert {wire.CODEC_DTYPES[c] for c in ("jpeg90", "jpeg75", "jpeg50")} == {DType.JPEG}  # quality: encoder only
+    assert wire.VARIABLE_DTYPES == {DType.INT8_ZLIB, DType.PNG, DType.JPEG, DType.WEBP}
+    assert [int(d) for d in DType][:5] == [0, 1, 2, 3, 4]  # the codes already on the wire keep their numbers
+    assert wire.payload_limits(DType.INT8, (2, 3)) == (14, 14)
+    assert wire.payload_limits(DType.INT8_ZLIB, (2, 3)) == (1, codecs.max_payload_bytes(6, "int8-zlib"))
+    with pytest.raises(ValueError, match="variable size"):
+        wire.payload_size(DType.PNG, (1, 3, 4, 4))
+
+
+@settings(max_examples=100, deadline=None)
+@given(x=hnp.arrays(np.float32, shapes, elements=floats))
+def test_int8_zlib_roundtrips_like_int8(x):
+    enc = wire.encode(x, "int8-zlib")
+    frame = _through_socket(enc.frame(3))
+    assert (frame.dtype, frame.shape, frame.payload) == (DType.INT8_ZLIB, x.shape, enc.payload)
+    assert 1 <= len(frame.payload) <= codecs.max_payload_bytes(x.size, "int8-zlib")
+    got = wire.tensor(frame)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_array_equal(got, wire.tensor(_through_socket(wire.request(3, x, "int8"))))
+
+
+images = st.tuples(st.sampled_from([1, 3]), st.integers(1, 20), st.integers(1, 20)).flatmap(
+    lambda s: hnp.arrays(np.uint8, (1,) + s))
+
+
+@settings(max_examples=60, deadline=None)
+@given(img=images, codec=st.sampled_from(codecs.INPUT_CODECS))
+def test_input_codecs_roundtrip_to_the_uint8_image(img, codec):
+    frame = _through_socket(wire.request(4, img, codec))
+    assert (frame.type, frame.request_id, frame.dtype, frame.shape) == (MsgType.REQUEST, 4, wire.CODEC_DTYPES[codec],
+                                                                        img.shape)
+    got = wire.tensor(frame)
+    assert got.dtype == np.uint8 and got.shape == img.shape
+    if codec in ("raw", "png"):
+        np.testing.assert_array_equal(got, img)  # lossless
+    if codec == "raw":
+        assert wire.encode(img, "raw") == wire.encode(img, None)
 
 
 @settings(max_examples=100, deadline=None)
@@ -109,6 +153,72 @@ def test_non_fatal_faults_keep_the_stream(header, payload, message):
     with pytest.raises(ProtocolError, match=message) as e:
         _through_socket(header + payload)
     assert not e.value.fatal and e.value.request_id == 5
+
+
+ZLIB_MAX = codecs.max_payload_bytes(4, "int8-zlib")
+PNG_SHAPE = (1, 3, 8, 8)
+PNG_MAX = codecs.max_payload_bytes(192, "png")
+
+
+@pytest.mark.parametrize("dtype, dims, length, message", [
+    (DType.INT8_ZLIB, (4, 0, 0, 0, 0, 0), 0, rf"INT8_ZLIB tensor of shape \(4,\) needs 1 to {ZLIB_MAX} payload bytes"),
+    (DType.INT8_ZLIB, (4, 0, 0, 0, 0, 0), ZLIB_MAX + 1, f"needs 1 to {ZLIB_MAX} payload bytes, got {ZLIB_MAX + 1}"),
+    (DType.PNG, PNG_SHAPE + (0, 0), 0, f"PNG tensor of shape .* needs 1 to {PNG_MAX} payload bytes, got 0"),
+    (DType.PNG, PNG_SHAPE + (0, 0), PNG_MAX + 1, f"needs 1 to {PNG_MAX} payload bytes, got {PNG_MAX + 1}"),
+    (DType.WEBP, PNG_SHAPE + (0, 0), PNG_MAX + 1, f"needs 1 to {PNG_MAX} payload bytes, got {PNG_MAX + 1}"),
+])
+def test_variable_payloads_empty_or_past_their_bound_are_refused(dtype, dims, length, message):
+    ndim = sum(1 for d in dims if d)
+    with pytest.raises(ProtocolError, match=message) as e:
+        _through_socket(_header(dtype=dtype, ndim=ndim, dims=dims, length=length) + bytes(length))
+    assert not e.value.fatal and e.value.request_id == 5
+
+
+def _frame(dtype: DType, shape: tuple[int, ...], payload: bytes) -> wire.Frame:
+    return _through_socket(wire.pack(MsgType.REQUEST, 9, payload, dtype, shape))  # passes validate
+
+
+def _png(shape=PNG_SHAPE) -> bytes:
+    return codecs.encode(np.arange(int(np.prod(shape)), dtype=np.uint8).reshape(shape), "png")
+
+
+@pytest.mark.parametrize("dtype, shape, payload, message", [
+    (DType.INT8_ZLIB, (4,), b"not zlib", r"INT8_ZLIB payload of shape \(4,\) does not decode: .*not a zlib stream"),
+    (DType.INT8_ZLIB, (4,), codecs.encode(np.ones(4, np.float32), "int8-zlib")[:-2], "inflates to"),
+    (DType.INT8_ZLIB, (4,), codecs.encode(np.ones(3, np.float32), "int8-zlib"), "inflates to 11 bytes, expected 12"),
+    (DType.PNG, PNG_SHAPE, b"\x89PNG garbage", "PNG payload .* does not decode: .*not a valid PNG image"),
+    (DType.PNG, PNG_SHAPE, _png()[:40], "not a valid PNG image"),
+    (DType.PNG, PNG_SHAPE, _png((1, 3, 8, 9)), "png image is 9x8, expected 8x8"),
+    (DType.JPEG, PNG_SHAPE, _png(), "not a valid JPEG image"),
+    (DType.PNG, (2, 3, 8, 8), _png(), r"needs a \(1, C, H, W\) or \(C, H, W\) shape"),
+])
+def test_payloads_that_do_not_decode_are_non_fatal(dtype, shape, payload, message):
+    frame = _frame(dtype, shape, payload)
+    with pytest.raises(ProtocolError, match=message) as e:
+        wire.tensor(frame)
+    assert not e.value.fatal and e.value.request_id == 9
+
+
+def zlib_bomb(inflated: int) -> bytes:
+    """`inflated` zero bytes as one zlib stream, built a MiB at a time (the test never holds them)."""
+    z, chunk = zlib.compressobj(9), bytes(1 << 20)
+    return b"".join(z.compress(chunk) for _ in range(inflated >> 20)) + z.flush()
+
+
+def test_zlib_bomb_is_refused_without_inflating_it():
+    shape = (1, 64, 32, 32)  # int8-zlib accepts up to ~66 KB: a 64 MiB bomb fits
+    bomb = zlib_bomb(64 << 20)
+    assert len(bomb) <= codecs.max_payload_bytes(65536, "int8-zlib")
+    frame = _frame(DType.INT8_ZLIB, shape, bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match=r"inflates to 65545\+ bytes, expected 65544") as e:
+            wire.tensor(frame)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not e.value.fatal
+    assert peak < 1 << 20, f"decoding the bomb allocated {peak} bytes"  # inflating it would take 64 MiB
 
 
 def test_huge_shape_does_not_allocate():

@@ -24,11 +24,13 @@ from search.study import Objective, seed, seed_order
 from tests.conftest import ROOT
 
 SMALL = dict(model="resnet18", end_device="emulated-10x", bandwidth=10.0, base_epochs=2, finetune_epochs=1,
-             ratios=[0.0, 0.5], codecs=["fp32", "int8"], progress=False)
+             ratios=[0.0, 0.5], codecs=["fp32", "int8"], input_codecs=["raw", "png"], dataset="digits",
+             progress=False)
 
 
 def _args(spec: dict) -> list[str]:
-    return ["--model", spec["model"], "--end_device", spec["end_device"], "--bandwidth", str(spec["bandwidth"]),
+    return ["--dataset", spec["dataset"], "--input-codecs", ",".join(spec["input_codecs"]),
+            "--model", spec["model"], "--end_device", spec["end_device"], "--bandwidth", str(spec["bandwidth"]),
             "--A0", str(spec["A0"]), "--base-epochs", str(spec["base_epochs"]),
             "--finetune-epochs", str(spec["finetune_epochs"]), "--ratios", ",".join(map(str, spec["ratios"])),
             "--codecs", ",".join(spec["codecs"]), "--trials", str(spec["trials"]), "--no-progress"] + (
@@ -36,21 +38,29 @@ def _args(spec: dict) -> list[str]:
 
 
 def test_search_reaches_exhaustive_optimum(tmp_path, resnet_base):
-    spec = RunSpec(**SMALL, A0=0.9, trials=30, exhaustive=True, run_dir=str(tmp_path)).resolved()
+    spec = RunSpec(**SMALL, A0=0.6, trials=30, exhaustive=True, run_dir=str(tmp_path)).resolved()
     result = run(spec, log=lambda *_: None)
     ref = {row["method"]: row for row in result["baselines"]}
     exhaustive = ref["joint optimum (exhaustive)"]
     assert exhaustive["complete"] and exhaustive["feasible"]
-    assert result["best"]["expected_ms"] == pytest.approx(exhaustive["expected_ms"], rel=1e-9)
-    assert result["best"]["val_acc"] >= 0.9
+    assert result["best"]["latency_ms"] == pytest.approx(exhaustive["latency_ms"], rel=1e-9)
+    assert result["best"]["acc_bound"] >= 0.6 and result["best"]["sel_acc"] > result["best"]["acc_bound"]
     # no baseline beats the optimum of the space that contains them all
     for row in result["baselines"]:
         if row.get("feasible"):
-            assert row["expected_ms"] >= exhaustive["expected_ms"] - 1e-9
-    # every output a user is promised is there and consistent
+            assert row["latency_ms"] >= exhaustive["latency_ms"] - 1e-9
+    # every output a user is promised is there and consistent: promise against delivery on test
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["best"]["k"] == result["best"]["k"]
-    assert set(best["predicted"]) == {"device_ms", "exit_ms", "transfer_ms", "server_ms", "expected_ms"}
+    assert {"device_ms", "exit_ms", "transfer_ms", "server_ms", "device_overhead_ms", "encode_ms",
+            "expected_ms", "promised_ms"} <= set(best["predicted"])
+    promise = best["promise"]
+    assert promise["test_meets_A0"] == (promise["test_acc"] >= 0.6)
+    assert promise["n_selection"] == 449 and promise["n_test"] == 270
+    trials = __import__("pandas").read_csv(tmp_path / "trials.csv")
+    assert {"acc_bound", "test_acc", "delivered_ms", "latency_ms"} <= set(trials.columns)
+    baselines = __import__("pandas").read_csv(tmp_path / "baselines.csv")
+    assert {"acc_bound", "test_acc", "delivered_ms", "test_meets_A0"} <= set(baselines.columns)
     for name in ("trials.csv", "baselines.csv", "pareto.png", "threshold.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert result["spent"]["fine_tunes"] <= result["spent"]["grid_fine_tunes"]
@@ -64,7 +74,7 @@ def test_unpruned_splits_are_tried_ends_first_then_by_lowest_bound(bandwidth):
     order = seed_order(problem)
     assert set(order[:2]) == {0, K} and sorted(order) == list(range(K + 1))
     bounds = [min(lower_bound_ms(problem.device, problem.server, problem.network, k, 0.0, c)
-                  for c in problem.space.codecs) for k in order[2:]]
+                  for c in problem.space.codecs_at(k)) for k in order[2:]]
     assert bounds == sorted(bounds)
     study = optuna.create_study()
     seed(study, problem)
@@ -83,7 +93,7 @@ def test_branch_and_bound_waits_for_the_queue_and_never_trains_to_rank(resnet_ba
     assert objective._unpruned_exit_rate(2) is None  # unknown: ranked by its bound, nothing trained to rank it
     assert pool.exit_trainings == pool.fine_tunes == 0
     evals = pool.evaluations(2, 0.0)
-    assert objective._unpruned_exit_rate(2) == best_setting(problem, 2, 0.0, evals).exit_rate
+    assert objective._unpruned_exit_rate(2) == best_setting(problem, 2, 0.0, evals).breakdown.exit_rate
     assert objective._unpruned_exit_rate(0) is None  # the ends have no exit
     study = optuna.create_study()
     study.enqueue_trial({"k": 0})
@@ -98,7 +108,7 @@ def test_branch_and_bound_waits_for_the_queue_and_never_trains_to_rank(resnet_ba
 
 
 def test_restricted_splits_bound_the_search_and_every_baseline(tmp_path, resnet_base):
-    spec = RunSpec(**SMALL, A0=0.9, splits=[2, 4], trials=12, exhaustive=True, run_dir=str(tmp_path)).resolved()
+    spec = RunSpec(**SMALL, A0=0.6, splits=[2, 4], trials=12, exhaustive=True, run_dir=str(tmp_path)).resolved()
     result = run(spec, log=lambda *_: None)
     allowed = {0, 2, 4, 6}
     assert result["spent"]["grid_candidates"] == 1 + 3 * len(SMALL["ratios"])
@@ -112,7 +122,7 @@ def test_unreachable_A0_exits_nonzero_with_best_reachable(tmp_path, resnet_base)
     out = subprocess.run([sys.executable, str(ROOT / "auto.py"), *_args({**SMALL, "A0": 1.0, "trials": 6}),
                           "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stderr[-2000:]
-    assert "no configuration reaches the target. Best reachable val accuracy" in out.stdout
+    assert "no configuration reaches the target. Closest (best accuracy bound): accuracy bound" in out.stdout
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -123,6 +133,8 @@ def test_unreachable_A0_exits_nonzero_with_best_reachable(tmp_path, resnet_base)
     (["--model", "resnet18", "--base-epochs", "2", "--splits", "2,7"],
      "splits [7] are not intermediate split points of resnet18 (1..5)"),
     (["--exit-epochs", "0"], "--exit-epochs must be at least 1"),
+    (["--confidence", "0.3"], "--confidence must be 0 (point estimates) or in [0.5, 1)"),
+    (["--input-codecs", "gif"], "unknown codec 'gif' in --input-codecs; choose from: raw, png"),
     (["--storage", "mysql+pymysql://bob:s3cret@127.0.0.1:1/x", "--model", "resnet18", "--base-epochs", "2"],
      "cannot use storage mysql+pymysql://bob:***@127.0.0.1:1/x"),
 ])
@@ -164,7 +176,7 @@ def _worker(spec: dict, study: str, storage: str, run_dir, env_extra=None) -> su
 @pytest.mark.mysql
 def test_two_workers_share_a_study_on_mysql(mysql_url, tmp_path, resnet_base):
     study_name = f"test-share-{uuid.uuid4().hex[:8]}"
-    spec = {**SMALL, "A0": 0.9, "trials": 12}
+    spec = {**SMALL, "A0": 0.6, "trials": 12}
     workers = [_worker(spec, study_name, mysql_url, tmp_path) for _ in range(2)]
     for w in workers:
         out, _ = w.communicate(timeout=900)
@@ -179,8 +191,8 @@ def test_two_workers_share_a_study_on_mysql(mysql_url, tmp_path, resnet_base):
     assert {t.user_attrs.get("worker_pid") for t in trials} >= {w.pid for w in workers}
     engine = sa.create_engine(mysql_url)
     with engine.connect() as c:
-        dup = c.execute(sa.text("SELECT base, k, r, recipe, COUNT(*) n FROM splitopt_candidates "
-                                "GROUP BY base, k, r, recipe HAVING n > 1")).fetchall()
+        dup = c.execute(sa.text("SELECT base, k, r_e4, recipe, COUNT(*) n FROM splitopt_candidates_v3 "
+                                "GROUP BY base, k, r_e4, recipe HAVING n > 1")).fetchall()
     engine.dispose()
     assert dup == []
     optuna.delete_study(study_name=study_name, storage=mysql_url)
@@ -194,7 +206,7 @@ def test_killed_worker_loses_no_completed_trial(mysql_url, tmp_path, resnet_base
     (cache / "base" / resnet_base.path.name).write_bytes(resnet_base.path.read_bytes())
     db = ProjectDB(mysql_url)  # and none in the shared project table either
     with db.engine.begin() as c:
-        c.execute(sa.text("DELETE FROM splitopt_candidates WHERE base = :b"), {"b": resnet_base.digest})
+        c.execute(sa.text("DELETE FROM splitopt_candidates_v3 WHERE base = :b"), {"b": resnet_base.digest})
     db.dispose()
     env = {"SPLITOPT_CACHE": str(cache), "SPLITOPT_HEARTBEAT_S": "1", "SPLITOPT_GRACE_S": "3"}
     # multi-objective: no candidate is skipped by a bound, so every pruned (k, r) is fine-tuned (2 epochs)
