@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all bench bench-quick profiles clean
+.PHONY: venv data demo test test-all bench bench-quick profiles clean
+
+# The default data set: Debian's dataset-fashion-mnist, installed here when missing and the machine allows it.
+FASHION := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,13 +17,24 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/python auto.py --model mobilenet_v2 --end_device emulated-10x --bandwidth 10 --A0 0.9
+$(FASHION):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"; \
+	  apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; \
+	else \
+	  echo "Fashion-MNIST is missing: as root, apt-get install dataset-fashion-mnist (or pass --data-root DIR)"; exit 1; \
+	fi
 
-test: $(STAMP)
+data: $(FASHION)
+
+demo: $(STAMP) $(FASHION)
+	$(BIN)/python auto.py --model mobilenet_v2 --end_device emulated-10x --bandwidth 10 --A0 0.85
+
+test: $(STAMP) $(FASHION)
 	$(BIN)/python -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(FASHION)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 clean:
@@ -34,13 +48,13 @@ profiles: $(STAMP)
 
 # The benchmark suite (docs/benchmarks.md): scenarios at 32 and 224 px, search efficiency, deployment, runtime.
 # About 45 min on 2 cores from a cold cache; bench-quick (resnet18, 32 px, 1-epoch fine-tunes) under 5 min.
-bench: $(STAMP)
+bench: $(STAMP) $(FASHION)
 	mkdir -p runs/bench && date +%s > runs/bench/started
 	$(BIN)/python bench/scenarios.py --out runs/bench/scenarios
 	$(BIN)/python bench/runtime_bench.py --out runs/bench/runtime
 	$(BIN)/python bench/report.py --command "make bench" --started $$(cat runs/bench/started)
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) $(FASHION)
 	mkdir -p runs/bench && date +%s > runs/bench/started
 	$(BIN)/python bench/scenarios.py --models resnet18 --sizes 32 --quick --deploy-limit 20 --out runs/bench/scenarios
 	$(BIN)/python bench/runtime_bench.py --models resnet18 --sizes 32 --repeats 10 --limit 50 --out runs/bench/runtime

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +84,18 @@ def test_imagefolder_tree(tmp_path):
     assert d.num_classes == 2 and sum(d.sizes().values()) == 20
     x, _ = d.arrays("train")
     assert x.shape[1:] == (3, 16, 16) and x.dtype == torch.uint8
+
+
+def test_real_fashion_mnist_slice():
+    """The Debian files themselves (make test installs them): upstream sizes and class balance, a small slice."""
+    root = datasets.FASHION_ROOT
+    if not all(os.path.isfile(os.path.join(root, f)) for f in datasets.FASHION_FILES):
+        pytest.skip(f"Fashion-MNIST is not installed in {root} (make test installs it where apt is available)")
+    labels = datasets._read_idx(os.path.join(root, "train-labels-idx1-ubyte.gz"))
+    assert labels.shape == (60000,) and np.bincount(labels).tolist() == [6000] * 10
+    sizes = {"train": 300, "val": 100, "selection": 200, "test": 200}
+    d = datasets.load("fashion-mnist", input_size=32, seed=0, sizes=sizes)
+    assert d.sizes() == sizes and d.num_classes == 10
+    x, y = d.arrays("selection")
+    assert np.bincount(y.numpy(), minlength=10).tolist() == [20] * 10
+    assert 40 < float(x.float().mean()) < 120  # real garments on black: neither blank nor saturated

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -99,3 +100,47 @@ def test_measure_separates_rtt_and_bandwidth():
     mbps, rtt_ms = measure(FakeProbe(0.004, 2.5e6), nbytes=1 << 20)
     assert rtt_ms == pytest.approx(4.0)
     assert mbps == pytest.approx(20.0)
+
+
+def test_emulated_slowdown_scales_the_model_call_only(tmp_path, monkeypatch, digits32, random_resnet18):
+    """--slowdown stretches the head.onnx run (what the profile measures), not normalisation or encoding:
+    a normalisation made 20 ms slow must not be multiplied, and _slow sees only the model's time."""
+    from compress.candidate import Candidate
+    from runtime import edge
+    from runtime import manifest as mf
+    from runtime.export import export_split
+
+    export_split(Candidate(random_resnet18.K, 0.0, random_resnet18, None, {}, {}), digits32, tmp_path,
+                 threshold=None, codec="fp32")
+    seen = []
+    real_slow, real_normalize = edge._slow, mf.normalize
+    monkeypatch.setattr(edge, "_slow", lambda compute_s, f: seen.append((compute_s, f)) or real_slow(compute_s, f))
+    monkeypatch.setattr(mf, "normalize", lambda *a: (time.sleep(0.02), real_normalize(*a))[1])
+    df = edge.run_edge(tmp_path, None, slowdown=4.0, limit=3, data=digits32)
+    assert len(seen) == 3 and all(f == 4.0 for _, f in seen)
+    for (compute_s, _), device_ms in zip(seen, df.device_ms):
+        assert compute_s < 0.02  # the 20 ms normalisation is not part of the slowed time
+        assert device_ms >= 20.0 + 4 * compute_s * 1e3 - 0.5  # ... but it is paid once, unscaled
+
+
+class TickingClock(FakeClock):
+    """Advances 1 us per reading, as a spinning loop sees a real clock do; sleeps oversleep by 0.1 ms."""
+
+    def __call__(self) -> float:
+        self.now += 1e-6
+        return self.now
+
+    def sleep(self, seconds: float, oversleep: float = 1e-4) -> None:
+        super().sleep(seconds, oversleep)
+
+
+def test_slow_sleeps_most_of_the_extra_time_and_spins_the_rest():
+    from runtime.edge import SPIN_S, _slow
+
+    clock = TickingClock()
+    start = clock.now
+    assert _slow(0.010, 5.0, clock, clock.sleep) == pytest.approx(0.040)
+    assert clock.slept == [pytest.approx(0.040 - SPIN_S)]
+    assert clock.now - start == pytest.approx(0.040, abs=5e-6)  # the oversleep is absorbed by the spin
+    before = clock.now
+    assert _slow(0.010, 1.0, clock, clock.sleep) == 0.0 and clock.now == before  # no emulation: no wait
