@@ -72,9 +72,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--exit-epochs", type=int, default=20, help="epochs of each early exit's training")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="training arithmetic; bf16 = autocast + channels_last, about 2x faster on CPUs with AMX")
-    g.add_argument("--finetune-epochs", type=int, default=3, help="epoch budget of each candidate's fine-tune")
+    g.add_argument("--finetune-epochs", type=int, default=None,
+                   help="epoch budget of each candidate's fine-tune (default 1 on fashion-mnist, else 3)")
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, default=40, help="finished trials the study should hold")
+    g.add_argument("--time-budget", type=float, default=None,
+                   help="seconds of search: after it, the running trial finishes and the study stops (the result "
+                        "says how much of the grid was evaluated)")
     g.add_argument("--ratios", type=_floats, default=None, help="pruning ratios to search (default: the profile's grid)")
     g.add_argument("--splits", type=_ints, default=None,
                    help="intermediate split points to search, e.g. 3,4,5 (default: all; device only and "
@@ -112,6 +116,7 @@ def spec_from(args):
                    ratios=args.ratios, splits=args.splits, precision=args.precision,
                    codecs=[c for c in args.codecs.split(",") if c],
                    input_codecs=[c for c in args.input_codecs.split(",") if c], trials=args.trials,
+                   time_budget=args.time_budget,
                    n_workers=args.n_workers, storage=args.storage, study=args.study, run_dir=args.run_dir,
                    exhaustive=args.exhaustive, progress=args.progress)
 

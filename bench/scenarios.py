@@ -58,7 +58,7 @@ def spec_for(model: str, size: int, ratios: list[float], out: Path, quick: bool)
         weights = str(context(spec_for(model, from_size, ratios, out, quick), log=lambda *_: None).pool.base.path)
     if quick:
         budget.update(finetune_epochs=1, exit_epochs=5)
-    return RunSpec(model=model, end_device="host", input_size=size, ratios=ratios, weights=weights,
+    return RunSpec(model=model, end_device="host", input_size=size, dataset="digits", ratios=ratios, weights=weights,
                    splits=SPLITS.get((model, size)), progress=False, run_dir=str(out / f"{model}-{size}px"),
                    **budget).resolved()
 
@@ -74,9 +74,10 @@ def build_grid(ctx) -> pd.DataFrame:
             continue
         wall, built = time.perf_counter() - start, ctx.pool.fine_tunes + ctx.pool.exit_trainings > spent
         row = ctx.db.candidate(ctx.pool.base.digest, k, r, ctx.pool._recipe_id(k, r)) or {}
-        val = evals["val"]
+        val = evals["selection"]
         rows.append({"model": ctx.spec.model, "size": ctx.spec.input_size, "k": k, "r": r,
-                     "val_acc": float(val.accuracy([None])[0]), "val_acc_int8": float(val.accuracy([None], "int8")[0]),
+                     "val_acc": float(val.accuracy([None])[0]),
+                     "val_acc_int8": float(val.accuracy([None], "int8")[0]) if "int8" in val.final else np.nan,
                      "exit_rate_t0.9": float(val.exit_rate([0.9])[0]) if val.exit_conf is not None else np.nan,
                      "acc_t0.9": float(val.accuracy([0.9])[0]) if val.exit_conf is not None else np.nan,
                      "build_s": float(row.get("seconds") or wall), "built_here": built})
@@ -94,7 +95,7 @@ def joint_search(problem: Problem, pool, trials: int, seed_: int = 0) -> pd.Seri
     done = [t for t in study.trials if t.user_attrs.get("feasible")]
     if not done:
         return pd.Series({"method": JOINT, "feasible": False})
-    a = min(done, key=lambda t: t.user_attrs["expected_ms"]).user_attrs
+    a = min(done, key=lambda t: t.user_attrs["latency_ms"]).user_attrs
     s = score(problem, Config(a["k"], a["r"], a["t"], a["codec"]), pool.evaluations(a["k"], a["r"]))
     return pd.Series({"method": JOINT, "complete": True, **s.as_dict(), "feasible": s.feasible(problem)})
 
@@ -133,13 +134,13 @@ def ratios_table(df: pd.DataFrame) -> pd.DataFrame:
                "bandwidth_mbps": ours["bandwidth_mbps"], "A0": ours["A0"], "A0_drop": ours["A0_drop"],
                "choice": f"k={int(ours['k'])} r={ours['r']:g} "
                          f"{'no-exit' if pd.isna(ours['t']) else 't=%.2f' % ours['t']} {ours['codec']}",
-               "ms": ours["expected_ms"], "sent_bytes": ours["sent_bytes"], "val_acc": ours["val_acc"],
+               "ms": ours["latency_ms"], "sent_bytes": ours["sent_bytes"], "val_acc": ours["acc_bound"],
                "test_acc": ours["test_acc"],
-               "gap_to_exhaustive_pct": 100 * (ours["expected_ms"] / by.loc["joint optimum (exhaustive)", "expected_ms"] - 1)}
+               "gap_to_exhaustive_pct": 100 * (ours["latency_ms"] / by.loc["joint optimum (exhaustive)", "latency_ms"] - 1)}
         for method in (*SINGLE, *COLLABORATIVE):
             m = by.loc[method]
             ok = bool(m.get("feasible", False))
-            row[f"x {method}"] = m["expected_ms"] / ours["expected_ms"] if ok else np.nan
+            row[f"x {method}"] = m["latency_ms"] / ours["latency_ms"] if ok else np.nan
             row[f"bytes x {method}"] = (m["sent_bytes"] / ours["sent_bytes"] if ok and ours["sent_bytes"] > 0
                                         else np.nan)
         rows.append(row)

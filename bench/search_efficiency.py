@@ -58,7 +58,7 @@ def one_run(ctx, problem: Problem, method: str, seed_: int, target: float, trial
 
     def watch(study, trial):
         a = trial.user_attrs
-        if not reached and a.get("feasible") and a["expected_ms"] <= target:
+        if not reached and a.get("feasible") and a["latency_ms"] <= target:
             fine_tunes, builds = cost(list(pool._memo))
             reached.update(trials=trial.number + 1, fine_tunes=fine_tunes,
                            wall_s=time.perf_counter() - started + builds)

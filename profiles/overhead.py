@@ -25,7 +25,7 @@ Each number lines up with the runtime's column it adds to:
 The content is realistic where the codec's cost depends on it: split tensors are post-ReLU-like
 (max(0, N(0, 1)): about half zeros) and the image is a smooth colour image (low-frequency sinusoids and
 gradients) with Gaussian noise (sigma 6 grey levels).  Emulated devices are not measured: the runtime's
---slowdown sleeps only for the model's own compute (runtime.edge `_slow` around head.run), so an
+--slowdown spins only for the model's own compute (runtime.edge `_slow` around head.run), so an
 emulated device pays this host's overhead, and its profile gets the measured device's rows unscaled.
 """
 from __future__ import annotations
@@ -330,7 +330,7 @@ def method(role: str, threads: int, repeats: int, warmup: int, min_ms: float, ev
             f"{threads} intra-op thread(s)) whose own session.run is subtracted. {what}. Each number is the "
             f"median of n timed requests after {warmup} warm-up ones, n = at least {repeats} and enough for "
             f"{min_ms:g} ms (at most {MAX_RUNS}). Content: {CONTENT}. {ratios}. An emulated device is not "
-            f"measured: runtime.edge sleeps for --slowdown only around head.run (the model's compute), so it "
+            f"measured: runtime.edge spins for --slowdown only around head.run (the model's compute), so it "
             f"pays this host's overhead and its profile carries these rows unscaled.")
 
 
@@ -368,7 +368,7 @@ def add_to_file(device: str, model: str, input_size: int, root: str | Path | Non
         if src["meta"]["role"] != profile.role:
             raise ValueError(f"{path} is a {profile.role} profile but {src_path} is a {src['meta']['role']} one")
         section = copy.deepcopy(section)
-        section["meta"]["copied_from"] = f"{source!r} unscaled (the runtime's slowdown sleeps for model compute only)"
+        section["meta"]["copied_from"] = f"{source!r} unscaled (the runtime's slowdown spins for model compute only)"
     else:
         section = measure(profile, **kwargs)
     return save_json(with_overhead(doc, section), path)

@@ -4,7 +4,7 @@ A profile is one JSON file per (device, model, input size) at
 ``profiles/data/<device>/<model>-<input_size>px.json``::
 
     {"meta": {...how, where and when it was measured...},
-     "latency": [{"part", "k", "r", "median_ms", "p10_ms", "p90_ms", "n"}, ...],
+     "latency": [{"part", "k", "r", "mean_ms", "median_ms", "p10_ms", "p90_ms", "n"}, ...],
      "bytes": [{"k", "r", "codec", "bytes", "shape"}, ...],
      "overhead": [{"k", "r", "codec", <the role's two overhead keys>, "n"}, ...]}   (optional)
 
@@ -30,7 +30,7 @@ raw, as in the runtime), 0 < k < K the feature codecs (fp32, fp16, int8, int8-zl
 nothing (one row with codec null).  Rows need not cover every ratio: a (k, codec) measured at some
 ratios is interpolated linearly in the split tensor's number of elements (the bytes table's shape) for
 the others, and held constant beyond the measured range.  The overhead is not scaled for an emulated
-device: the runtime's --slowdown sleeps only for the model's own compute.  A profile without the
+device: the runtime's --slowdown spins only for the model's own compute.  A profile without the
 section (older files) loads with every overhead 0.0 and `has_overhead` False.
 """
 from __future__ import annotations
@@ -117,7 +117,9 @@ class Profile:
         self.meta: dict[str, Any] = doc["meta"]
         self.latency = pd.DataFrame(doc["latency"], columns=list(LATENCY_KEYS))
         self.bytes = pd.DataFrame(doc["bytes"], columns=list(BYTES_KEYS))
-        self._ms = {(row["part"], int(row["k"]), rkey(row["r"])): float(row["median_ms"]) for row in doc["latency"]}
+        # expected latency is a mean: rows measured with one use it, older rows their median
+        self._ms = {(row["part"], int(row["k"]), rkey(row["r"])): float(row.get("mean_ms", row["median_ms"]))
+                    for row in doc["latency"]}
         self._bytes = {(int(row["k"]), rkey(row["r"]), row["codec"]): int(row["bytes"]) for row in doc["bytes"]}
         self._shapes = {(int(row["k"]), rkey(row["r"])): tuple(row["shape"]) for row in doc["bytes"]}
         self._ratios = [rkey(r) for r in self.meta["ratios"]]  # looked up on every prediction: kept once
@@ -142,7 +144,7 @@ class Profile:
                 f"{len(self.ratios)} ratios, slowdown={self.slowdown:g})")
 
     def ms(self, part: str, k: int, r: float) -> float:
-        """Median milliseconds of `part` at split k, ratio r.
+        """Milliseconds of `part` at split k, ratio r (the mean; the median in profiles measured without one).
 
         k = 0 runs no head, k = K no tail, and a split without an exit runs no exit: all 0 ms.
         """

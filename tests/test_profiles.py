@@ -64,9 +64,12 @@ def test_device_table_is_complete(dev):
     assert sorted(zip(heads.k, heads.r)) == [(k, r) for k in range(K + 1) for r in RATIOS]
     assert sorted(zip(exits.k, exits.r)) == [(k, r) for k in range(1, K) for r in RATIOS]
     assert (heads[heads.k == 0].median_ms == 0).all() and (heads[heads.k == 0].n == 0).all()
-    timed = lat[(lat.part == "exit") | (lat.k > 0)]
+    timed = heads[heads.k > 0]
     assert (timed.n == 3).all() and (timed.median_ms > 0).all()
     assert (timed.p10_ms <= timed.median_ms).all() and (timed.median_ms <= timed.p90_ms).all()
+    # an exit row is its marginal cost inside one graph with the head: never negative, and not nothing overall
+    rows = [r for r in dev.doc["latency"] if r["part"] == "exit"]
+    assert all(r["mean_ms"] >= 0 and r["n"] == 3 for r in rows) and sum(r["mean_ms"] for r in rows) > 0
     assert dev.ms("exit", 0, 0.5) == 0.0 and dev.ms("exit", K, 0.0) == 0.0  # no exit there: nothing runs
 
 

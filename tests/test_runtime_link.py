@@ -124,23 +124,19 @@ def test_emulated_slowdown_scales_the_model_call_only(tmp_path, monkeypatch, dig
 
 
 class TickingClock(FakeClock):
-    """Advances 1 us per reading, as a spinning loop sees a real clock do; sleeps oversleep by 0.1 ms."""
+    """Advances 1 us per reading, as a spinning loop sees a real clock do."""
 
     def __call__(self) -> float:
         self.now += 1e-6
         return self.now
 
-    def sleep(self, seconds: float, oversleep: float = 1e-4) -> None:
-        super().sleep(seconds, oversleep)
 
-
-def test_slow_sleeps_most_of_the_extra_time_and_spins_the_rest():
-    from runtime.edge import SPIN_S, _slow
+def test_slow_spins_the_extra_time_on_its_clock():
+    from runtime.edge import _slow
 
     clock = TickingClock()
     start = clock.now
-    assert _slow(0.010, 5.0, clock, clock.sleep) == pytest.approx(0.040)
-    assert clock.slept == [pytest.approx(0.040 - SPIN_S)]
-    assert clock.now - start == pytest.approx(0.040, abs=5e-6)  # the oversleep is absorbed by the spin
+    assert _slow(0.010, 5.0, clock) == pytest.approx(0.040)
+    assert clock.slept == [] and clock.now - start == pytest.approx(0.040, abs=5e-6)  # busy, as a slow device is
     before = clock.now
-    assert _slow(0.010, 1.0, clock, clock.sleep) == 0.0 and clock.now == before  # no emulation: no wait
+    assert _slow(0.010, 1.0, clock) == 0.0 and clock.now == before  # no emulation: no wait

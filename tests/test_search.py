@@ -9,11 +9,13 @@ import sys
 import time
 import uuid
 
+import numpy as np
 import optuna
 import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from compress.candidate import unpack_evaluations
 from profiles import Network, load_profile
 from results.db import ProjectDB
 from search.latency import lower_bound_ms
@@ -64,6 +66,19 @@ def test_search_reaches_exhaustive_optimum(tmp_path, resnet_base):
     for name in ("trials.csv", "baselines.csv", "pareto.png", "threshold.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert result["spent"]["fine_tunes"] <= result["spent"]["grid_fine_tunes"]
+
+
+def test_time_budget_stops_the_search_and_the_answer_is_the_best_known(tmp_path, resnet_base):
+    """A budget that ends the search after its first trial: the baselines' pass then evaluates every unpruned
+    split, and the best of those becomes the answer (recorded as a trial), not the first trial's."""
+    spec = RunSpec(**SMALL, A0=0.6, trials=30, time_budget=0.001, run_dir=str(tmp_path)).resolved()
+    result = run(spec, log=lambda *_: None)
+    joint = {row["method"]: row for row in result["baselines"]}["joint optimum (exhaustive)"]
+    assert result["best"]["latency_ms"] == pytest.approx(joint["latency_ms"], rel=1e-12)
+    trials = optuna.load_study(study_name=spec.study, storage=spec.storage).trials
+    assert len(trials) < 30
+    adopted = [t for t in trials if t.user_attrs.get("found_by") == "baselines' pass"]
+    assert len(adopted) <= 1 and all(t.user_attrs["latency_ms"] == result["best"]["latency_ms"] for t in adopted)
 
 
 @pytest.mark.parametrize("bandwidth", [1.0, 100.0])
@@ -252,3 +267,29 @@ def test_killed_worker_loses_no_completed_trial(mysql_url, tmp_path, resnet_base
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) >= 20
     optuna.delete_study(study_name=study_name, storage=storage)
+
+
+@pytest.mark.mysql
+def test_candidates_are_found_on_mysql_for_every_ratio(mysql_url, resnet_base, digits32):
+    """FLOAT is single precision on MySQL: r = 0.3 stored as FLOAT was not found by r == 0.3. Ratios are
+    stored exactly now, so a worker on another machine finds every candidate of the grid."""
+    from compress.candidate import build_candidate
+
+    evals = build_candidate(resnet_base, digits32, 2, 0.0, progress=False).evaluations
+    db = ProjectDB(mysql_url)
+    base = f"test-{uuid.uuid4().hex[:12]}"
+    try:
+        ratios = (0.1, 0.3, 0.7, 0.9, 0.05, 0.3333)
+        for r in ratios:
+            assert db.put_candidate(base, 2, r, "recipe", "done", evaluations=evals)
+        for r in ratios:
+            row = db.candidate(base, 2, r, "recipe")
+            assert row is not None and row["r"] == pytest.approx(r) and row["status"] == "done", r
+            assert np.array_equal(unpack_evaluations(row["evaluation"])["selection"].label, evals["selection"].label)
+        assert db.candidate(base, 2, 0.31, "recipe") is None
+        assert not db.put_candidate(base, 2, 0.3, "recipe", "done", evaluations=evals)  # stored once
+        assert sorted(db.candidate_rows(base).r) == sorted(ratios)
+    finally:
+        with db.engine.begin() as c:
+            c.execute(sa.text("DELETE FROM splitopt_candidates_v3 WHERE base = :b"), {"b": base})
+        db.dispose()

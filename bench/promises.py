@@ -1,0 +1,175 @@
+"""Promise against delivery over the scenario grid, on the default data set (Fashion-MNIST, 32 px).
+
+Per model the candidate grid is built once (fine-tunes cached); every scenario (end device x bandwidth x
+A0 x confidence) is then exact arithmetic over the same candidates: the answer is the exhaustive optimum
+of the search space (what the search converges to; its efficiency is measured elsewhere), each baseline
+its family's exact best.  For every answer: the promise (selection split, bounded at the confidence) and
+the delivery on the test split (never chosen on); the distinct answers are deployed over the shaped
+loopback link, measured against the per-sample prediction and against the promise.
+
+    python bench/promises.py --out runs/bench/promises            # then writes docs/benchmarks.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from profiles import Network, load_profile  # noqa: E402
+from search.reference import reference_table  # noqa: E402
+from search.run import RunSpec, context, versions  # noqa: E402
+from search.space import Problem  # noqa: E402
+
+OURS = "joint optimum (exhaustive)"
+BASELINES = ("device only", "cloud only", "split (Neurosurgeon)", "split + exit (Edgent-like)",
+             "split + pruning (CNNPC-like)")
+SPLITS = {"mobilenet_v2": [1, 2, 3, 4, 5, 6, 7, 8], "resnet18": [1, 2, 3, 4, 5]}
+
+
+def spec_for(model: str, ratios: list[float], finetune_epochs: int, out: Path) -> RunSpec:
+    return RunSpec(model=model, end_device="host", ratios=ratios, splits=SPLITS.get(model),
+                   finetune_epochs=finetune_epochs, progress=True, run_dir=str(out / model)).resolved()
+
+
+def scenarios(ctx, devices, bandwidths, drops, confidences, rtt: float) -> pd.DataFrame:
+    """One row per (scenario, method): promise and delivery of each method's exact best."""
+    base_sel = float(ctx.pool.evaluations(0, 0.0)["selection"].accuracy([None], "raw")[0])
+    server = load_profile(ctx.spec.server, ctx.spec.model, ctx.spec.input_size)
+    frames = []
+    for device in devices:
+        dev = load_profile(device, ctx.spec.model, ctx.spec.input_size)
+        for bw in bandwidths:
+            for drop in drops:
+                for conf in confidences:
+                    problem = Problem(dev, server, Network(bw, rtt), A0=round(base_sel - drop / 100, 4),
+                                      confidence=conf)
+                    problem.space = ctx.problem.space
+                    t = reference_table(problem, ctx.pool, build=False, progress=False)
+                    t.insert(0, "scenario", f"{ctx.spec.model} {device} {bw:g}Mbps A0-{drop:g}")
+                    t = t.assign(model=ctx.spec.model, device=device, bandwidth_mbps=bw, A0=problem.A0,
+                                 A0_drop=drop, confidence=conf, base_sel_acc=base_sel)
+                    frames.append(t)
+    df = pd.concat(frames, ignore_index=True)
+    K = ctx.problem.space.K
+    df["meets_A0"] = df.test_acc >= df.A0
+    df["sent_bytes_test"] = df["bytes"] * (1 - df.test_exit_rate.astype(float))  # per request, on test
+    df["splits_and_sends"] = (df.k > 0) & (df.k < K) & (df.test_exit_rate < 1)
+    df["delivered_minus_promised_ms"] = df.delivered_ms - df.latency_ms
+    return df
+
+
+def headline(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per scenario and confidence: our answer, its promise and delivery, speed-ups over each baseline."""
+    rows = []
+    for (name, conf), g in df.groupby(["scenario", "confidence"], sort=False):
+        by = g.set_index("method")
+        o = by.loc[OURS]
+        if not bool(o.get("feasible", False)):
+            rows.append({"scenario": name, "confidence": conf, "choice": "infeasible"})
+            continue
+        t = "no-exit" if pd.isna(o.t) else f"t={o.t:.3f}"
+        row = {"scenario": name, "confidence": conf, "choice": f"k={int(o.k)} r={o.r:g} {t} {o.codec}",
+               "A0": o.A0, "acc_bound": o.acc_bound, "test_acc": o.test_acc, "meets_A0": bool(o.meets_A0),
+               "promised_ms": o.latency_ms, "delivered_ms": o.delivered_ms,
+               "sel_exit_rate": o.sel_exit_rate, "test_exit_rate": o.test_exit_rate,
+               "sent_bytes": o.sent_bytes_test, "splits_and_sends": bool(o.splits_and_sends),
+               "exit_answers_all": bool(o.exit_answers_all)}
+        feasible = {m: by.loc[m] for m in BASELINES if m in by.index and bool(by.loc[m].get("feasible", False))}
+        for m in BASELINES:
+            row[f"x {m}"] = feasible[m].latency_ms / o.latency_ms if m in feasible else np.nan
+        row["best baseline"] = min(feasible, key=lambda m: feasible[m].latency_ms) if feasible else "none"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def deploy_answers(ctx, df: pd.DataFrame, out: Path, limit: int, rtt: float) -> pd.DataFrame:
+    """Deploy each distinct answer once per (device, bandwidth): measured against prediction and promise."""
+    from runtime.deploy import deploy_candidate
+    from search.latency import PARTS
+
+    ours = df[(df.method == OURS) & (df.feasible == True)]  # noqa: E712
+    server = load_profile(ctx.spec.server, ctx.spec.model, ctx.spec.input_size)
+    rows, done = [], {}
+    for _, s in ours.iterrows():
+        t = None if pd.isna(s.t) else float(s.t)
+        key = (s.device, s.bandwidth_mbps, int(s.k), float(s.r), t, s.codec)
+        if key not in done:
+            dev = load_profile(s.device, ctx.spec.model, ctx.spec.input_size)
+            where = out / "deploy" / ctx.spec.model / "-".join(map(str, key))
+            parts = {p: float(s[p]) for p in PARTS} | {"bytes": float(s["bytes"])}
+            _, m = deploy_candidate(ctx.pool.candidate(key[2], key[3]), ctx.data, where, t, s.codec, parts,
+                                    bandwidth=s.bandwidth_mbps, rtt=rtt, slowdown=float(dev.meta.get("slowdown", 1.0)),
+                                    server_threads=int(server.meta.get("threads", 1)), limit=limit,
+                                    seed=ctx.spec.seed)
+            p = m["predicted"]
+            done[key] = {"n": m["n"], "pred_mean_ms": p["total_ms"], "meas_mean_ms": m["mean_ms"],
+                         "pred_device_ms": p["mean_device_exit_ms"], "meas_device_ms": m["device_ms"] + m["exit_ms"],
+                         "pred_transfer_ms": p["mean_transfer_ms"], "meas_transfer_ms": m["transfer_ms"],
+                         "pred_server_ms": p["mean_server_ms"], "meas_server_ms": m["server_ms"],
+                         "meas_exit_rate": m["exit_rate"], "meas_accuracy": m["accuracy"], "agreement": m["agreement"],
+                         "bytes_per_request": m["bytes_per_request"]}
+        t_text = "no-exit" if t is None else f"t={t:.3f}"
+        rows.append({"scenario": s.scenario, "confidence": s.confidence,
+                     "choice": f"k={key[2]} r={key[3]:g} {t_text} {key[5]}", "promised_ms": s.expected_ms,
+                     **done[key]})
+    res = pd.DataFrame(rows)
+    if len(res):
+        res["vs_prediction_pct"] = 100 * (res.meas_mean_ms / res.pred_mean_ms - 1)
+        res["vs_promise_pct"] = 100 * (res.meas_mean_ms / res.promised_ms - 1)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="resnet18,mobilenet_v2")
+    p.add_argument("--devices", default="host,emulated-10x,emulated-50x")
+    p.add_argument("--bandwidths", default="1,10,100")
+    p.add_argument("--drops", default="1,3", help="A0 = the base model's selection accuracy minus these points")
+    p.add_argument("--confidences", default="0.95,0")
+    p.add_argument("--ratios", default="0,0.5", help="pruning ratios of the candidate grid")
+    p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--rtt", type=float, default=5.0)
+    p.add_argument("--deploy-limit", type=int, default=300, help="test samples per deployed answer (0: none)")
+    p.add_argument("--out", default="runs/bench/promises")
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    frames, deps, bases = [], [], {}
+    for model in a.models.split(","):
+        t0 = time.perf_counter()
+        ctx = context(spec_for(model, [float(x) for x in a.ratios.split(",")], a.finetune_epochs, out), log=print)
+        reference_table(ctx.problem, ctx.pool, build=True, progress=True)  # the whole grid, once
+        bases[model] = {**{k: ctx.pool.base.meta.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds")},
+                        "data": ctx.data.sizes(), "grid_seconds": round(time.perf_counter() - t0, 1)}
+        df = scenarios(ctx, a.devices.split(","), [float(x) for x in a.bandwidths.split(",")],
+                       [float(x) for x in a.drops.split(",")], [float(x) for x in a.confidences.split(",")], a.rtt)
+        frames.append(df)
+        if a.deploy_limit:
+            deps.append(deploy_answers(ctx, df, out, a.deploy_limit, a.rtt))
+        ctx.db.dispose()
+        print(f"{model} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    methods = pd.concat(frames, ignore_index=True)
+    methods.to_csv(out / "methods.csv", index=False)
+    head = headline(methods)
+    head.to_csv(out / "headline.csv", index=False)
+    dep = pd.concat(deps, ignore_index=True) if deps else pd.DataFrame()
+    dep.to_csv(out / "deployed.csv", index=False)
+    meta = {"command": " ".join(sys.argv), "seconds": round(time.time() - started), "bases": bases,
+            "versions": versions(), "args": vars(a)}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    print(head.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+
+
+if __name__ == "__main__":
+    main()
