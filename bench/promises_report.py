@@ -83,8 +83,8 @@ def write(run: Path, out: Path) -> None:
             "test_exit_rate", "sent_bytes", "best baseline"] + [f"x {m}" for m in BASELINES]
     parts.append(_md(best[cols]) + "\n")
     parts.append("`x method` = that baseline's promised latency over ours (feasible baselines only; 1 = no gain).\n")
-    no_gain = best[[all(not (v > 1.0001) for v in r[[f"x {m}" for m in BASELINES]].dropna()) for _, r in best.iterrows()]]
-    parts.append(f"Scenarios where we do not beat the best baseline: {len(no_gain)} of {len(best)}"
+    no_gain = best[[r[[f"x {m}" for m in BASELINES]].dropna().min() <= 1.0001 for _, r in best.iterrows()]]
+    parts.append(f"Scenarios where we do not beat the best baseline (a tie within 0.01%): {len(no_gain)} of {len(best)}"
                  + (": " + "; ".join(f"{r.scenario} ({r['best baseline']})" for _, r in no_gain.iterrows()) if len(no_gain)
                     else "") + ".\n")
     if len(dep):

@@ -89,9 +89,7 @@ def joint_search(problem: Problem, pool, trials: int, seed_: int = 0) -> pd.Seri
     study = open_study("bench", optuna.storages.InMemoryStorage(), problem, False, seed_)
     seed(study, problem)
     study.optimize(Objective(problem, pool), n_trials=trials)
-    queued = polish(study, problem, pool)
-    if queued:
-        study.optimize(Objective(problem, pool), n_trials=queued)
+    polish(study, problem, pool)
     done = [t for t in study.trials if t.user_attrs.get("feasible")]
     if not done:
         return pd.Series({"method": JOINT, "feasible": False})

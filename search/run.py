@@ -211,9 +211,7 @@ def run(spec: RunSpec, argv: list[str] | None = None, log=print) -> dict:
         for w in workers:
             w.wait()
         if not spec.multi:
-            queued = polish(study, ctx.problem, ctx.pool)
-            if queued:
-                study.optimize(Objective(ctx.problem, ctx.pool), n_trials=queued, show_progress_bar=False)
+            polish(study, ctx.problem, ctx.pool)
         search_s = time.perf_counter() - started
         in_db = ctx.db.candidate_rows(ctx.pool.base.digest)
         spent = {"fine_tunes": ctx.pool.fine_tunes, "exit_trainings": ctx.pool.exit_trainings,

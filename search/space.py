@@ -82,6 +82,24 @@ class SearchSpace:
             p["input_codec"] = config.codec
         return p
 
+    def distributions(self, config: Config) -> dict:
+        """Optuna distributions of `config`'s parameters, as `suggest` defines them (for a recorded trial)."""
+        from optuna.distributions import CategoricalDistribution as Cat
+        from optuna.distributions import FloatDistribution
+
+        d: dict = {"k": Cat(list(self.splits))}
+        if config.k > 0:
+            d["r"] = Cat(list(self.ratios))
+        if exit_allowed(config.k, self.K):
+            d["exit"] = Cat([True, False])
+            if config.t is not None:
+                d["t"] = FloatDistribution(*T_RANGE)
+        if 0 < config.k < self.K:
+            d["codec"] = Cat(list(self.codecs))
+        elif config.k == 0:
+            d["input_codec"] = Cat(list(self.input_codecs))
+        return d
+
     def candidates(self) -> list[tuple[int, float]]:
         """Every (k, r) that needs its own network (k = 0 needs one, unpruned)."""
         return [(k, 0.0) if k == 0 else (k, r) for k in self.splits for r in (self.ratios if k else (0.0,))]

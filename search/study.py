@@ -14,7 +14,7 @@ from results.db import first_start, redact
 from compress.codec import is_variable
 from search.latency import expected_ms_many, lower_bound_ms
 from search.pool import Abandoned, CandidatePool
-from search.space import Problem, best_setting, score, violation
+from search.space import T_RANGE, Problem, best_setting, score, violation
 
 # A worker killed mid-trial is noticed GRACE_S after its last heartbeat and its trial re-queued.
 # The environment may shorten both (the kill test does).
@@ -187,17 +187,35 @@ def seed(study: optuna.Study, problem: Problem) -> int:
     return len(problem.space.splits)
 
 
+def record(study: optuna.Study, problem: Problem, pool: CandidatePool, config, **attrs) -> optuna.trial.FrozenTrial:
+    """Add `config`, scored from its cached evaluation, as a finished trial: no queue, so it cannot wait
+    behind trials a stopped search left queued, and it costs no inference."""
+    s = score(problem, config, pool.evaluations(config.k, config.r))
+    feasible = s.feasible(problem)
+    key = "T0" if problem.T0 is not None else "A0"
+    params = problem.space.params(config)
+    if "t" in params:
+        params["t"] = min(max(params["t"], T_RANGE[0]), T_RANGE[1])
+    trial = optuna.trial.create_trial(
+        params=params, distributions=problem.space.distributions(config),
+        value=s.acc_bound if problem.T0 is not None else s.latency_ms,
+        user_attrs={**s.as_dict(), "config": config.label(), "feasible": feasible, **attrs},
+        system_attrs={f"constraints:{key}": float(violation(problem, s.latency_ms, s.acc_bound))})
+    study.add_trial(trial)
+    return trial
+
+
 def polish(study: optuna.Study, problem: Problem, pool: CandidatePool) -> int:
-    """Queue, for every evaluated (k, r), its exact best threshold and codec: they cost no inference."""
+    """Record, for every evaluated (k, r), its exact best threshold and codec: they cost no inference."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "k" in t.user_attrs]
     seen = {(t.user_attrs["k"], t.user_attrs["r"], t.user_attrs["codec"], t.user_attrs["t"]) for t in done}
-    queued = 0
+    added = 0
     for k, r in sorted({(t.user_attrs["k"], t.user_attrs["r"]) for t in done}):
         c = best_setting(problem, k, r, pool.evaluations(k, r)).config
         if (c.k, c.r, c.codec, c.t) not in seen:
-            study.enqueue_trial(problem.space.params(c), skip_if_exists=True)
-            queued += 1
-    return queued
+            record(study, problem, pool, c, found_by="polish")
+            added += 1
+    return added
 
 
 def adopt(study: optuna.Study, problem: Problem, pool: CandidatePool, reference) -> bool:
@@ -210,7 +228,6 @@ def adopt(study: optuna.Study, problem: Problem, pool: CandidatePool, reference)
     if not float(r["latency_ms"]) < best_feasible_ms(study) - 1e-9:
         return False
     t = None if r["t"] is None or r["t"] != r["t"] else float(r["t"])
-    config = problem.space.canonical(int(r["k"]), float(r["r"]), t, r["codec"])
-    study.enqueue_trial(problem.space.params(config), user_attrs={"found_by": "baselines' pass"})
-    study.optimize(Objective(problem, pool), n_trials=1, show_progress_bar=False)
+    record(study, problem, pool, problem.space.canonical(int(r["k"]), float(r["r"]), t, r["codec"]),
+           found_by="baselines' pass")
     return True

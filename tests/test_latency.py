@@ -51,7 +51,7 @@ def _with(profile: Profile, part: str, k: int, r: float, ms: float) -> Profile:
     doc = copy.deepcopy(profile.doc)
     for row in doc["latency"]:
         if (row["part"], row["k"], row["r"]) == (part, k, r):
-            row["median_ms"] = row["p10_ms"] = row["p90_ms"] = ms
+            row["mean_ms"] = row["median_ms"] = row["p10_ms"] = row["p90_ms"] = ms
     return Profile(doc, "edited")
 
 
@@ -70,12 +70,13 @@ def test_formula_by_hand(host, server):
 
 
 def test_formula_on_measured_rows(host, server):
-    lat = host.latency.set_index(["part", "k", "r"]).median_ms
-    tail = server.latency.set_index(["part", "k", "r"]).median_ms
+    lat = {(row["part"], row["k"], row["r"]): row["mean_ms"] for row in host.doc["latency"]}  # the raw rows
+    tail = {(row["part"], row["k"], row["r"]): row["mean_ms"] for row in server.doc["latency"]}
     net = Network(25, 2)
     for k, r, codec, p in [(1, 0.3, "int8", 0.7), (3, 0.0, "fp32", 0.0), (4, 0.9, "fp16", 1.0)]:
         b = predict(host, server, net, k, r, codec, p)
         by_hand = lat["head", k, r] + lat["exit", k, r] + (1 - p) * (net.transfer_ms(b.bytes) + tail["tail", k, r])
+        assert (b.device_ms, b.server_ms) == (lat["head", k, r], tail["tail", k, r])  # the mean, not the median
         assert b.expected_ms == pytest.approx(by_hand)
 
 
@@ -92,10 +93,11 @@ def test_ends_of_the_split_range(host, server):
 
 def test_no_exit_costs_nothing_and_never_answers(host, server):
     net = Network(10, 5)
+    host = _with(host, "exit", 2, 0.0, 0.25)  # a measured marginal exit can be ~0 ms: give it a visible cost
     without = predict(host, server, net, 2, 0.0, "fp32", None)
     never = predict(host, server, net, 2, 0.0, "fp32", 0.0)
     assert (without.exit_ms, without.exit_rate) == (0.0, 0.0)
-    assert never.exit_ms == host.ms("exit", 2, 0.0) > 0
+    assert never.exit_ms == host.ms("exit", 2, 0.0) == 0.25
     assert never.expected_ms == pytest.approx(without.expected_ms + never.exit_ms)
 
 
