@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--confidence", type=float, default=0.95,
                    help="one-sided confidence of the promise (Wilson bound on the selection accuracy and on the "
                         "share of samples sent); 0 = point estimates")
+    g.add_argument("--per-candidate-bound", dest="familywise", action="store_false",
+                   help="bound each candidate at --confidence instead of the chosen one among all candidates "
+                        "(Bonferroni over the (k, r, codec) candidates of the space, the default)")
     g.add_argument("--objective", default="mean", choices=("mean", "p95", "p99"),
                    help="latency to minimise: the mean per request or a per-request quantile")
     g.add_argument("--T0", type=float, default=None,
@@ -109,7 +112,7 @@ def spec_from(args):
 
     return RunSpec(model=args.model, end_device=args.end_device, server=args.server, bandwidth=args.bandwidth,
                    rtt=args.rtt, A0=args.A0, T0=args.T0, metric=args.metric, multi=args.multi,
-                   confidence=args.confidence, objective=args.objective,
+                   confidence=args.confidence, objective=args.objective, familywise=args.familywise,
                    dataset=args.dataset, data_root=args.data_root, input_size=args.input_size, seed=args.seed,
                    weights=args.weights, base_epochs=args.base_epochs, finetune_epochs=args.finetune_epochs,
                    exit_epochs=args.exit_epochs,

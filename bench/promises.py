@@ -36,9 +36,10 @@ BASELINES = ("device only", "cloud only", "split (Neurosurgeon)", "split + exit 
 SPLITS = {"mobilenet_v2": [1, 2, 3, 4, 5, 6, 7, 8], "resnet18": [1, 2, 3, 4, 5]}
 
 
-def spec_for(model: str, ratios: list[float], finetune_epochs: int, out: Path) -> RunSpec:
+def spec_for(model: str, ratios: list[float], finetune_epochs: int, out: Path, familywise: bool = True) -> RunSpec:
     return RunSpec(model=model, end_device="host", ratios=ratios, splits=SPLITS.get(model),
-                   finetune_epochs=finetune_epochs, progress=True, run_dir=str(out / model)).resolved()
+                   finetune_epochs=finetune_epochs, progress=True, familywise=familywise,
+                   run_dir=str(out / model)).resolved()
 
 
 def scenarios(ctx, devices, bandwidths, drops, confidences, rtt: float) -> pd.DataFrame:
@@ -52,11 +53,12 @@ def scenarios(ctx, devices, bandwidths, drops, confidences, rtt: float) -> pd.Da
             for drop in drops:
                 for conf in confidences:
                     problem = Problem(dev, server, Network(bw, rtt), A0=round(base_sel - drop / 100, 4),
-                                      confidence=conf)
+                                      confidence=conf, families=ctx.problem.families)
                     problem.space = ctx.problem.space
                     t = reference_table(problem, ctx.pool, build=False, progress=False)
                     t.insert(0, "scenario", f"{ctx.spec.model} {device} {bw:g}Mbps A0-{drop:g}")
                     t = t.assign(model=ctx.spec.model, device=device, bandwidth_mbps=bw, A0=problem.A0,
+                                 candidates_bounded=problem.families,
                                  A0_drop=drop, confidence=conf, base_sel_acc=base_sel)
                     frames.append(t)
     df = pd.concat(frames, ignore_index=True)
@@ -140,6 +142,8 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--rtt", type=float, default=5.0)
     p.add_argument("--deploy-limit", type=int, default=300, help="test samples per deployed answer (0: none)")
+    p.add_argument("--per-candidate-bound", action="store_true",
+                   help="bound each candidate at the confidence (not the chosen one among all candidates)")
     p.add_argument("--out", default="runs/bench/promises")
     a = p.parse_args()
     out = Path(a.out)
@@ -148,7 +152,8 @@ def main() -> None:
     frames, deps, bases = [], [], {}
     for model in a.models.split(","):
         t0 = time.perf_counter()
-        ctx = context(spec_for(model, [float(x) for x in a.ratios.split(",")], a.finetune_epochs, out), log=print)
+        ctx = context(spec_for(model, [float(x) for x in a.ratios.split(",")], a.finetune_epochs, out,
+                               not a.per_candidate_bound), log=print)
         reference_table(ctx.problem, ctx.pool, build=True, progress=True)  # the whole grid, once
         bases[model] = {**{k: ctx.pool.base.meta.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds")},
                         "data": ctx.data.sizes(), "grid_seconds": round(time.perf_counter() - t0, 1)}

@@ -138,7 +138,9 @@ def write(ctx, study, reference: pd.DataFrame | None, spent: dict, versions: dic
 
 def promise(s, problem, sizes: dict[str, int]) -> dict:
     """What the answer promises (selection split, bounded) against what it delivers on the test split."""
-    out = {"confidence": problem.confidence, "objective": problem.objective, "n_selection": sizes["selection"],
+    out = {"confidence": problem.confidence, "candidates_bounded": problem.families,
+           "bound_confidence_each": problem.bound_confidence, "objective": problem.objective,
+           "n_selection": sizes["selection"],
            "n_test": sizes["test"], "promised_ms": s.latency_ms, "delivered_ms": s.test_latency_ms,
            "delivered_minus_promised_ms": s.test_latency_ms - s.latency_ms,
            "acc_bound": s.acc_bound, "sel_acc": s.sel_acc, "test_acc": s.test_acc,
@@ -153,7 +155,8 @@ def promise(s, problem, sizes: dict[str, int]) -> dict:
 
 def print_summary(result: dict, problem, out: Path) -> None:
     target = f"T0 = {problem.T0} ms" if problem.T0 is not None else f"A0 = {problem.A0}"
-    conf = f"confidence {problem.confidence:g}" if problem.confidence else "point estimates (--confidence 0)"
+    conf = (f"confidence {problem.confidence:g} over {problem.families} candidates" if problem.confidence
+            else "point estimates (--confidence 0)")
     print(f"\n== {result['study']}  ({target}, {problem.network}, {problem.objective} latency, {conf})")
     d = result.get("data", {})
     if d:

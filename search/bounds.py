@@ -22,7 +22,11 @@ def check_confidence(confidence: float) -> float:
 
 
 def z_value(confidence: float) -> float:
-    return 0.0 if check_confidence(confidence) == 0 else NormalDist().inv_cdf(confidence)
+    if confidence == 0:
+        return 0.0
+    if not 0.5 <= confidence < 1:  # a shared-out (family-wise) confidence may exceed what the flag allows
+        raise ValueError(f"confidence must be 0 or in [0.5, 1), got {confidence:g}")
+    return NormalDist().inv_cdf(confidence)
 
 
 def _wilson(p, n, z: float, sign: float) -> np.ndarray:

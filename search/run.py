@@ -49,6 +49,7 @@ class RunSpec:
     multi: bool = False
     confidence: float = 0.95  # one-sided Wilson bound on the selection accuracy and share sent; 0 = point
     objective: str = "mean"  # mean, p95 or p99 of per-request latency
+    familywise: bool = True  # the bound holds for the chosen candidate among all of the space (Bonferroni)
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     input_size: int = 32
@@ -112,6 +113,11 @@ class RunSpec:
         return RunSpec(**{**asdict(self), "study": name, "run_dir": run_dir, "storage": url})
 
 
+def families(space: SearchSpace) -> int:
+    """How many (k, r, codec) candidates an answer is chosen among."""
+    return sum(len(space.codecs_at(k)) for k, _ in space.candidates())
+
+
 @dataclass
 class Context:
     spec: RunSpec
@@ -144,6 +150,8 @@ def context(spec: RunSpec, log=print) -> Context:
             raise ValueError(f"splits {bad} are not intermediate split points of {spec.model} (1..{K - 1})")
         splits = tuple(sorted({0, K, *spec.splits}))
     problem.space = SearchSpace(K, ratios, tuple(spec.codecs), splits, tuple(spec.input_codecs))
+    if spec.familywise:
+        problem.families = families(problem.space)
     Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
     study_storage = storage(spec.storage)  # a bad URL fails here, before any training
     data = datasets.load(spec.dataset, spec.data_root, spec.input_size, spec.seed)

@@ -117,12 +117,21 @@ class Problem:
     metric: str = "top1"
     confidence: float = 0.95  # one-sided bound on the selection accuracy and share sent; 0 = point estimates
     objective: str = "mean"  # mean, p95 or p99 of per-request latency
+    families: int = 1  # candidates (k, r, codec) the answer is chosen among: the bound is shared out (Bonferroni)
     space: SearchSpace = field(init=False)
 
     def __post_init__(self) -> None:
         bounds.check_confidence(self.confidence)
         check_objective(self.objective)
+        if self.families < 1:
+            raise ValueError(f"families must be at least 1, got {self.families}")
         self.space = SearchSpace(self.device.K, tuple(self.device.ratios))
+
+    @property
+    def bound_confidence(self) -> float:
+        """The confidence of each candidate's bound, so that the chosen one's holds with `confidence`: the
+        answer is picked among `families` candidates, each tested as a fixed sequence over its thresholds."""
+        return 0.0 if not self.confidence else 1.0 - (1.0 - self.confidence) / self.families
 
 
 @dataclass
@@ -182,7 +191,7 @@ def _breakdown(problem: Problem, config: Config, ev: Evaluation) -> tuple[Breakd
 
 def promised_rates(problem: Problem, point_rates, n: int) -> np.ndarray:
     """Exit rates the latency promise uses: 1 - the upper bound of the share sent."""
-    return 1.0 - bounds.upper(1.0 - np.asarray(point_rates, dtype=float), n, problem.confidence)
+    return 1.0 - bounds.upper(1.0 - np.asarray(point_rates, dtype=float), n, problem.bound_confidence)
 
 
 def accuracy_bounds(problem: Problem, ev: Evaluation, codec: str) -> tuple[np.ndarray, ...]:
@@ -195,7 +204,7 @@ def accuracy_bounds(problem: Problem, ev: Evaluation, codec: str) -> tuple[np.nd
     confidence 0 it is the point estimate.
     """
     ts, acc, rate = ev.curve(codec, problem.metric)
-    lb = bounds.lower(acc, len(ev.label), problem.confidence)
+    lb = bounds.lower(acc, len(ev.label), problem.bound_confidence)
     if problem.confidence and len(lb):
         lb = np.minimum.accumulate(lb)
     return ts, acc, rate, lb
@@ -210,7 +219,7 @@ def score(problem: Problem, config: Config, evaluations: dict[str, Evaluation]) 
     promised = float(promised_rates(problem, [rate], n)[0]) if config.t is not None else 0.0
     b = b.with_exit_rate(promised)
     acc = float(sel.accuracy([config.t], config.codec, problem.metric)[0])
-    acc_bound = float(bounds.lower(acc, n, problem.confidence))
+    acc_bound = float(bounds.lower(acc, n, problem.bound_confidence))
     if config.t is not None and sel.exit_conf is not None:
         ts, _, _, lb = accuracy_bounds(problem, sel, config.codec)
         passed = int(np.count_nonzero(ts >= config.t))  # thresholds tested before this one, itself included

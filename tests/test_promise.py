@@ -26,8 +26,10 @@ def test_confidence_zero_is_the_point_estimate_and_bad_values_are_refused():
     assert np.array_equal(bounds.lower(p, 100, 0), p) and np.array_equal(bounds.upper(p, 100, 0), p)
     assert bounds.upper(0.0, 4000, 0.95) > 0  # a send never seen in 4000 samples is still priced in
     for bad in (0.2, 1.0, -0.1):
-        with pytest.raises(ValueError, match="--confidence must be 0"):
+        with pytest.raises(ValueError, match="confidence must be 0 or in"):
             bounds.lower(0.5, 10, bad)
+        with pytest.raises(ValueError, match="--confidence must be 0"):
+            bounds.check_confidence(bad)
 
 
 def _evaluation(rng, n: int) -> Evaluation:
@@ -96,3 +98,18 @@ def test_bounded_share_sent_prices_a_rare_send():
     assert sent == pytest.approx(bounds.upper(0.0, 2000, 0.95))
     assert bounded.latency_ms == pytest.approx(bounded.breakdown.exit_path_ms + sent * bounded.breakdown.sent_ms)
     assert bounded.latency_ms > point.latency_ms
+
+
+def test_familywise_bound_shares_the_confidence_among_the_candidates():
+    """Choosing among M candidates: each is bounded at 1 - (1 - C) / M, so the chosen one's holds at C."""
+    rng = np.random.default_rng(3)
+    evals = {"selection": _evaluation(rng, 1000), "test": _evaluation(rng, 1000)}
+    one, many = _problem(0.95), _problem(0.95)
+    many.families = 40
+    assert many.bound_confidence == pytest.approx(1 - 0.05 / 40) and one.bound_confidence == 0.95
+    s_one, s_many = best_setting(one, 2, 0.0, evals), best_setting(many, 2, 0.0, evals)
+    assert s_many.acc_bound >= 0.9 and s_many.latency_ms >= s_one.latency_ms  # more careful, never faster
+    assert s_many.acc_bound < s_many.sel_acc - (s_one.sel_acc - s_one.acc_bound)  # a wider margin below the estimate
+    point = _problem(0.0)
+    point.families = 40
+    assert point.bound_confidence == 0.0  # --confidence 0 stays the point estimate
