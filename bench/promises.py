@@ -42,25 +42,34 @@ def spec_for(model: str, ratios: list[float], finetune_epochs: int, out: Path, f
                    run_dir=str(out / model)).resolved()
 
 
-def scenarios(ctx, devices, bandwidths, drops, confidences, rtt: float) -> pd.DataFrame:
-    """One row per (scenario, method): promise and delivery of each method's exact best."""
-    base_sel = float(ctx.pool.evaluations(0, 0.0)["selection"].accuracy([None], "raw")[0])
+def problems(ctx, devices, bandwidths, drops, rtt: float, base_acc: float, confidences=(0.95,),
+             families: int | None = None):
+    """Each scenario's Problem over the context's search space, in the order device x bandwidth x A0 drop x
+    confidence, with A0 = base_acc minus the drop in points: (device, bandwidth, drop, problem).
+    `families` defaults to the context's (the bound the run itself would use)."""
     server = load_profile(ctx.spec.server, ctx.spec.model, ctx.spec.input_size)
-    frames = []
     for device in devices:
         dev = load_profile(device, ctx.spec.model, ctx.spec.input_size)
         for bw in bandwidths:
             for drop in drops:
                 for conf in confidences:
-                    problem = Problem(dev, server, Network(bw, rtt), A0=round(base_sel - drop / 100, 4),
-                                      confidence=conf, families=ctx.problem.families)
+                    problem = Problem(dev, server, Network(bw, rtt), A0=round(base_acc - drop / 100, 4),
+                                      confidence=conf, families=families or ctx.problem.families)
                     problem.space = ctx.problem.space
-                    t = reference_table(problem, ctx.pool, build=False, progress=False)
-                    t.insert(0, "scenario", f"{ctx.spec.model} {device} {bw:g}Mbps A0-{drop:g}")
-                    t = t.assign(model=ctx.spec.model, device=device, bandwidth_mbps=bw, A0=problem.A0,
-                                 candidates_bounded=problem.families,
-                                 A0_drop=drop, confidence=conf, base_sel_acc=base_sel)
-                    frames.append(t)
+                    yield device, bw, drop, problem
+
+
+def scenarios(ctx, devices, bandwidths, drops, confidences, rtt: float) -> pd.DataFrame:
+    """One row per (scenario, method): promise and delivery of each method's exact best."""
+    base_sel = float(ctx.pool.evaluations(0, 0.0)["selection"].accuracy([None], "raw")[0])
+    frames = []
+    for device, bw, drop, problem in problems(ctx, devices, bandwidths, drops, rtt, base_sel, confidences):
+        t = reference_table(problem, ctx.pool, build=False, progress=False)
+        t.insert(0, "scenario", f"{ctx.spec.model} {device} {bw:g}Mbps A0-{drop:g}")
+        t = t.assign(model=ctx.spec.model, device=device, bandwidth_mbps=bw, A0=problem.A0,
+                     candidates_bounded=problem.families,
+                     A0_drop=drop, confidence=problem.confidence, base_sel_acc=base_sel)
+        frames.append(t)
     df = pd.concat(frames, ignore_index=True)
     K = ctx.problem.space.K
     df["meets_A0"] = df.test_acc >= df.A0

@@ -25,6 +25,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from bench.promises import problems  # noqa: E402
 from bench.search_efficiency import efficiency  # noqa: E402
 from profiles import Network, load_profile  # noqa: E402
 from search.pool import Abandoned  # noqa: E402
@@ -100,23 +101,17 @@ def joint_search(problem: Problem, pool, trials: int, seed_: int = 0) -> pd.Seri
 
 def scenario_rows(ctx, devices, bandwidths, drops, rtt: float, trials: int) -> pd.DataFrame:
     base_acc = ctx.pool.base.meta["val_acc"]
-    server = load_profile(ctx.spec.server, ctx.spec.model, ctx.spec.input_size)
     frames = []
-    for device in devices:
-        dev = load_profile(device, ctx.spec.model, ctx.spec.input_size)
-        for bw in bandwidths:
-            for drop in drops:
-                problem = Problem(dev, server, Network(bw, rtt), A0=round(base_acc - drop / 100, 4))
-                problem.space = ctx.problem.space
-                table = reference_table(problem, ctx.pool, build=False, progress=False)
-                table = pd.concat([table, joint_search(problem, ctx.pool, trials).to_frame().T], ignore_index=True)
-                table.insert(0, "scenario", f"{ctx.spec.model} {ctx.spec.input_size}px {device} {bw:g}Mbps "
-                                            f"A0-{drop:g}")
-                for col, value in (("model", ctx.spec.model), ("size", ctx.spec.input_size), ("device", device),
-                                   ("bandwidth_mbps", bw), ("A0", problem.A0), ("A0_drop", drop),
-                                   ("base_val_acc", base_acc)):
-                    table[col] = value
-                frames.append(table)
+    for device, bw, drop, problem in problems(ctx, devices, bandwidths, drops, rtt, base_acc, families=1):
+        table = reference_table(problem, ctx.pool, build=False, progress=False)
+        table = pd.concat([table, joint_search(problem, ctx.pool, trials).to_frame().T], ignore_index=True)
+        table.insert(0, "scenario", f"{ctx.spec.model} {ctx.spec.input_size}px {device} {bw:g}Mbps "
+                                    f"A0-{drop:g}")
+        for col, value in (("model", ctx.spec.model), ("size", ctx.spec.input_size), ("device", device),
+                           ("bandwidth_mbps", bw), ("A0", problem.A0), ("A0_drop", drop),
+                           ("base_val_acc", base_acc)):
+            table[col] = value
+        frames.append(table)
     df = pd.concat(frames, ignore_index=True)
     df["sent_bytes"] = df["bytes"] * (1 - df["exit_rate"].astype(float))  # expected bytes per request
     return df

@@ -185,8 +185,9 @@ def evaluate(model: SplitModel, exit_branch: nn.Module | None, k: int, data: Dat
     """Per-sample exit and final predictions on a split, what is sent passed through each codec.
 
     At k = 0 the uint8 images go through each input codec (decoded images, bytes measured per sample);
-    at 0 < k < K the split tensor goes through each feature codec; int8-zlib loses what int8 loses, so
-    it shares int8's predictions and only its bytes are measured.
+    at 0 < k < K the split tensor goes through each feature codec.  A lossless codec (codec.SAME_LOSS:
+    int8-zlib on int8, PNG on raw) shares the answers of the codec it loses as much as, so only its bytes
+    are measured.
     """
     model.eval()
     head, tail = model.head(k).eval(), model.tail(k).eval()
@@ -194,36 +195,39 @@ def evaluate(model: SplitModel, exit_branch: nn.Module | None, k: int, data: Dat
         exit_branch.eval()
     names = codec_names or codecs_at(k, model.K)
     cols: dict[str, list] = {"label": [], "conf": [], "pred": [], "top5": []}
-    passes = [c for c in names if c != "int8-zlib"] or ["int8"]
+    passes = list(dict.fromkeys(codecs.SAME_LOSS.get(c, c) for c in names))
     finals: dict[str, list] = {c: [] for c in passes}
     finals5: dict[str, list] = {c: [] for c in passes}
     sizes: dict[str, list] = {c: [] for c in names if codecs.is_variable(c)}
     for images, labels in data.loader(split, batch_size=256):
         cols["label"].append(labels)
         if k == 0:
+            sent = images.numpy()
             for c in passes:
-                decoded, nb = codecs.roundtrip_images(images.numpy(), c)
+                decoded, nb = codecs.roundtrip_images(sent, c)
                 if c in sizes:
                     sizes[c].append(torch.from_numpy(nb))
                 logits = tail(data.normalize(torch.from_numpy(decoded)))
                 finals[c].append(logits.argmax(1))
                 finals5[c].append(_topk_hit(logits, labels))
-            continue
-        feats = head(data.normalize(images))
-        if exit_branch is not None:
-            probs = F.softmax(exit_branch(feats), dim=1)
-            conf, pred = probs.max(dim=1)
-            cols["conf"].append(conf)
-            cols["pred"].append(pred)
-            cols["top5"].append(_topk_hit(probs, labels))
+        else:
+            feats = head(data.normalize(images))
+            sent = feats.numpy()
+            if exit_branch is not None:
+                probs = F.softmax(exit_branch(feats), dim=1)
+                conf, pred = probs.max(dim=1)
+                cols["conf"].append(conf)
+                cols["pred"].append(pred)
+                cols["top5"].append(_topk_hit(probs, labels))
+            for c in passes:
+                logits = tail(codecs.roundtrip(feats, c) if k < model.K else feats)
+                finals[c].append(logits.argmax(1))
+                finals5[c].append(_topk_hit(logits, labels))
         for c in sizes:
-            sizes[c].append(torch.from_numpy(codecs.sample_bytes(feats.numpy(), c)))
-        for c in passes:
-            logits = tail(codecs.roundtrip(feats, c) if 0 < k < model.K else feats)
-            finals[c].append(logits.argmax(1))
-            finals5[c].append(_topk_hit(logits, labels))
+            if c not in passes:  # a lossless codec: encoded for its bytes only
+                sizes[c].append(torch.from_numpy(codecs.sample_bytes(sent, c)))
     cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
-    of = lambda c: c if c in finals else "int8"  # noqa: E731
+    of = lambda c: codecs.SAME_LOSS.get(c, c)  # noqa: E731
     return Evaluation(cat(cols["label"]), cat(cols["conf"]), cat(cols["pred"]), cat(cols["top5"]),
                       {c: cat(finals[of(c)]) for c in names}, {c: cat(finals5[of(c)]) for c in names},
                       {c: cat(v) for c, v in sizes.items()})

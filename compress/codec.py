@@ -25,6 +25,7 @@ IMAGE_FORMATS = {"png": ("PNG", None), "jpeg90": ("JPEG", 90), "jpeg75": ("JPEG"
 INPUT_CODECS = ("raw",) + tuple(IMAGE_FORMATS)
 ALL_CODECS = FEATURE_CODECS + INPUT_CODECS
 VARIABLE = ("int8-zlib",) + tuple(IMAGE_FORMATS)  # bytes depend on the sample: measured per sample
+SAME_LOSS = {"int8-zlib": "int8", "png": "raw"}  # lossless on top of another codec: the same answers
 _INT8_HEADER = np.dtype("<f4").itemsize * 2  # offset and scale
 ZLIB_LEVEL = 6
 

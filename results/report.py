@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from search.latency import PARTS, predict  # noqa: E402
-from search.space import Config, score  # noqa: E402
+from search.latency import PARTS  # noqa: E402
+from search.space import Config, breakdown_for, score  # noqa: E402
 
 
 def trials_frame(study) -> pd.DataFrame:
@@ -77,9 +77,7 @@ def threshold_plot(problem, evaluations, config: Config, path: Path) -> None:
     ev = evaluations["selection"]
     acc = ev.accuracy(list(ts), config.codec, problem.metric)
     rate = ev.exit_rate(list(ts))
-    lat = predict(problem.device, problem.server, problem.network, config.k, config.r, config.codec,
-                  exit_rate=0.0, n_bytes=ev.sample_bytes(config.codec).mean() if config.codec in ev.nbytes else None
-                  ).expected_at(rate)
+    lat = breakdown_for(problem, config, ev)[0].expected_at(rate)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ts, lat, "b-", label="expected latency")
     ax.set_xlabel("exit threshold t")
@@ -103,7 +101,7 @@ def write(ctx, study, reference: pd.DataFrame | None, spent: dict, versions: dic
     """Write every output of the run and print the summary; returns what best.json holds."""
     problem, out = ctx.problem, Path(ctx.spec.run_dir)
     trials_frame(study).to_csv(out / "trials.csv", index=False)
-    best, most_accurate = choose(study, problem)
+    best, closest = choose(study, problem)
     result = {"study": ctx.spec.study, "args": args, "versions": versions, "spent": spent,
               "device_profile": problem.device.meta, "server_profile": problem.server.meta,
               "network": {"bandwidth_mbps": problem.network.bandwidth_mbps, "rtt_ms": problem.network.rtt_ms},
@@ -121,7 +119,7 @@ def write(ctx, study, reference: pd.DataFrame | None, spent: dict, versions: dic
                       promise=promise(s, problem, ctx.data.sizes()))
         threshold_plot(problem, ctx.pool.evaluations(s.config.k, s.config.r), s.config, out / "threshold.png")
     else:
-        result.update(feasible=False, closest=most_accurate)
+        result.update(feasible=False, closest=closest)
     if _completed(study):
         pareto_plot(study, out / "pareto.png", best)
     if reference is not None:

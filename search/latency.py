@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from compress.codec import is_variable
 from profiles.network import Network
 from profiles.profile import Profile, check_pair, has_exit
 
@@ -126,15 +127,10 @@ def _check_rate(exit_rate: float | None, k: int, K: int) -> float:
 
 
 def _overheads(device: Profile, server: Profile, k: int, r: float, codec: str) -> dict[str, float]:
-    if k == device.K:
-        codec = "fp32"  # nothing is sent: the device overhead alone
-    dev = device.overhead(k, r, codec) if hasattr(device, "overhead") else {}
-    srv = server.overhead(k, r, codec) if hasattr(server, "overhead") else {}
-    out = {"device_overhead_ms": float(dev.get("device_overhead_ms", 0.0)),
-           "encode_ms": float(dev.get("encode_ms", 0.0)),
-           "link_overhead_ms": float(srv.get("link_overhead_ms", 0.0)),
-           "server_overhead_ms": float(srv.get("server_overhead_ms", 0.0))}
-    if k == device.K:
+    dev, srv = device.overhead(k, r, codec), server.overhead(k, r, codec)  # each holds its own side's parts
+    out = {"device_overhead_ms": dev["device_overhead_ms"], "encode_ms": dev["encode_ms"],
+           "link_overhead_ms": srv["link_overhead_ms"], "server_overhead_ms": srv["server_overhead_ms"]}
+    if k == device.K:  # nothing is sent: the device overhead alone
         out.update(encode_ms=0.0, link_overhead_ms=0.0, server_overhead_ms=0.0)
     return out
 
@@ -153,8 +149,7 @@ def predict(device: Profile, server: Profile, network: Network, k: int, r: float
     if k == device.K:
         n_bytes = 0
     exit_ms = device.ms("exit", k, r) if exit_rate is not None else 0.0
-    return Breakdown(device_ms=device.ms("head", k, r), exit_ms=exit_ms,
-                     transfer_ms=network.transfer_ms(n_bytes) if k < device.K else 0.0,
+    return Breakdown(device_ms=device.ms("head", k, r), exit_ms=exit_ms, transfer_ms=network.transfer_ms(n_bytes),
                      server_ms=server.ms("tail", k, r), bytes=float(n_bytes), exit_rate=rate, k=k, r=r, codec=codec,
                      **_overheads(device, server, k, r, codec))
 
@@ -178,12 +173,7 @@ def lower_bound_ms(device: Profile, server: Profile, network: Network, k: int, r
     sending nothing at all (its bytes are not known before it is evaluated).  A candidate whose bound
     is already worse than the best feasible one found can be skipped without evaluating its accuracy.
     """
-    from compress.codec import is_variable
-
-    none = predict(device, server, network, k, r, codec, exit_rate=None,
-                   n_bytes=0 if is_variable(codec) else None)
-    if is_variable(codec):
-        none = Breakdown(**{**asdict(none), "transfer_ms": network.transfer_ms(0)})
+    none = predict(device, server, network, k, r, codec, exit_rate=None, n_bytes=0 if is_variable(codec) else None)
     if not has_exit(k, device.K):
         return none.expected_ms
     return none.exit_path_ms + min(device.ms("exit", k, r), none.sent_ms)

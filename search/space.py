@@ -11,7 +11,7 @@ from compress.candidate import Evaluation, exit_allowed
 from compress.codec import FEATURE_CODECS, INPUT_CODECS, is_variable
 from profiles import Network, Profile
 from search import bounds
-from search.latency import Breakdown, check_objective, predict
+from search.latency import OVERHEADS, Breakdown, check_objective, predict
 
 T_RANGE = (0.1, 1.0)  # max softmax over >= 2 classes is above 1/classes; 1.0 answers only certain samples
 
@@ -159,9 +159,7 @@ class Score:
                 "exit_rate": self.breakdown.exit_rate, "sel_exit_rate": self.sel_exit_rate,
                 "test_acc": self.test_acc, "test_exit_rate": self.test_exit_rate,
                 "delivered_ms": self.test_latency_ms, "exit_answers_all": self.sel_exit_rate >= 1.0,
-                **{key: b[key] for key in ("device_ms", "exit_ms", "transfer_ms", "server_ms", "bytes",
-                                           "device_overhead_ms", "encode_ms", "link_overhead_ms",
-                                           "server_overhead_ms")}}
+                **{key: b[key] for key in ("device_ms", "exit_ms", "transfer_ms", "server_ms", "bytes", *OVERHEADS)}}
 
 
 def violation(problem: Problem, latency_ms: float, accuracy: float) -> float:
@@ -172,17 +170,21 @@ def violation(problem: Problem, latency_ms: float, accuracy: float) -> float:
 
 
 def _bytes(problem: Problem, config: Config, ev: Evaluation) -> tuple[float | None, np.ndarray | None]:
-    """(mean payload, per-sample transfer deviations in ms) of a variable-size codec on a split."""
+    """(mean payload, per-sample transfer deviations in ms for a quantile objective) of a variable-size
+    codec on a split; (None, None) for a fixed-size one (the profile's bytes table)."""
     if not is_variable(config.codec) or config.k == problem.space.K:
         return None, None
     sizes = ev.sample_bytes(config.codec)
     mean = float(sizes.mean())
+    if problem.objective == "mean":
+        return mean, None
     net = problem.network
-    return mean, np.array([net.transfer_ms(b) - net.transfer_ms(mean) for b in (sizes.min(), sizes.max())]) \
-        if problem.objective == "mean" else np.array([net.transfer_ms(b) for b in sizes]) - net.transfer_ms(mean)
+    return mean, net.transfer_ms_many(sizes) - net.transfer_ms(mean)
 
 
-def _breakdown(problem: Problem, config: Config, ev: Evaluation) -> tuple[Breakdown, np.ndarray | None]:
+def breakdown_for(problem: Problem, config: Config, ev: Evaluation) -> tuple[Breakdown, np.ndarray | None]:
+    """`config`'s latency breakdown (exit rate 0) with the bytes measured on `ev`, and the per-sample
+    transfer deviations a quantile objective needs."""
     n_bytes, extra = _bytes(problem, config, ev)
     b = predict(problem.device, problem.server, problem.network, config.k, config.r, config.codec,
                 exit_rate=0.0 if config.t is not None else None, n_bytes=n_bytes)
@@ -213,7 +215,7 @@ def accuracy_bounds(problem: Problem, ev: Evaluation, codec: str) -> tuple[np.nd
 def score(problem: Problem, config: Config, evaluations: dict[str, Evaluation]) -> Score:
     """Promised latency (bounded share sent) and accuracy bound on the selection split; delivery on test."""
     sel, test = evaluations["selection"], evaluations["test"]
-    b, extra = _breakdown(problem, config, sel)
+    b, extra = breakdown_for(problem, config, sel)
     n = len(sel.label)
     rate = float(sel.exit_rate([config.t])[0])
     promised = float(promised_rates(problem, [rate], n)[0]) if config.t is not None else 0.0
@@ -226,7 +228,7 @@ def score(problem: Problem, config: Config, evaluations: dict[str, Evaluation]) 
         if passed:
             acc_bound = float(lb[passed - 1])
     test_rate = float(test.exit_rate([config.t])[0])
-    tb, textra = _breakdown(problem, config, test)
+    tb, textra = breakdown_for(problem, config, test)
     return Score(config, b, problem.objective, float(b.objective_at(problem.objective, [promised], extra)[0]),
                  acc, acc_bound, rate, float(test.accuracy([config.t], config.codec, problem.metric)[0]), test_rate,
                  float(tb.objective_at(problem.objective, [test_rate], textra)[0]))
@@ -242,14 +244,14 @@ def best_threshold(problem: Problem, k: int, r: float, codec: str, evaluations: 
         return base
     sel = evaluations["selection"]
     ts, _, rate, acc_lb = accuracy_bounds(problem, sel, codec)
-    b, extra = _breakdown(problem, Config(k, r, 0.5, codec), sel)
+    b, extra = breakdown_for(problem, Config(k, r, 0.5, codec), sel)
     lat = b.objective_at(problem.objective, promised_rates(problem, rate, len(sel.label)), extra)
     key = objective_key(problem)
-    best, best_key = base, key(base.latency_ms, base.acc_bound)
+    best, best_key = None, key(base.latency_ms, base.acc_bound)
     for i in range(len(ts)):
         if key(lat[i], acc_lb[i]) < best_key:
             best_key, best = key(lat[i], acc_lb[i]), i
-    return best if isinstance(best, Score) else score(problem, Config(k, r, float(ts[best]), codec), evaluations)
+    return base if best is None else score(problem, Config(k, r, float(ts[best]), codec), evaluations)
 
 
 def best_setting(problem: Problem, k: int, r: float, evaluations: dict[str, Evaluation],

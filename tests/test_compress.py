@@ -64,7 +64,11 @@ def test_ratio_zero_reproduces_base_exactly(resnet_base, digits32):
 def test_cloud_only_evaluates_every_input_codec_on_decoded_images(resnet_base, digits32):
     ev = cand.build_candidate(resnet_base, digits32, 0, 0.0, progress=False).evaluations["test"]
     assert set(ev.final) == set(codec.INPUT_CODECS) and ev.exit_conf is None
-    assert np.array_equal(ev.final["png"], ev.final["raw"])  # lossless: the same answers
+    assert np.array_equal(ev.final["png"], ev.final["raw"])  # shared by construction (codec.SAME_LOSS) ...
+    images = digits32.arrays("test")[0].numpy()
+    decoded, sizes = codec.roundtrip_images(images, "png")
+    assert np.array_equal(decoded, images)  # ... because PNG really is lossless on these images
+    assert np.array_equal(sizes, ev.sample_bytes("png"))  # and the bytes are those the wire would carry
     raw_bytes = 3 * 32 * 32
     assert (ev.sample_bytes("png") < raw_bytes).all()  # a grey digit as one PNG channel
     assert ev.sample_bytes("jpeg50").mean() < ev.sample_bytes("jpeg90").mean()
