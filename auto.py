@@ -10,15 +10,16 @@ import argparse
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 # Before torch loads: OpenMP threads that spin while another process holds the other core slowed
 # training and evaluation here by 3x to 100x (measured); passive waiting costs nothing when idle.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from compress import zoo
+# Only light modules here: torch (10 s to load) waits until the arguments are checked (main)
 from compress.codec import FEATURE_CODECS, INPUT_CODECS
-from compress.data import DATASETS
-from compress.train import PRECISIONS
+from compress.names import DATASETS, MODELS, PRECISIONS
+from search.spec import check_spec
 
 STORAGE_ENV = "SPLITOPT_STORAGE"  # how --n-workers hands the storage URL to its workers (not on argv)
 
@@ -40,7 +41,7 @@ def _ints(text: str) -> list[int]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("scenario")
-    g.add_argument("--model", default="mobilenet_v2", help=f"architecture: {', '.join(zoo.ZOO)}")
+    g.add_argument("--model", default="mobilenet_v2", help=f"architecture: {', '.join(MODELS)}")
     g.add_argument("--end_device", "--end-device", dest="end_device", default="emulated-10x",
                    help="end-device profile: a shipped name (python -m profiles list) or a profile JSON path")
     g.add_argument("--server", default="server", help="server profile: a shipped name or a JSON path")
@@ -90,11 +91,23 @@ def parser() -> argparse.ArgumentParser:
                    help=f"feature codecs to search at a split, from {', '.join(FEATURE_CODECS)}")
     g.add_argument("--input-codecs", default=",".join(INPUT_CODECS),
                    help=f"image codecs for k = 0 (cloud only), from {', '.join(INPUT_CODECS)}")
+    g.add_argument("--measurements", default=None, metavar="FILE",
+                   help="CSV of accuracies measured elsewhere (k, r, top1, n, ...; see README): used instead of "
+                        "fine-tuning where a row exists")
+    g.add_argument("--measured-only", action="store_true",
+                   help="with --measurements: search only the candidates the file holds, train nothing "
+                        "(a published landscape, or fine-tunes that run elsewhere)")
+    g.add_argument("--suggest", type=int, default=None, metavar="N",
+                   help="train nothing: print the best answer the measurements give so far and the next N "
+                        "candidates worth a fine-tune (ask); add their rows and rerun (tell)")
     g.add_argument("--exhaustive", action="store_true",
                    help="fine-tune the whole grid for exact baselines and the exhaustive optimum")
-    g.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
-                   help="Optuna storage URL (default: sqlite in the run directory); "
-                        "mysql+pymysql://user:pass@host:3306/db to share a study")
+    g.add_argument("--storage", default=None,
+                   help=f"Optuna storage URL (default: ${STORAGE_ENV}, else sqlite in the run directory); "
+                        "mysql+pymysql://user:pass@host:3306/db to share a study (a password on the command line "
+                        f"is readable by any local user: prefer --storage-file or ${STORAGE_ENV})")
+    g.add_argument("--storage-file", default=None, metavar="PATH",
+                   help="read the storage URL from the first line of this file (e.g. mode 600)")
     g.add_argument("--study", default=None, help="study name: resumes it if it exists")
     g.add_argument("--n-workers", type=int, default=1, help="worker processes on this machine")
     g.add_argument("--join", action="store_true", help="only add trials to the shared study (a worker), no report")
@@ -107,6 +120,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _names(text: str) -> list[str]:
+    return [c for c in text.split(",") if c]
+
+
+def storage_from(args) -> str | None:
+    """The storage URL: --storage, else the first line of --storage-file, else $SPLITOPT_STORAGE (None: SQLite
+    in the run directory).  The file and the variable keep a password off the command line, which any local
+    user can read (ps, /proc/<pid>/cmdline)."""
+    if args.storage and args.storage_file:
+        raise ValueError("give the storage URL once: --storage or --storage-file, not both")
+    if args.storage_file:
+        try:
+            with open(args.storage_file, encoding="utf-8") as f:
+                url = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8 text"
+            raise ValueError(f"--storage-file {args.storage_file}: cannot read it ({why})") from None
+        if not url:
+            raise ValueError(f"--storage-file {args.storage_file}: its first line is empty; it must hold the "
+                             "storage URL, e.g. mysql+pymysql://user:pass@host:3306/db")
+        return url
+    return args.storage or os.environ.get(STORAGE_ENV) or None
+
+
 def spec_from(args):
     from search.run import RunSpec
 
@@ -117,16 +154,18 @@ def spec_from(args):
                    weights=args.weights, base_epochs=args.base_epochs, finetune_epochs=args.finetune_epochs,
                    exit_epochs=args.exit_epochs,
                    ratios=args.ratios, splits=args.splits, precision=args.precision,
-                   codecs=[c for c in args.codecs.split(",") if c],
-                   input_codecs=[c for c in args.input_codecs.split(",") if c], trials=args.trials,
+                   codecs=_names(args.codecs),
+                   input_codecs=_names(args.input_codecs), trials=args.trials,
                    time_budget=args.time_budget,
                    n_workers=args.n_workers, storage=args.storage, study=args.study, run_dir=args.run_dir,
-                   exhaustive=args.exhaustive, progress=args.progress)
+                   exhaustive=args.exhaustive, measurements=args.measurements, suggest=args.suggest,
+                   measured_only=args.measured_only,
+                   progress=args.progress)
 
 
 def worker_argv(argv: list[str], spec) -> list[str]:
     """The command line of an extra local worker: the resolved study and run directory."""
-    skip = {"--study", "--run-dir", "--storage", "--n-workers"}
+    skip = {"--study", "--run-dir", "--storage", "--storage-file", "--n-workers"}
     out, it = [], iter(argv)
     for a in it:
         name = a.split("=", 1)[0]
@@ -143,11 +182,21 @@ def worker_argv(argv: list[str], spec) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
-    from search.run import join, run
+    try:  # before search.run imports torch: an argument error answers at once, not after 10 s
+        args.storage = storage_from(args)
+        check_spec(SimpleNamespace(**{**vars(args), "codecs": _names(args.codecs),
+                                      "input_codecs": _names(args.input_codecs)}))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from search.run import join, run, suggest
 
     try:
         spec = spec_from(args)
         spec.validate()
+        if spec.suggest:
+            suggest(spec)
+            return 0
         spec = spec.resolved()
         if args.join:
             join(spec)
@@ -176,7 +225,7 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
     cand = ctx.pool.candidate(int(best["k"]), float(best["r"]))
     out = Path(spec.run_dir) / "deploy"
     # predicted for exactly the test samples the edge sends: their exit decisions come from the evaluation
-    _, summary = deploy_candidate(cand, ctx.data, out, best["t"], best["codec"], result["predicted"], seed=spec.seed,
+    _, summary = deploy_candidate(cand, ctx.pool.data, out, best["t"], best["codec"], result["predicted"], seed=spec.seed,
                                   bandwidth=spec.bandwidth, rtt=spec.rtt,
                                   slowdown=float(ctx.problem.device.meta.get("slowdown", 1.0)), limit=limit,
                                   server_threads=int(ctx.problem.server.meta.get("threads", 1)),

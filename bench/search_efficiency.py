@@ -1,121 +1,221 @@
-"""Search efficiency: fine-tunes and wall time until the best feasible latency is within 1% of the exhaustive
-optimum, for the joint search (seeded with the unpruned splits, bound skipping, TPE), plain random search
-and the exhaustive grid, per seed.
+"""Search efficiency on replayed landscapes: fine-tunes until the optimum is found, per method and seed.
 
-Candidates come from the cache (the grid is built first), so each run's wall time is its measured search
-time plus the measured build time of every candidate it evaluated first (fine-tunes and exit trainings).
+Every method sees the same landscape through the same door: a candidate's accuracy is known only once
+the method asks for it (a fine-tune, replayed from the landscape), and its thresholds and codecs are then
+free.  "Reached" means the candidates a method evaluated include one whose best setting is the exhaustive
+optimum, judged by bench/oracle.py (which shares no code with search/); the product's own answer is also
+compared with the oracle's optimum (`answer_gap_pct`).
 
-    python bench/search_efficiency.py --model resnet18 --ratios 0,0.3,0.5,0.7 --A0 0.95 --seeds 5
+- ours: the product's search (auto.py's Objective, planner and seeds), fed by `--measurements` in replay;
+- tpe: Optuna's TPESampler, plain (no queue, no bounds); random: Optuna's RandomSampler, plain;
+- bisection: CNNPC-style, per split a bisection on r for the largest ratio still at A0, then the fastest.
+
+Seeds change the synthetic landscape (a new accuracy draw) and the samplers.  The budget is auto.py's
+default of 40 trials (bisection: 40 fine-tunes); "to reach" is counted without a budget (up to 10x).
+
+    python bench/search_efficiency.py --seeds 10 --out docs/benchmarks/search_efficiency.csv
 """
 from __future__ import annotations
 
 import argparse
-import os
+import math
 import sys
-import time
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from search.pool import CandidatePool  # noqa: E402
-from search.reference import METHODS, best_of  # noqa: E402
-from search.run import RunSpec, context  # noqa: E402
-from search.space import Problem  # noqa: E402
+from bench import oracle  # noqa: E402
+from bench.landscapes import Landscape, synthetic, to_csv  # noqa: E402
+from compress import measurements  # noqa: E402
+from profiles import Network  # noqa: E402
+from profiles.profile import Profile  # noqa: E402
+from search.pool import MeasuredPool  # noqa: E402
+from search.space import Problem, SearchSpace, best_setting  # noqa: E402
 from search.study import Objective, open_study, seed  # noqa: E402
 
-
-@dataclass
-class ColdPool(CandidatePool):
-    """Reads candidates from the project table, but the search only counts as known what this run evaluated,
-    so its decisions (which fine-tunes to skip) are those of a run on a cold cache."""
-
-    def known(self, k: int, r: float) -> bool:
-        return (k, round(float(r), 4)) in self._memo
+BUDGET = 40  # auto.py's default --trials
+METHODS = ("ours", "tpe", "random", "bisection")
 
 
-def one_run(ctx, problem: Problem, method: str, seed_: int, target: float, trials: int,
-            build_s: dict[tuple[int, float], float]) -> dict:
-    p = ctx.pool
-    pool = ColdPool(p.base, p.data, p.db, p.recipe, p.importance, p.exit_epochs, p.seed, progress=False)
-    storage = optuna.storages.InMemoryStorage()
-    if method == "joint":
-        study = open_study(f"joint-{seed_}", storage, problem, False, seed_)
-        seed(study, problem)
-        objective = Objective(problem, pool)
-    else:
-        study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=seed_))
-        objective = Objective(problem, pool, skip_hopeless=False)
-    reached: dict = {}
-    started = time.perf_counter()
-
-    def cost(keys) -> tuple[int, float]:
-        return sum(1 for k, r in keys if k > 0 and r > 0), sum(build_s.get(key, 0.0) for key in keys)
-
-    def watch(study, trial):
-        a = trial.user_attrs
-        if not reached and a.get("feasible") and a["latency_ms"] <= target:
-            fine_tunes, builds = cost(list(pool._memo))
-            reached.update(trials=trial.number + 1, fine_tunes=fine_tunes,
-                           wall_s=time.perf_counter() - started + builds)
-
-    study.optimize(objective, n_trials=trials, callbacks=[watch])
-    return {"method": method, "seed": seed_, "reached": bool(reached), **reached,
-            "fine_tunes_total": cost(list(pool._memo))[0]}
+def problem_for(land: Landscape, A0: float, bandwidth: float, rtt: float = 5.0) -> Problem:
+    p = Problem(Profile(land.device, "device"), Profile(land.server, "server"), Network(bandwidth, rtt), A0=A0)
+    p.space = SearchSpace(land.K, tuple(land.ratios), ("fp32",), None, ("raw",), exits=p.device.has_exits)
+    p.families = families(land)
+    return p
 
 
-def efficiency(ctx, problem: Problem, seeds: int, trials: int, build_s: pd.DataFrame) -> pd.DataFrame:
-    """Rows per (method, seed): joint and random search, and the exhaustive grid (seed-independent)."""
-    seconds = {(int(k), float(r)): float(s) for k, r, s in build_s[["k", "r", "build_s"]].itertuples(index=False)}
-    optimum, _ = best_of(problem, ctx.pool, METHODS[-1], build=True)
-    target = optimum.latency_ms * 1.01
-    rows = [one_run(ctx, problem, m, s, target, trials, seconds) for m in ("joint", "random") for s in range(seeds)]
-    grid = problem.space.candidates()
-    fine_tunes = sum(1 for k, r in grid if k > 0 and r > 0)
-    rows.append({"method": "exhaustive", "seed": None, "reached": True, "trials": len(grid),
-                 "fine_tunes": fine_tunes, "fine_tunes_total": fine_tunes,
-                 "wall_s": sum(seconds.get(key, 0.0) for key in grid)})
-    df = pd.DataFrame(rows)
-    df["optimum_ms"] = optimum.latency_ms
-    return df
+def families(land: Landscape) -> int:
+    """(k, r, codec) candidates the bound is shared among: one codec per split here."""
+    return 1 + (land.K - 1) * len(land.ratios) + len(land.ratios)
 
 
-def main() -> None:
-    from bench.scenarios import build_grid
+def per_candidate(land: Landscape, A0: float, bandwidth: float, rtt: float = 5.0) -> dict:
+    """The oracle's best latency of each candidate alone (inf if it cannot reach A0)."""
+    M = families(land)
+    codecs = {k: ["fp32"] for k in range(land.K + 1)}
+    out = {}
+    for kr, arrays in land.arrays.items():
+        best = oracle.optimum(land.device, land.server, {kr: arrays}, A0, bandwidth, rtt, families=M, codecs=codecs)
+        out[kr] = math.inf if best is None else best["latency_ms"]
+    return out
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet18")
-    p.add_argument("--ratios", default="0,0.3,0.5,0.7")
-    p.add_argument("--A0", type=float, default=0.95)
-    p.add_argument("--bandwidth", type=float, default=10.0)
-    p.add_argument("--end_device", default="emulated-10x")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--trials", type=int, default=60)
-    p.add_argument("--out", default="runs/bench/search_efficiency.csv")
-    a = p.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    spec = RunSpec(model=a.model, end_device=a.end_device, bandwidth=a.bandwidth, A0=a.A0,
-                   ratios=[float(x) for x in a.ratios.split(",")], progress=False,
-                   run_dir="runs/bench/search_efficiency").resolved()
-    ctx = context(spec, log=print)
-    df = efficiency(ctx, ctx.problem, a.seeds, a.trials, build_grid(ctx))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(a.out, index=False)
-    print(df.to_string(index=False))
-    print(summary(df).to_string())
+
+def fine_tunes(keys) -> int:
+    return sum(1 for k, r in keys if k > 0 and r > 0)
+
+
+def reached_after(order: list[tuple[int, float]], values: dict, optimum: float) -> int | None:
+    """Fine-tunes spent when the evaluated set first holds the optimum (None: never)."""
+    seen = []
+    for kr in order:
+        if kr not in seen:
+            seen.append(kr)
+        if values[kr] <= optimum * (1 + 1e-9):
+            return fine_tunes(seen)
+    return None
+
+
+def run_ours(land: Landscape, problem: Problem, csv: Path, trials: int, seed_: int) -> tuple[list, float | None]:
+    rows = measurements.load(csv, land.K, land.ratios, need_n=True)
+    order: list = []
+
+    class Recording(MeasuredPool):
+        def evaluations(self, k, r, on_epoch=None):
+            order.append((k, round(float(r), 4)))
+            return super().evaluations(k, r, on_epoch)
+
+    pool = Recording(rows, None, replay=True)
+    study = open_study(f"ours-{seed_}", optuna.storages.InMemoryStorage(), problem, False, seed_)
+    seed(study, problem)
+    objective = Objective(problem, pool)
+    study.optimize(objective, n_trials=trials)
+    done = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if t.user_attrs.get("feasible")]
+    answer = min((t.user_attrs["latency_ms"] for t in done), default=None)
+    return order, answer
+
+
+def run_sampler(land: Landscape, problem: Problem, csv: Path, sampler, trials: int) -> list:
+    rows = measurements.load(csv, land.K, land.ratios, need_n=True)
+    order: list = []
+    sp = problem.space
+
+    def objective(trial: optuna.Trial) -> float:
+        k = trial.suggest_categorical("k", list(range(land.K + 1)))
+        r = 0.0 if k == 0 else sp._suggest_ratio(trial)  # the same ordered rate parameter as ours
+        order.append((k, r))
+        s = best_setting(problem, k, r, rows[(k, r)])
+        return s.latency_ms if s.feasible(problem) else 1e6 + (problem.A0 - s.acc_bound)
+
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=trials)
+    return order
+
+
+def run_bisection(land: Landscape, problem: Problem, csv: Path) -> list:
+    """CNNPC's heuristic: per split, bisection on the rate grid for the largest ratio at A0."""
+    rows = measurements.load(csv, land.K, land.ratios, need_n=True)
+    order: list = []
+    for k in range(land.K + 1):
+        ratios = [0.0] if k == 0 else land.ratios
+
+        def ok(i: int) -> bool:
+            order.append((k, ratios[i]))
+            return best_setting(problem, k, ratios[i], rows[(k, ratios[i])]).acc_bound >= problem.A0
+
+        lo, hi = 0, len(ratios) - 1
+        if not ok(lo):
+            continue
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if ok(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+    return order
+
+
+def one(land: Landscape, A0: float, bandwidth: float, seed_: int, work: Path) -> list[dict]:
+    problem = problem_for(land, A0, bandwidth)
+    values = per_candidate(land, A0, bandwidth)
+    optimum = min(values.values())
+    if not math.isfinite(optimum):
+        return []
+    csv = to_csv(land, work / f"{abs(hash(land.name))}.csv")
+    grid = fine_tunes(land.arrays)
+    out = []
+    for method in METHODS:
+        answer = None
+        if method == "ours":
+            within, answer = run_ours(land, problem, csv, BUDGET, seed_)
+            unlimited, _ = run_ours(land, problem, csv, 10 * BUDGET, seed_)
+        elif method == "bisection":
+            unlimited = run_bisection(land, problem, csv)
+            within = []
+            for kr in unlimited:
+                if fine_tunes(set(within) | {kr}) > BUDGET:
+                    break
+                within.append(kr)
+        else:
+            def sampler():
+                return (optuna.samplers.TPESampler(seed=seed_) if method == "tpe"
+                        else optuna.samplers.RandomSampler(seed=seed_))
+            within = run_sampler(land, problem, csv, sampler(), BUDGET)
+            unlimited = run_sampler(land, problem, csv, sampler(), 10 * BUDGET)
+        out.append({"landscape": land.name.rsplit(" seed", 1)[0], "kind": land.kind, "seed": seed_, "A0": A0,
+                    "bandwidth": bandwidth, "method": method, "grid_fine_tunes": grid,
+                    "reached_in_budget": reached_after(within, values, optimum) is not None,
+                    "fine_tunes_in_budget": fine_tunes(set(within)),
+                    "fine_tunes_to_reach": reached_after(unlimited, values, optimum),
+                    "optimum_ms": optimum,
+                    "answer_gap_pct": None if answer is None else 100 * (answer / optimum - 1)})
+    return out
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Median over seeds per method (runs that never reached the target count as not reached)."""
-    return df.groupby("method", sort=False).agg(runs=("reached", "size"), reached=("reached", "sum"),
-                                                median_trials=("trials", "median"),
-                                                median_fine_tunes=("fine_tunes", "median"),
-                                                median_wall_s=("wall_s", "median"),
-                                                median_fine_tunes_in_all_trials=("fine_tunes_total", "median"))
+    g = df.groupby(["landscape", "method"], sort=False)
+    return pd.DataFrame({
+        "runs": g.size(),
+        "reached_in_budget_pct": 100 * g.reached_in_budget.mean(),
+        "median_to_reach": g.fine_tunes_to_reach.median(),
+        "worst_to_reach": g.fine_tunes_to_reach.max(),
+        "never_reached": g.fine_tunes_to_reach.apply(lambda s: int(s.isna().sum())),
+        "grid_fine_tunes": g.grid_fine_tunes.first(),
+        "max_answer_gap_pct": g.answer_gap_pct.max(),
+    }).reset_index()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--models", default="resnet18,mobilenet_v2")
+    ap.add_argument("--ratios", type=int, default=40, help="rate grid size of the synthetic landscapes")
+    ap.add_argument("--bandwidths", default="1,10,100")
+    ap.add_argument("--drops", default="0.01,0.03,0.08", help="A0 = unpruned accuracy minus each of these")
+    ap.add_argument("--out", default="runs/bench/search_efficiency.csv")
+    args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models.split(","):
+            for s in range(args.seeds):
+                land = synthetic(model, s, args.ratios)
+                base = float(np.mean(land.arrays[(0, 0.0)]["selection"]["final"]["fp32"] == 0))
+                for drop in map(float, args.drops.split(",")):
+                    for bw in map(float, args.bandwidths.split(",")):
+                        rows += one(land, round(base - drop, 4), bw, s, Path(tmp))
+                print(f"{model} seed {s}: {len(rows)} rows", flush=True)
+    df = pd.DataFrame(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    table = summary(df)
+    table.to_csv(out.with_name(out.stem + "_summary.csv"), index=False)
+    print(table.to_string(index=False))
 
 
 if __name__ == "__main__":

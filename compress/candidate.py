@@ -62,6 +62,14 @@ class Evaluation:
             raise ValueError(f"no evaluation under codec {codec!r} (evaluated: {', '.join(self.final)})")
         return codec
 
+    def has(self, codec: str) -> bool:
+        """Whether this evaluation answers for `codec` (a candidate measured elsewhere may hold one codec)."""
+        try:
+            self._codec(codec)
+        except ValueError:
+            return False
+        return not codecs.is_variable(codec) or codec in self.nbytes
+
     def sample_bytes(self, codec: str) -> np.ndarray:
         """Measured bytes per sample under a variable-size codec."""
         if codec not in self.nbytes:
@@ -78,13 +86,17 @@ class Evaluation:
         return self.exit_conf >= threshold
 
     def exit_rate(self, thresholds) -> np.ndarray:
-        """Fraction answered at the exit for each threshold (None = no exit)."""
+        """Fraction answered at the exit for each threshold (None = no exit); NaN without samples."""
+        if not len(self.label):
+            return np.full(len(np.atleast_1d(np.asarray(thresholds, dtype=object))), np.nan)
         return np.array([float(self.exits(t).mean()) for t in np.atleast_1d(np.asarray(thresholds, dtype=object))])
 
     def accuracy(self, thresholds, codec: str | None = None, metric: str = "top1") -> np.ndarray:
         """Accuracy for each threshold: the exit answers where its confidence >= t, the tail elsewhere."""
         codec = self._codec(codec)
         final = self.final[codec] == self.label if metric == "top1" else self.final_top5[codec]
+        if not len(self.label):  # a candidate measured elsewhere without held-out samples
+            return np.full(len(np.atleast_1d(np.asarray(thresholds, dtype=object))), np.nan)
         if self.exit_conf is None:
             return np.full(len(np.atleast_1d(np.asarray(thresholds, dtype=object))), float(final.mean()))
         exit_ok = self.exit_pred == self.label if metric == "top1" else self.exit_top5

@@ -19,7 +19,8 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-DATASETS = ("fashion-mnist", "digits", "cifar10", "imagefolder")
+from compress.names import DATASETS, check_dataset
+
 ROLES = ("train", "val", "selection", "test")
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -203,4 +204,5 @@ def load(name: str = "fashion-mnist", root: str | None = None, input_size: int =
         return _cifar10(root, input_size, seed)
     if name == "imagefolder":
         return _imagefolder(root, input_size, seed)
-    raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    check_dataset(name)  # raises: every name of DATASETS has a branch above
+    raise AssertionError(name)

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compress.data import DataSplits
+from compress.names import PRECISIONS, check_precision  # noqa: F401 - PRECISIONS re-exported
 
 
 WARMUP = 0.3  # share of the schedule spent raising the learning rate; no early stop before its end
@@ -34,14 +35,6 @@ class Recipe:
 
     def key(self) -> dict:
         return asdict(self)
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown training precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
 
 
 def autocast(precision: str):

@@ -15,6 +15,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from compress.codec import payload_bytes
+from compress.names import MODELS
 
 
 class Classifier(nn.Module):
@@ -65,6 +66,7 @@ ZOO: dict[str, tuple[Callable[..., nn.Module], Callable[[nn.Module], list]]] = {
     "vgg11_bn": (tvm.vgg11_bn, _vgg),
     "alexnet": (tvm.alexnet, _vgg),
 }
+assert tuple(ZOO) == MODELS, "compress.names.MODELS lists the zoo for the command line (without torch)"
 
 
 class SplitModel(nn.Sequential):

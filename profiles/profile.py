@@ -9,7 +9,10 @@ A profile is one JSON file per (device, model, input size) at
      "overhead": [{"k", "r", "codec", <the role's two overhead keys>, "n"}, ...]}   (optional)
 
 A device-role profile holds head rows for every (k, r) and exit rows where the split has an exit
-(0 < k < K); a server-role profile holds tail rows for every (k, r).  Both hold the bytes table, for
+(0 < k < K), or no exit rows at all (then the search runs without exits);
+a split may also be measured at a subset of `meta.ratios` only (a per-split rate grid, as published
+tables often are): the ratios its head (tail) rows cover are its grid, and every other table must
+cover exactly those; a server-role profile holds tail rows for every (k, r).  Both hold the bytes table, for
 the fixed-size codecs (fp32, fp16, int8; at k = 0 every row is the uint8 image, which is also "raw").
 Numbers of an emulated profile are already scaled: nothing downstream multiplies them again.
 
@@ -123,6 +126,11 @@ class Profile:
         self._bytes = {(int(row["k"]), rkey(row["r"]), row["codec"]): int(row["bytes"]) for row in doc["bytes"]}
         self._shapes = {(int(row["k"]), rkey(row["r"])): tuple(row["shape"]) for row in doc["bytes"]}
         self._ratios = [rkey(r) for r in self.meta["ratios"]]  # looked up on every prediction: kept once
+        # an exit is optional: a device profile holds exit rows for every intermediate split or none at all
+        self.has_exits = self.role == "device" and any(part == "exit" for part, _, _ in self._ms)
+        main = "head" if self.role == "device" else "tail"
+        # a split may be measured at some ratios of the grid only (a per-split rate grid): its rows say which
+        self._grid = {k: [r for r in self._ratios if (main, k, r) in self._ms] for k in range(self.K + 1)}
         self._check_complete()
         self.overhead_rows = pd.DataFrame(doc.get("overhead") or [], columns=list(overhead_keys(self.role)))
         self._overhead = self._overhead_table(doc.get("overhead") or [])
@@ -154,9 +162,19 @@ class Profile:
             raise ValueError(f"profile {self.device!r} is a {self.role} profile: it has no {part} times "
                              f"(those are in a {'server' if part == 'tail' else 'device'} profile)")
         self._check_kr(k, r)
-        if part == "exit" and not has_exit(k, self.K):
+        if part == "exit" and not self.exit_at(k):
+            if has_exit(k, self.K):
+                raise ValueError(f"profile {self.source} has no exit rows: the search there runs without exits")
             return 0.0
         return self._ms[(part, int(k), rkey(r))]
+
+    def ratios_at(self, k: int) -> list[float]:
+        """The ratios split k was measured at (the whole grid unless the profile has per-split grids)."""
+        return list(self._grid[int(k)])
+
+    def exit_at(self, k: int) -> bool:
+        """Whether split k has an exit in this profile (0 < k < K, and exit rows measured)."""
+        return self.has_exits and has_exit(k, self.K)
 
     def tensor_bytes(self, k: int, r: float, codec: str = "fp32") -> int:
         """Bytes sent at split k under a fixed-size codec: 0 at k = K (whatever the codec); at k = 0 the
@@ -216,7 +234,7 @@ class Profile:
         points: dict[tuple[int, str | None], dict[float, list[float]]] = {}
         for row in rows:
             k, r = int(row["k"]), rkey(row["r"])
-            if not 0 <= k <= self.K or r not in self._ratios:
+            if not 0 <= k <= self.K or r not in self._grid[k]:
                 raise ValueError(f"{self.source}: overhead row k={k} r={r} is outside the profile's splits or grid")
             if row["codec"] not in overhead_codecs(k, self.K):
                 raise ValueError(f"{self.source}: overhead row k={k} has codec {row['codec']!r}; that split takes "
@@ -235,7 +253,7 @@ class Profile:
         for (k, codec), by_numel in points.items():
             xs = sorted(by_numel)
             ys = [[sum(v[i] for v in by_numel[x]) / len(by_numel[x]) for x in xs] for i in range(len(parts))]
-            for r in self._ratios:
+            for r in self._grid[k]:
                 numel = float(math.prod(self.shape(k, r)))
                 table[(k, r, codec)] = {p: round(_interp(numel, xs, y), 4) for p, y in zip(parts, ys)}
         return table
@@ -252,15 +270,18 @@ class Profile:
             raise ValueError(f"split point k={k!r} is not an integer") from None
         if not 0 <= k <= self.K:
             raise ValueError(f"split point k={k} is outside 0..{self.K} for {self.model}")
-        if rkey(r) not in self._ratios:
-            raise ValueError(f"ratio r={r} is not in the profiled grid {self.ratios} of {self.source}")
+        if rkey(r) not in self._grid.get(k, ()):
+            grid = self.ratios if self._grid.get(k) == self._ratios else self._grid.get(k)
+            raise ValueError(f"ratio r={r} is not in the profiled grid {grid} of {self.source}"
+                             + ("" if grid is self.ratios else f" at split k={k}"))
 
     def _check_complete(self) -> None:
-        missing = []
+        missing = [f"{'head' if self.role == 'device' else 'tail'} k={k} (no ratio at all)"
+                   for k, rs in self._grid.items() if not rs]
         for k in range(self.K + 1):
-            for r in self.ratios:
+            for r in self._grid[k]:
                 for part in parts_for(self.role):
-                    if part == "exit" and not has_exit(k, self.K):
+                    if part == "exit" and not (self.has_exits and has_exit(k, self.K)):
                         continue
                     if (part, k, r) not in self._ms:
                         missing.append(f"{part} k={k} r={r}")

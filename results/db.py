@@ -12,9 +12,9 @@ import time
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from compress.candidate import Evaluation, pack_evaluations
+from results.storage_url import check_url, redact  # noqa: F401 - redact re-exported
 
 metadata = sa.MetaData()
 
@@ -42,6 +42,10 @@ candidates = sa.Table(
     sa.Column("recipe", sa.String(64), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),  # done | abandoned
     sa.Column("val_acc", sa.Float),  # of an abandoned fine-tune: its last validation accuracy
+    # of an abandoned fine-tune: the pruner's cut-off that stopped it (A0 - margin of that study); a study
+    # with a lower cut-off would not have stopped it (see search.pool.still_abandoned).  Added after v3 was
+    # in use: ProjectDB adds the column to an older table (MIGRATIONS); DOUBLE, not MySQL's single FLOAT.
+    sa.Column("prune_below", sa.Float(precision=53)),
     sa.Column("sel_acc", sa.Float),
     sa.Column("test_acc", sa.Float),
     sa.Column("exit_rate_09", sa.Float),
@@ -67,12 +71,22 @@ def first_start(create, attempts: int = 8):
             time.sleep(0.2 * (attempt + 1))
 
 
-def redact(url: str) -> str:
-    """The URL as it may appear in logs: the password is never shown."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is shown by its scheme only
-        return url.split(":", 1)[0] + "://..."
+MIGRATIONS = {candidates: ("prune_below",)}  # nullable columns added to a table after it was in use
+
+
+def add_columns(engine: sa.engine.Engine) -> None:
+    """Add the MIGRATIONS columns a table created by an older version lacks.  Two workers adding one at once:
+    the loser's ALTER fails, `first_start` retries, and the column is there."""
+    inspector = sa.inspect(engine)
+    for table, names in MIGRATIONS.items():
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for name in names:
+            if name not in have:
+                col = table.c[name]
+                quote = engine.dialect.identifier_preparer.quote
+                with engine.begin() as c:
+                    c.execute(sa.text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(name)} "
+                                      f"{col.type.compile(dialect=engine.dialect)}"))
 
 
 def ratio_e4(r: float) -> int:
@@ -88,12 +102,13 @@ class ProjectDB:
     """Runs and candidates of a study, in the database its storage URL names."""
 
     def __init__(self, url: str, **engine_kwargs):
-        self.url = url
+        self.url = check_url(url)
         kwargs = {"pool_pre_ping": True, **engine_kwargs}
         if url.startswith("sqlite"):
             kwargs.setdefault("connect_args", {"timeout": 60})
         self.engine = sa.create_engine(url, **kwargs)
         first_start(lambda: metadata.create_all(self.engine, checkfirst=True))
+        first_start(lambda: add_columns(self.engine))
 
     def start_run(self, study: str, args: dict, versions: dict) -> int:
         with self.engine.begin() as c:
@@ -103,6 +118,7 @@ class ProjectDB:
             return int(res.inserted_primary_key[0])
 
     def finish_run(self, run_id: int, status: str, summary: dict | None = None) -> None:
+        """Close the run with its outcome; `summary` (results.report.run_summary) says what it found."""
         with self.engine.begin() as c:
             c.execute(runs.update().where(runs.c.id == run_id).values(
                 finished_at=_now(), status=status, summary=json.dumps(summary or {}, default=str)))
@@ -116,10 +132,13 @@ class ProjectDB:
 
     def put_candidate(self, base: str, k: int, r: float, recipe: str, status: str, *,
                       evaluations: dict[str, Evaluation] | None = None, seconds: float | None = None,
-                      weights_path: str | None = None, val_acc: float | None = None) -> bool:
-        """Insert once; False when another worker stored it first (theirs is kept)."""
+                      weights_path: str | None = None, val_acc: float | None = None,
+                      prune_below: float | None = None) -> bool:
+        """Insert once; False when another worker stored it first (theirs is kept).  A finished candidate
+        replaces an abandoned one (a study with a lower cut-off fine-tuned it to the end), and an abandoned
+        one replaces an abandoned one that stopped at a higher accuracy (the lowest point known decides)."""
         values = {"base": base, "k": k, "r_e4": ratio_e4(r), "recipe": recipe, "status": status, "seconds": seconds,
-                  "val_acc": val_acc,
+                  "val_acc": val_acc, "prune_below": prune_below,
                   "weights_path": weights_path, "host": socket.gethostname(), "created_at": _now()}
         if evaluations:
             sel, test = evaluations["selection"], evaluations["test"]
@@ -133,7 +152,18 @@ class ProjectDB:
                 c.execute(candidates.insert().values(**values))
             return True
         except sa.exc.IntegrityError:
+            pass
+        t = candidates.c
+        replaceable = t.status == "abandoned"
+        if status == "abandoned":
+            if val_acc is None:
+                return False
+            replaceable = replaceable & (t.val_acc.is_(None) | (t.val_acc > val_acc))
+        elif status != "done":
             return False
+        key = (t.base == base) & (t.k == k) & (t.r_e4 == ratio_e4(r)) & (t.recipe == recipe)
+        with self.engine.begin() as c:  # one conditional UPDATE: of two workers racing, one wins
+            return c.execute(candidates.update().where(key & replaceable).values(**values)).rowcount > 0
 
     def candidate_rows(self, base: str | None = None):
         import pandas as pd

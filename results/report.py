@@ -17,8 +17,64 @@ from search.space import Config, breakdown_for, score  # noqa: E402
 
 
 def trials_frame(study) -> pd.DataFrame:
+    """The trials that ran (or run): not the WAITING ones the search queued after its last trial and never
+    started (every SQLite trials.csv ended with one); `trial_counts` counts those apart."""
     df = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs", "duration"))
+    if len(df):
+        df = df[df.state != TrialState.WAITING.name].reset_index(drop=True)
     return df.rename(columns=lambda c: c.replace("user_attrs_", ""))
+
+
+def trial_counts(study) -> dict[str, int]:
+    """Trials by state; `queued_never_run` are the WAITING ones, which are not trials of this run."""
+    counts = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                          TrialState.RUNNING)}
+    counts["queued_never_run"] = 0
+    for t in study.get_trials(deepcopy=False):
+        key = "queued_never_run" if t.state == TrialState.WAITING else t.state.name.lower()
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def resume_message(storage, name: str, target: int) -> str | None:
+    """What a run says when its study already holds trials (None for a new or empty study): a rerun with
+    the same scenario resumes it silently otherwise, and stops at once when `target` finished trials are
+    already there."""
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    if not trials:
+        return None
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    text = f"resuming study {name!r}: {done} finished trials already"
+    if waiting:
+        text += f", {waiting} queued"
+    if done >= target:
+        text += f"; --trials {target} is reached, so no new trial runs (raise --trials to search further)"
+    return text
+
+
+def run_summary(result: dict | None, seconds: float) -> dict:
+    """What splitopt_runs.summary keeps of a run: the answer, its promise, and the time it took."""
+    out: dict = {"seconds": round(seconds, 1)}
+    if not result:
+        return out  # the run failed before it had a result
+    out["feasible"] = bool(result.get("feasible"))
+    best = result.get("best")
+    if best:
+        out.update(best={x: best.get(x) for x in ("k", "r", "t", "codec")},
+                   latency_ms=best.get("latency_ms"), expected_ms=best.get("expected_ms"),
+                   acc_bound=best.get("acc_bound"), test_acc=best.get("test_acc"))
+    elif result.get("closest"):
+        out["closest"] = {x: result["closest"].get(x) for x in ("config", "latency_ms", "acc_bound")}
+    if result.get("pareto_front") is not None:
+        out["pareto_front_size"] = len(result["pareto_front"])
+    if "trials" in result:
+        out["trials"] = result["trials"]
+    return out
 
 
 def _completed(study) -> list:
@@ -101,12 +157,15 @@ def write(ctx, study, reference: pd.DataFrame | None, spent: dict, versions: dic
     """Write every output of the run and print the summary; returns what best.json holds."""
     problem, out = ctx.problem, Path(ctx.spec.run_dir)
     trials_frame(study).to_csv(out / "trials.csv", index=False)
+    counts = trial_counts(study)
     best, closest = choose(study, problem)
     result = {"study": ctx.spec.study, "args": args, "versions": versions, "spent": spent,
               "device_profile": problem.device.meta, "server_profile": problem.server.meta,
               "network": {"bandwidth_mbps": problem.network.bandwidth_mbps, "rtt_ms": problem.network.rtt_ms},
-              "base": {k: ctx.pool.base.meta.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds")},
-              "data": ctx.data.sizes(), "confidence": problem.confidence, "objective": problem.objective}
+              "base": {k: ctx.pool.base.meta.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds")}
+              if ctx.pool.has_base else {},
+              "data": ctx.pool.sizes(), "confidence": problem.confidence, "objective": problem.objective,
+              "trials": counts}
     if ctx.spec.multi:
         front = sorted((t.user_attrs for t in study.best_trials), key=lambda a: a["expected_ms"])
         result["pareto_front"] = front
@@ -116,7 +175,7 @@ def write(ctx, study, reference: pd.DataFrame | None, spent: dict, versions: dic
                                                                   "bytes": s.breakdown.bytes,
                                                                   "expected_ms": s.breakdown.expected_ms,
                                                                   "promised_ms": s.latency_ms},
-                      promise=promise(s, problem, ctx.data.sizes()))
+                      promise=promise(s, problem, ctx.pool.sizes()))
         threshold_plot(problem, ctx.pool.evaluations(s.config.k, s.config.r), s.config, out / "threshold.png")
     else:
         result.update(feasible=False, closest=closest)
@@ -145,7 +204,7 @@ def promise(s, problem, sizes: dict[str, int]) -> dict:
            "promised_exit_rate": s.breakdown.exit_rate, "sel_exit_rate": s.sel_exit_rate,
            "test_exit_rate": s.test_exit_rate, "exit_answers_all": s.sel_exit_rate >= 1.0}
     if problem.A0 is not None:
-        out.update(A0=problem.A0, test_meets_A0=s.test_acc >= problem.A0)
+        out.update(A0=problem.A0, test_meets_A0=None if s.test_acc != s.test_acc else s.test_acc >= problem.A0)
     if problem.T0 is not None:
         out.update(T0=problem.T0, test_meets_T0=s.test_latency_ms <= problem.T0)
     return out
@@ -177,9 +236,13 @@ def print_summary(result: dict, problem, out: Path) -> None:
             verdict = f" ({'meets' if pr['test_meets_A0'] else 'BELOW'} A0 = {problem.A0})"
         elif "test_meets_T0" in pr:
             verdict = f" ({'meets' if pr['test_meets_T0'] else 'ABOVE'} T0 = {problem.T0} ms)"
-        print(f"  delivered on test (n = {pr['n_test']}, never chosen on): accuracy {pr['test_acc']:.4f}{verdict}, "
-              f"exit rate {pr['test_exit_rate']:.3f}, latency {pr['delivered_ms']:.3f} ms "
-              f"({pr['delivered_minus_promised_ms']:+.3f} ms against the promise)")
+        if pr["test_acc"] != pr["test_acc"]:  # NaN: a candidate measured elsewhere without held-out rows
+            print("  delivered: NOT CHECKED, the measurements give no held-out (test_*) accuracy for this candidate; "
+                  "the promise holds on the selection samples it was chosen on only")
+        else:
+            print(f"  delivered on test (n = {pr['n_test']}, never chosen on): accuracy {pr['test_acc']:.4f}{verdict}, "
+                  f"exit rate {pr['test_exit_rate']:.3f}, latency {pr['delivered_ms']:.3f} ms "
+                  f"({pr['delivered_minus_promised_ms']:+.3f} ms against the promise)")
         if pr["exit_answers_all"]:
             print("  note: the exit answers 100% of the selection split: the tail never runs, the answer is an "
                   "on-device model (the split and the bandwidth change nothing)")
@@ -192,10 +255,55 @@ def print_summary(result: dict, problem, out: Path) -> None:
     s = result["spent"]
     print(f"spent: {s['fine_tunes']} fine-tunes and {s['exit_trainings']} exit trainings here "
           f"(grid: {s['grid_fine_tunes']} fine-tunes, {s['grid_candidates']} candidates), "
-          f"search {s['search_seconds']} s")
+          f"search {s['search_seconds']} s" + (f"; {s['measured_rows']} candidates from the measurements file"
+                                               if s.get("measured_rows") else ""))
+    if "proven_optimal" in s:
+        if s["proven_optimal"]:
+            print("optimality: PROVEN over the grid: no untried candidate's latency lower bound is below the answer")
+        else:
+            print(f"optimality: not proven: {s['can_still_beat']} untried candidates could still beat it by their "
+                  f"latency bounds ({s['set_aside']} of them probably below A0: at their split a smaller ratio "
+                  f"already is); more trials, or --exhaustive, settle it")
     if result.get("baselines"):
         df = pd.DataFrame(result["baselines"])
         cols = [c for c in ("method", "k", "r", "t", "codec", "latency_ms", "delivered_ms", "acc_bound", "test_acc",
                             "bytes", "feasible", "complete", "speedup_of_ours") if c in df]
         print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"outputs: {out}")
+
+
+def suggestions(problem, pl, n: int, outside: int = 0) -> dict:
+    """The planner's next `n` fine-tunes as text and rows (for `auto.py --suggest`)."""
+    from search.latency import lower_bound_ms
+
+    p = problem
+    lines = []
+    inc = pl.incumbent
+    if inc is None:
+        lines.append(f"best so far: none of the measured candidates reaches A0 = {p.A0}")
+    else:
+        c = inc.config
+        lines.append(f"best so far: {c.label()}: {inc.latency_ms:.3f} ms ({p.objective}), accuracy >= "
+                     f"{inc.acc_bound:.4f}" + (f" (confidence {p.confidence:g})" if p.confidence else ""))
+    if outside:
+        lines.append(f"{outside} measured rows lie outside this search's space (--ratios/--splits) and were ignored")
+    rows = []
+    for k, r in pl.order[:n]:
+        bound = min(lower_bound_ms(p.device, p.server, p.network, k, r, c) for c in p.space.codecs_at(k))
+        why = pl.reasons.get((k, r), "can beat the best so far")
+        rows.append({"k": k, "r": r, "lower_bound_ms": round(bound, 4), "why": why,
+                     "cost": "fine-tune" if 0 < k and r > 0 else "exit training" if p.space.exit_at(k) else "evaluation"})
+    if pl.proven:
+        lines.append("proven optimal over the grid: no unmeasured candidate's latency lower bound is below it")
+    elif pl.unreachable:
+        lines.append("A0 looks unreachable: every split's measured ratios are below A0 and accuracy falls with "
+                     "pruning (assumed); the candidates below would test that assumption")
+    left = len(pl.order)
+    if rows:
+        lines.append(f"next {len(rows)} of {left} candidates that can still beat it "
+                     f"({len(pl.set_aside)} of them set aside as probably below A0; {pl.ruled_out} ruled out by bounds):")
+        lines += [f"  k={x['k']} r={x['r']:g}  ({x['cost']}; latency >= {x['lower_bound_ms']:.3f} ms; {x['why']})"
+                  for x in rows]
+        lines.append("fine-tune them, add their rows to the measurements file and run again")
+    return {"text": "\n".join(lines), "next": rows, "proven": pl.proven, "remaining": left,
+            "best": None if inc is None else {**inc.as_dict(), "config": inc.config.label()}}

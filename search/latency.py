@@ -160,7 +160,7 @@ def expected_ms_many(device: Profile, server: Profile, network: Network, k: int,
     rates = np.asarray(exit_rates, dtype=float)
     if rates.size and (rates.min() < 0 or rates.max() > 1):
         raise ValueError("exit rates must be in [0, 1]")
-    return predict(device, server, network, k, r, codec, exit_rate=0.0 if has_exit(k, device.K) else None,
+    return predict(device, server, network, k, r, codec, exit_rate=0.0 if device.exit_at(k) else None,
                    n_bytes=n_bytes).expected_at(rates)
 
 
@@ -174,7 +174,7 @@ def lower_bound_ms(device: Profile, server: Profile, network: Network, k: int, r
     is already worse than the best feasible one found can be skipped without evaluating its accuracy.
     """
     none = predict(device, server, network, k, r, codec, exit_rate=None, n_bytes=0 if is_variable(codec) else None)
-    if not has_exit(k, device.K):
+    if not device.exit_at(k):
         return none.expected_ms
     return none.exit_path_ms + min(device.ms("exit", k, r), none.sent_ms)
 

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -14,18 +14,19 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from compress import data as datasets
+from compress import measurements
 from compress import zoo
 from compress.base import base_model
 from compress.candidate import EXIT_EPOCHS, FINETUNE
 from compress.codec import FEATURE_CODECS, INPUT_CODECS
-from compress.train import Recipe, check_precision
+from compress.train import Recipe
 from profiles import Network, load_profile
 from results.db import ProjectDB, redact
-from search.pool import CandidatePool
-from search.bounds import check_confidence
-from search.latency import check_objective
+from search.pool import CandidatePool, MeasuredPool
 from search.space import Problem, SearchSpace
-from search.study import Objective, adopt, open_study, polish, seed, storage
+from search.spec import check_spec
+from search.plan import known, plan
+from search.study import PRUNE_MARGIN, Objective, adopt, open_study, polish, seed, storage
 
 ROOT = Path(__file__).resolve().parent.parent
 # Base training budget by data set (epochs over its training role): Fashion-MNIST's 12,000 images x 8
@@ -70,38 +71,13 @@ class RunSpec:
     study: str | None = None
     run_dir: str | None = None
     exhaustive: bool = False
+    measurements: str | None = None  # CSV of accuracies measured elsewhere, used instead of fine-tuning
+    suggest: int | None = None  # print the next N candidates to fine-tune instead of training them
+    measured_only: bool = False  # search only the candidates the measurements hold (nothing is trained)
     progress: bool = True
 
     def validate(self) -> None:
-        if self.model not in zoo.ZOO:
-            raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(zoo.ZOO)}")
-        if not self.bandwidth > 0:
-            raise ValueError(f"--bandwidth must be > 0 Mbit/s, got {self.bandwidth:g}")
-        if self.rtt < 0:
-            raise ValueError(f"--rtt must be >= 0 ms, got {self.rtt:g}")
-        if self.T0 is None and not self.multi and (self.A0 is None or not 0 < self.A0 <= 1):
-            raise ValueError(f"--A0 must be in (0, 1], got {self.A0}")
-        if self.T0 is not None and not self.T0 > 0:
-            raise ValueError(f"--T0 must be > 0 ms, got {self.T0:g}")
-        if self.metric not in ("top1", "top5"):
-            raise ValueError(f"--metric must be top1 or top5, got {self.metric!r}")
-        for name, value in (("--trials", self.trials), ("--n-workers", self.n_workers),
-                            ("--base-epochs", self.base_epochs), ("--finetune-epochs", self.finetune_epochs),
-                            ("--exit-epochs", self.exit_epochs)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise ValueError(f"--time-budget must be > 0 seconds, got {self.time_budget:g}")
-        check_precision(self.precision)
-        check_confidence(self.confidence)
-        check_objective(self.objective)
-        for flag, given, allowed in (("--codecs", self.codecs, FEATURE_CODECS),
-                                     ("--input-codecs", self.input_codecs, INPUT_CODECS)):
-            if not given:
-                raise ValueError(f"{flag} needs at least one of: {', '.join(allowed)}")
-            for c in given:
-                if c not in allowed:
-                    raise ValueError(f"unknown codec {c!r} in {flag}; choose from: {', '.join(allowed)}")
+        check_spec(self)  # search/spec.py: the checks auto.py runs on the command line before torch loads
 
     def resolved(self) -> "RunSpec":
         """Fill in the run directory, storage URL and study name (stable, so a rerun can resume)."""
@@ -122,18 +98,19 @@ def families(space: SearchSpace) -> int:
 class Context:
     spec: RunSpec
     problem: Problem
-    pool: CandidatePool
-    data: datasets.DataSplits
+    pool: CandidatePool | MeasuredPool
     db: ProjectDB
     storage: optuna.storages.RDBStorage
 
 
-def context(spec: RunSpec, log=print) -> Context:
-    """Load everything a worker needs; the base model is trained here at most once (cached)."""
-    spec.validate()
-    zoo.build(spec.model, 10, spec.input_size)  # a too-small input fails here, before any work
+def problem_for(spec: RunSpec) -> Problem:
+    """The profiles, network, target and search space of a run (no data, no model)."""
     device = load_profile(spec.end_device, spec.model, spec.input_size)
     server = load_profile(spec.server, spec.model, spec.input_size)
+    K = zoo.build(spec.model, 10, spec.input_size).K  # a too-small input fails here, before any work
+    if device.K != K:
+        raise ValueError(f"profile {device.source} has {device.K + 1} split points (K = {device.K}) but "
+                         f"{spec.model} has {K + 1} (K = {K}): it was measured on another cut of the model")
     problem = Problem(device, server, Network(spec.bandwidth, spec.rtt), A0=None if spec.T0 else spec.A0,
                       T0=spec.T0, metric=spec.metric, confidence=spec.confidence, objective=spec.objective)
     ratios = tuple(problem.space.ratios)
@@ -142,32 +119,57 @@ def context(spec: RunSpec, log=print) -> Context:
         if bad:
             raise ValueError(f"ratios {bad} are not in the profile's grid {list(ratios)}")
         ratios = tuple(spec.ratios)
-    K = problem.space.K
     splits = None
     if spec.splits is not None:
         bad = [k for k in spec.splits if not 0 < k < K]
         if bad:
             raise ValueError(f"splits {bad} are not intermediate split points of {spec.model} (1..{K - 1})")
         splits = tuple(sorted({0, K, *spec.splits}))
-    problem.space = SearchSpace(K, ratios, tuple(spec.codecs), splits, tuple(spec.input_codecs))
+    problem.space = SearchSpace.of(device, server, ratios, codecs=tuple(spec.codecs), splits=splits,
+                                   input_codecs=tuple(spec.input_codecs))
     if spec.familywise:
         problem.families = families(problem.space)
+    return problem
+
+
+def context(spec: RunSpec, log=print) -> Context:
+    """Load everything a worker needs; the base model is trained here at most once (cached), and not at
+    all when the measurements cover every candidate the search asks for."""
+    spec.validate()
+    problem = problem_for(spec)
     Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
     study_storage = storage(spec.storage)  # a bad URL fails here, before any training
-    data = datasets.load(spec.dataset, spec.data_root, spec.input_size, spec.seed)
-    log(f"data: {data.describe()}")
-    base_recipe = None
-    if spec.base_epochs is not None or not spec.weights:
-        epochs = spec.base_epochs or BASE_EPOCHS.get(spec.dataset, Recipe().epochs)
-        base_recipe = Recipe(epochs=epochs, precision=spec.precision)
-    base = base_model(spec.model, data, seed=spec.seed, weights=spec.weights, recipe=base_recipe,
-                      progress=spec.progress, log=log)
     db = ProjectDB(spec.storage)
-    finetune_epochs = spec.finetune_epochs or FINETUNE_EPOCHS.get(spec.dataset, FINETUNE.epochs)
-    recipe = Recipe(**{**FINETUNE.key(), "epochs": finetune_epochs, "precision": spec.precision})
-    pool = CandidatePool(base, data, db, recipe=recipe, exit_epochs=spec.exit_epochs, seed=spec.seed,
-                         progress=spec.progress)
-    return Context(spec, problem, pool, data, db, study_storage)
+
+    def make_pool() -> CandidatePool:
+        data = datasets.load(spec.dataset, spec.data_root, spec.input_size, spec.seed)
+        log(f"data: {data.describe()}")
+        base_recipe = None
+        if spec.base_epochs is not None or not spec.weights:
+            epochs = spec.base_epochs or BASE_EPOCHS.get(spec.dataset, Recipe().epochs)
+            base_recipe = Recipe(epochs=epochs, precision=spec.precision)
+        base = base_model(spec.model, data, seed=spec.seed, weights=spec.weights, recipe=base_recipe,
+                          progress=spec.progress, log=log)
+        finetune_epochs = spec.finetune_epochs or FINETUNE_EPOCHS.get(spec.dataset, FINETUNE.epochs)
+        recipe = Recipe(**{**FINETUNE.key(), "epochs": finetune_epochs, "precision": spec.precision})
+        # open_study's pruner cut-off, recorded with what it stops (a lower A0 later fine-tunes those again)
+        cut = problem.A0 - PRUNE_MARGIN if problem.A0 is not None and not spec.multi else None
+        return CandidatePool(base, data, db, recipe=recipe, exit_epochs=spec.exit_epochs, seed=spec.seed,
+                             progress=spec.progress, prune_below=cut)
+
+    if spec.measurements:
+        rows = measurements.load(spec.measurements, problem.space.K, problem.space.ratios, spec.metric,
+                                 need_n=bool(spec.confidence))
+        log(f"measurements: {len(rows)} candidates from {spec.measurements} (used instead of fine-tuning)")
+        pool = MeasuredPool(rows, None if spec.measured_only else make_pool)
+        if spec.measured_only:
+            space = problem.space
+            problem.space = replace(space, pairs=frozenset(kr for kr in space.candidates() if kr in rows))
+            if spec.familywise:
+                problem.families = families(problem.space)
+    else:
+        pool = make_pool()
+    return Context(spec, problem, pool, db, study_storage)
 
 
 def work(ctx: Context, show_progress: bool = True) -> optuna.Study:
@@ -211,9 +213,12 @@ def run(spec: RunSpec, argv: list[str] | None = None, log=print) -> dict:
     started = time.perf_counter()
     ctx = context(spec, log=log)
     run_id = ctx.db.start_run(spec.study, public_args(spec), versions())
-    status = "failed"
+    status, result = "failed", None
     try:
         log(f"study {spec.study!r} in {redact(spec.storage)}; run directory {spec.run_dir}")
+        resuming = report.resume_message(ctx.storage, spec.study, spec.trials)
+        if resuming:
+            log(resuming)
         workers = spawn_workers(argv or [], spec.n_workers - 1) if spec.n_workers > 1 else []
         study = work(ctx)
         for w in workers:
@@ -221,11 +226,16 @@ def run(spec: RunSpec, argv: list[str] | None = None, log=print) -> dict:
         if not spec.multi:
             polish(study, ctx.problem, ctx.pool)
         search_s = time.perf_counter() - started
-        in_db = ctx.db.candidate_rows(ctx.pool.base.digest)
+        in_db = ctx.db.candidate_rows(ctx.pool.base.digest) if ctx.pool.has_base else []
         spent = {"fine_tunes": ctx.pool.fine_tunes, "exit_trainings": ctx.pool.exit_trainings,
                  "grid_candidates": len(ctx.problem.space.candidates()),
                  "grid_fine_tunes": sum(1 for k, r in ctx.problem.space.candidates() if k > 0 and r > 0),
-                 "candidates_in_db": len(in_db), "search_seconds": round(search_s, 1)}
+                 "candidates_in_db": len(in_db), "search_seconds": round(search_s, 1),
+                 "measured_rows": len(getattr(ctx.pool, "rows", ()))}
+        if not spec.multi and ctx.problem.A0 is not None:  # how settled the answer is, by bounds alone
+            settled = Objective(ctx.problem, ctx.pool).plan(study)
+            spent.update(proven_optimal=settled.proven, can_still_beat=len(settled.order),
+                         set_aside=len(settled.set_aside), stopped=study.user_attrs.get("stopped", "budget"))
         reference = None if spec.multi else reference_table(ctx.problem, ctx.pool, build=spec.exhaustive,
                                                             progress=spec.progress)
         if reference is not None and adopt(study, ctx.problem, ctx.pool, reference):
@@ -236,8 +246,26 @@ def run(spec: RunSpec, argv: list[str] | None = None, log=print) -> dict:
         status = "done" if result.get("feasible", True) else "infeasible"
         return result
     finally:
-        ctx.db.finish_run(run_id, status)
+        ctx.db.finish_run(run_id, status, report.run_summary(result, time.perf_counter() - started))
         ctx.db.dispose()
+
+
+def suggest(spec: RunSpec, log=print) -> dict:
+    """Ask without telling: from the measurements alone (nothing trained, no study), the best answer so
+    far and the next `spec.suggest` candidates worth a fine-tune, in the planner's order."""
+    from results.report import suggestions
+
+    spec.validate()
+    problem = problem_for(spec)
+    if problem.A0 is None:
+        raise ValueError("--suggest ranks fine-tunes for a latency search under --A0 (not --T0 or --multi)")
+    rows = measurements.load(spec.measurements, problem.space.K, problem.space.ratios, spec.metric,
+                             need_n=bool(spec.confidence)) if spec.measurements else {}
+    wanted = set(problem.space.candidates())
+    measured = {kr: known(problem, *kr, ev) for kr, ev in rows.items() if kr in wanted}
+    result = suggestions(problem, plan(problem, measured), spec.suggest, len(rows) - len(measured))
+    log(result["text"])
+    return result
 
 
 def join(spec: RunSpec) -> None:

@@ -35,6 +35,26 @@ class SearchSpace:
     codecs: tuple[str, ...] = FEATURE_CODECS
     splits: tuple[int, ...] | None = None  # default: every split 0..K
     input_codecs: tuple[str, ...] = INPUT_CODECS  # what k = 0 may send the image as
+    exits: bool = True  # False when the device profile has no exit rows (an exit is optional)
+    pairs: frozenset | None = None  # the (k, r) that exist (per-split grids, --measured-only); None: all
+
+    @classmethod
+    def of(cls, device, server, ratios=None, **kw) -> "SearchSpace":
+        """The space two profiles support: their common ratios at each split, exits if profiled."""
+        ratios = tuple(ratios if ratios is not None else device.ratios)
+        pairs = frozenset((k, r) for k in range(device.K + 1) for r in ratios
+                          if r in device.ratios_at(k) and r in server.ratios_at(k))
+        full = len(pairs) == (device.K + 1) * len(ratios)
+        return cls(device.K, ratios, exits=device.has_exits, pairs=None if full else pairs, **kw)
+
+    def ratios_at(self, k: int) -> tuple[float, ...]:
+        """The ratios split k may take (k = 0 prunes nothing)."""
+        if k == 0:
+            return (0.0,)
+        return tuple(r for r in self.ratios if self.pairs is None or (k, r) in self.pairs)
+
+    def has(self, k: int, r: float) -> bool:
+        return r in self.ratios_at(k) and (k > 0 or self.pairs is None or (0, 0.0) in self.pairs)
 
     def __post_init__(self) -> None:
         if self.splits is None:
@@ -44,22 +64,48 @@ class SearchSpace:
         """One name per distinct deployment: k = 0 prunes nothing and sends the image (raw or an input
         codec), only 0 < k < K has an exit and a feature codec, k = K sends nothing ("fp32" by convention)."""
         r = 0.0 if k == 0 else float(r)
-        t = t if exit_allowed(k, self.K) else None
+        t = t if self.exit_at(k) else None
         if k == 0:
             codec = codec if codec in INPUT_CODECS else "raw"
         elif k == self.K:
             codec = "fp32"
         return Config(k, r, t, codec)
 
+    def exit_at(self, k: int) -> bool:
+        """Whether split k may have an early exit: only 0 < k < K, and only with exits profiled."""
+        return self.exits and exit_allowed(k, self.K)
+
     def codecs_at(self, k: int) -> tuple[str, ...]:
         return self.input_codecs if k == 0 else self.codecs if k < self.K else ("fp32",)
+
+    def ratio_distribution(self):
+        """The rate as an ordered parameter: a stepped float on an even grid, else an index into the grid
+        (Optuna's samplers then learn that neighbouring rates behave alike; a categorical would not)."""
+        from optuna.distributions import FloatDistribution, IntDistribution
+
+        rs = sorted(self.ratios)
+        step = round(rs[1] - rs[0], 4) if len(rs) > 1 else 0.0
+        if step > 0 and all(abs(r - (rs[0] + i * step)) < 1e-6 for i, r in enumerate(rs)):
+            return FloatDistribution(rs[0], rs[-1], step=step)
+        return IntDistribution(0, len(rs) - 1)
+
+    def _ratio_param(self, r: float):
+        if isinstance(self.ratio_distribution(), optuna.distributions.FloatDistribution):
+            return r
+        return sorted(self.ratios).index(r)
+
+    def _suggest_ratio(self, trial: optuna.Trial) -> float:
+        d = self.ratio_distribution()
+        if isinstance(d, optuna.distributions.FloatDistribution):
+            return round(trial.suggest_float("r", d.low, d.high, step=d.step), 4)
+        return sorted(self.ratios)[trial.suggest_int("r", d.low, d.high)]
 
     def suggest(self, trial: optuna.Trial) -> Config:
         """Conditional parameters: r only where something is pruned, t and codec only where they act."""
         k = trial.suggest_categorical("k", list(self.splits))
-        r = trial.suggest_categorical("r", list(self.ratios)) if k > 0 else 0.0
+        r = self._suggest_ratio(trial) if k > 0 and len(self.ratios) > 1 else (self.ratios[0] if k > 0 else 0.0)
         t, codec = None, "fp32"
-        if exit_allowed(k, self.K) and trial.suggest_categorical("exit", [True, False]):
+        if self.exit_at(k) and trial.suggest_categorical("exit", [True, False]):
             t = trial.suggest_float("t", *T_RANGE)
         if 0 < k < self.K:
             codec = trial.suggest_categorical("codec", list(self.codecs))
@@ -70,9 +116,9 @@ class SearchSpace:
     def params(self, config: Config) -> dict:
         """Optuna parameters that reproduce `config` (for enqueue_trial)."""
         p: dict = {"k": config.k}
-        if config.k > 0:
-            p["r"] = config.r
-        if exit_allowed(config.k, self.K):
+        if config.k > 0 and len(self.ratios) > 1:
+            p["r"] = self._ratio_param(config.r)
+        if self.exit_at(config.k):
             p["exit"] = config.t is not None
             if config.t is not None:
                 p["t"] = config.t
@@ -88,9 +134,9 @@ class SearchSpace:
         from optuna.distributions import FloatDistribution
 
         d: dict = {"k": Cat(list(self.splits))}
-        if config.k > 0:
-            d["r"] = Cat(list(self.ratios))
-        if exit_allowed(config.k, self.K):
+        if config.k > 0 and len(self.ratios) > 1:
+            d["r"] = self.ratio_distribution()
+        if self.exit_at(config.k):
             d["exit"] = Cat([True, False])
             if config.t is not None:
                 d["t"] = FloatDistribution(*T_RANGE)
@@ -102,7 +148,7 @@ class SearchSpace:
 
     def candidates(self) -> list[tuple[int, float]]:
         """Every (k, r) that needs its own network (k = 0 needs one, unpruned)."""
-        return [(k, 0.0) if k == 0 else (k, r) for k in self.splits for r in (self.ratios if k else (0.0,))]
+        return [(k, r) for k in self.splits for r in self.ratios_at(k) if self.has(k, r)]
 
 
 @dataclass
@@ -125,7 +171,7 @@ class Problem:
         check_objective(self.objective)
         if self.families < 1:
             raise ValueError(f"families must be at least 1, got {self.families}")
-        self.space = SearchSpace(self.device.K, tuple(self.device.ratios))
+        self.space = SearchSpace.of(self.device, self.server)
 
     @property
     def bound_confidence(self) -> float:
@@ -240,7 +286,7 @@ def best_threshold(problem: Problem, k: int, r: float, codec: str, evaluations: 
     Thresholds cost no inference, so once a candidate is evaluated this is exact and free.
     """
     base = score(problem, problem.space.canonical(k, r, None, codec), evaluations)
-    if not exit_allowed(k, problem.space.K):
+    if not problem.space.exit_at(k):
         return base
     sel = evaluations["selection"]
     ts, _, rate, acc_lb = accuracy_bounds(problem, sel, codec)
@@ -258,15 +304,27 @@ def best_setting(problem: Problem, k: int, r: float, evaluations: dict[str, Eval
                  codecs: tuple[str, ...] | None = None, exit: bool = True) -> Score:
     """The exact best codec (among `codecs`) and, with `exit`, threshold of an evaluated (k, r)."""
     key = objective_key(problem)
-    allowed = problem.space.codecs_at(k)
+    allowed = available_codecs(problem, k, evaluations)
     codecs = tuple(c for c in (codecs or allowed) if c in allowed) or allowed[:1]
     scores = (best_threshold(problem, k, r, c, evaluations) if exit else
               score(problem, problem.space.canonical(k, r, None, c), evaluations) for c in codecs)
     return min(scores, key=lambda s: key(s.latency_ms, s.acc_bound))
 
 
+def available_codecs(problem: Problem, k: int, evaluations: dict[str, Evaluation]) -> tuple[str, ...]:
+    """The codecs of the space at split k that the evaluation answers for (all, for one made here)."""
+    sel = evaluations["selection"]
+    codecs = tuple(c for c in problem.space.codecs_at(k) if sel.has(c))
+    if not codecs:
+        raise ValueError(f"k={k}: the evaluation answers for none of the codecs {', '.join(problem.space.codecs_at(k))}")
+    return codecs
+
+
 def objective_key(problem: Problem):
     """Sort key: feasible first, then the objective (latency for A0, accuracy for T0)."""
     if problem.T0 is not None:
-        return lambda lat, acc: (lat > problem.T0, -acc, lat)
-    return lambda lat, acc: (acc < (problem.A0 or 0.0), lat if acc >= (problem.A0 or 0.0) else -acc)
+        T0 = problem.T0  # infeasible: the fastest (closest to T0), as the report's fallback
+        return lambda lat, acc: (lat > T0, -acc, lat) if lat <= T0 else (True, lat, -acc)
+    A0 = problem.A0 or 0.0
+    # infeasible: the most accurate, and of equally accurate ones the fastest (device only over cloud only)
+    return lambda lat, acc: (acc < A0, lat if acc >= A0 else -acc, lat)

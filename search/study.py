@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from results.db import first_start, redact
-from compress.codec import is_variable
-from search.latency import expected_ms_many, lower_bound_ms
+from results.db import check_url, first_start, redact
+from search.latency import lower_bound_ms
+from search.plan import Known, Plan, known, plan
 from search.pool import Abandoned, CandidatePool
 from search.space import T_RANGE, Problem, best_setting, score, violation
 
@@ -29,6 +29,7 @@ class StorageError(ValueError):
 
 def storage(url: str) -> RDBStorage:
     """Optuna's RDB storage with heartbeats; a dead worker's trial is failed and re-queued once."""
+    check_url(url)  # a password with an unencoded '@': its tail would reach the driver, and its errors, as the host
     kwargs = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 60}
@@ -73,8 +74,7 @@ class Objective:
     def __init__(self, problem: Problem, pool: CandidatePool, multi: bool = False, skip_hopeless: bool = True):
         self.problem, self.pool, self.multi, self.skip_hopeless = problem, pool, multi, skip_hopeless
         self._polished: set[tuple[int, float]] = set()
-        self._tried: set[tuple[int, float]] = set()  # (k, r) this worker evaluated, abandoned or saw pruned
-        self._exit_rates: dict[int, float] = {}  # k -> exit rate of (k, 0) at its best setting
+        self._known: dict[tuple[int, float], Known] = {}  # what the planner knows, by (k, r)
 
     def _hopeless(self, trial: optuna.Trial, config) -> str | None:
         """Why (k, r) is not worth a fine-tune, judged from latency alone; None if it is."""
@@ -88,9 +88,20 @@ class Objective:
         return f"latency lower bound {bound:.2f} ms >= best {best:.2f} ms" if bound >= best else None
 
     def __call__(self, trial: optuna.Trial):
+        try:
+            return self._trial(trial)
+        finally:  # whatever this trial ended in, the planner picks what follows (latency-bound search only)
+            if not self.multi and self.problem.T0 is None:
+                self._queue_next(trial.study)
+
+    def _trial(self, trial: optuna.Trial):
         p = self.problem
         config = p.space.suggest(trial)
         trial.set_user_attr("config", config.label())
+        if not p.space.has(config.k, config.r):
+            reason = f"k={config.k} r={config.r:g} is not in the grid of that split"
+            trial.set_user_attr("skipped", reason)
+            raise optuna.TrialPruned(reason)
         trial.set_user_attr("worker_pid", os.getpid())
         reason = self._hopeless(trial, config)
         if reason:
@@ -104,12 +115,19 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"val acc {acc:.3f} after epoch {epoch}")
 
-        self._tried.add((config.k, config.r))
         try:
             evals = self.pool.evaluations(config.k, config.r, on_epoch)
         except Abandoned as e:
+            self._known[(config.k, config.r)] = known(p, config.k, config.r, None)
             trial.set_user_attr("skipped", str(e))
             raise optuna.TrialPruned(str(e)) from None
+        except optuna.TrialPruned:
+            self._known[(config.k, config.r)] = known(p, config.k, config.r, None)
+            raise
+        if not evals["selection"].has(config.codec):  # measured elsewhere under other codecs only
+            reason = f"k={config.k} r={config.r:g} was not measured under codec {config.codec}"
+            trial.set_user_attr("skipped", reason)
+            raise optuna.TrialPruned(reason)
         if not self.multi and (config.k, config.r) not in self._polished:
             self._polished.add((config.k, config.r))
             best = best_setting(p, config.k, config.r, evals)  # free: no inference, so queue it right away
@@ -122,44 +140,49 @@ class Objective:
             return s.latency_ms, s.acc_bound
         trial.set_user_attr("feasible", s.feasible(p))
         if p.T0 is None:
-            best = min(best_feasible_ms(trial.study), s.latency_ms if s.feasible(p) else float("inf"))
-            self._queue_most_promising(trial.study, best)
+            self._known[(config.k, config.r)] = known(p, config.k, config.r, evals)
         trial.set_constraint("T0" if p.T0 is not None else "A0", violation(p, s.latency_ms, s.acc_bound))
         return s.acc_bound if p.T0 is not None else s.latency_ms
 
 
-    def _queue_most_promising(self, study: optuna.Study, best_ms: float) -> None:
-        """Branch and bound: of the untried (k, r) whose latency lower bound can still beat the best feasible
-        latency so far, queue the most promising. TPE alone left such candidates unsampled for 40 trials
-        (measured). The bound assumes the exit answers every sample; where the unpruned split at the same k
-        is already evaluated, its exit rate at its best setting estimates what pruning it will reach, so
-        splits whose exits answer little at A0 wait (measured: resnet18 224 px fine-tuned k=1..3 first)."""
+    def plan(self, study: optuna.Study) -> Plan:
+        """The planner's view: every candidate known without training (this worker, another, the cache),
+        the ones other workers are evaluating right now left out."""
         p = self.problem
+        for k, r in p.space.candidates():
+            if (k, r) not in self._known and self.pool.known(k, r):
+                try:
+                    evals = self.pool.evaluations(k, r)
+                except Abandoned:
+                    evals = None
+                self._known[(k, r)] = known(p, k, r, evals)
+        busy = set()  # what other workers are evaluating now (queued trials are still the planner's to weigh)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if "k" in t.params:
+                busy.add((t.params["k"], self._ratio(t.params)))
+        return plan(p, self._known, busy)
+
+    def _ratio(self, params: dict) -> float:
+        sp = self.problem.space
+        if "r" not in params or params["k"] == 0:
+            return 0.0 if params["k"] == 0 else sp.ratios[0]
+        r = params["r"]
+        return round(float(r), 4) if isinstance(r, float) else sorted(sp.ratios)[int(r)]
+
+    def _queue_next(self, study: optuna.Study) -> None:
+        """Queue the candidate the planner puts first; stop the study once its answer is proven optimal over
+        the grid, or once no candidate can reach A0 (every split's unpruned network is below it)."""
+        p = self.problem
+        pl = self.plan(study)
+        if pl.proven or pl.unreachable:
+            study.set_user_attr("stopped", "proven" if pl.proven else "unreachable")
+            study.stop()
+            return
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return  # decide when the queue runs dry, with everything learnt by then
-        options = []
-        for k, r in p.space.candidates():
-            if (k, r) in self._tried:
-                continue
-            rate = self._unpruned_exit_rate(k) if r > 0 else None
-            for c in p.space.codecs_at(k):
-                bound = lower_bound_ms(p.device, p.server, p.network, k, r, c)
-                estimate = bound if rate is None or is_variable(c) else float(
-                    expected_ms_many(p.device, p.server, p.network, k, r, c, [rate])[0])
-                options.append((max(estimate, bound), bound, k, r, c))
-        promising = [o for o in options if o[1] < best_ms]
-        if promising:
-            _, _, k, r, codec = min(promising)
-            study.enqueue_trial(p.space.params(p.space.canonical(k, r, 0.9, codec)), skip_if_exists=True)
-
-    def _unpruned_exit_rate(self, k: int) -> float | None:
-        """Exit rate of (k, 0) at its best setting, if this worker already knows it without training."""
-        p = self.problem
-        if k not in self._exit_rates:
-            if not 0 < k < p.space.K or not self.pool.known(k, 0.0):
-                return None
-            self._exit_rates[k] = best_setting(p, k, 0.0, self.pool.evaluations(k, 0.0)).breakdown.exit_rate
-        return self._exit_rates[k]
+        k, r = pl.order[0]
+        study.enqueue_trial(p.space.params(p.space.canonical(k, r, 0.9, p.space.codecs_at(k)[0])),
+                            skip_if_exists=True)
 
 
 def seed_order(problem: Problem) -> list[int]:
@@ -173,18 +196,20 @@ def seed_order(problem: Problem) -> list[int]:
     def key(k: int) -> tuple[int, float]:
         if not 0 < k < K:
             return 0, float(k)
-        return 1, min(lower_bound_ms(p.device, p.server, p.network, k, 0.0, c) for c in p.space.codecs_at(k))
+        r = p.space.ratios_at(k)[0]
+        return 1, min(lower_bound_ms(p.device, p.server, p.network, k, r, c) for c in p.space.codecs_at(k))
 
-    return sorted(p.space.splits, key=key)
+    return sorted((k for k in p.space.splits if p.space.ratios_at(k) and p.space.has(k, p.space.ratios_at(k)[0])),
+                  key=key)
 
 
 def seed(study: optuna.Study, problem: Problem) -> int:
     """Queue the unpruned split at every k first (in `seed_order`): they cost no fine-tune (r = 0 only
     trains an exit), and the best of them bounds every pruned candidate that follows."""
-    for k in seed_order(problem):
-        config = problem.space.canonical(k, 0.0, 0.9, problem.space.codecs_at(k)[0])
+    for k in seed_order(problem):  # at the least pruning each split's grid has (0 unless a grid lacks it)
+        config = problem.space.canonical(k, problem.space.ratios_at(k)[0], 0.9, problem.space.codecs_at(k)[0])
         study.enqueue_trial(problem.space.params(config), skip_if_exists=True)
-    return len(problem.space.splits)
+    return len(seed_order(problem))
 
 
 def record(study: optuna.Study, problem: Problem, pool: CandidatePool, config, **attrs) -> optuna.trial.FrozenTrial:

@@ -6,11 +6,12 @@ import json
 import math
 
 import pandas as pd
+import numpy as np
 import pytest
 
 from compress import zoo
 from compress.codec import payload_bytes
-from profiles import Network, Profile, ProfileNotFoundError, available_devices, load_profile
+from profiles import Network, Profile, available_devices, load_profile
 from profiles.__main__ import main as cli
 from profiles.profile import OVERHEAD_PARTS, overhead_codecs, profile_path, save_json
 from profiles.profiler import scaled, summarize
@@ -140,8 +141,9 @@ def test_loader_errors_are_one_line_and_helpful(root, tmp_path):
         load_profile(path, MODEL, 64)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_profile(str(tmp_path / "missing.json"), MODEL, SIZE)
-    for e in (ProfileNotFoundError("x"),):
-        assert isinstance(e, FileNotFoundError) and isinstance(e, ValueError)
+    for catch in (FileNotFoundError, ValueError):  # callers catching either one get the missing profile
+        with pytest.raises(catch, match="unknown device"):
+            load_profile("phone", MODEL, SIZE, root=root)
 
 
 def _broken(tmp_path, doc, name="broken.json"):
@@ -237,9 +239,16 @@ def test_short_parts_are_timed_more_often(tmp_path):
 @pytest.mark.slow
 def test_validate_compares_every_split(dev, srv):
     table = validate_profiles(dev, srv, repeats=3, progress=False)
-    assert len(table) == (K + 1) * len(RATIOS)
-    assert table.ape.notna().all() and (table.pred_ms > 0).all() and (table.meas_ms > 0).all()
-    assert table[table.k == 0].device_ape.isna().all()  # nothing runs on the device at k = 0
+    assert sorted(zip(table.k, table.r)) == sorted((k, r) for k in range(K + 1) for r in RATIOS)
+    # the predictions are the profile's own rows, head + exit on the device and tail on the server
+    for row in table.itertuples():
+        assert row.pred_device_ms == pytest.approx(dev.ms("head", row.k, row.r) + dev.ms("exit", row.k, row.r))
+        assert row.pred_server_ms == pytest.approx(srv.ms("tail", row.k, row.r))
+    # and each error is |predicted - measured| / measured, recomputed here
+    ape = 100 * (table.pred_ms - table.meas_ms).abs() / table.meas_ms
+    assert np.allclose(table.ape, ape, atol=0.01)
+    assert table[table.k == 0].device_ape.isna().all() and (table[table.k == 0].meas_device_ms == 0).all()
+    assert table[table.k == K].server_ape.isna().all() and (table[table.k > 0].meas_device_ms > 0).all()
 
 
 @pytest.mark.parametrize("model", ["mobilenet_v2", "resnet18"])
@@ -251,7 +260,6 @@ def test_shipped_profiles(model):
     assert emu.slowdown == 10.0 and emu.meta["emulates"] == "host"
     for part, k, r in zip(host.latency.part, host.latency.k, host.latency.r):
         assert emu.ms(part, k, r) == pytest.approx(10 * host.ms(part, k, r), abs=1e-3)
-    assert isinstance(host, Profile)
     # 32 px ships with the per-request runtime overhead; emulated devices carry the host's unscaled
     emu50 = load_profile("emulated-50x", model, 32)
     assert emu50.slowdown == 50.0 and emu50.meta["emulates"] == "host"

@@ -19,9 +19,8 @@ from compress.candidate import unpack_evaluations
 from profiles import Network, load_profile
 from results.db import ProjectDB
 from search.latency import lower_bound_ms
-from search.pool import CandidatePool
 from search.run import RunSpec, run
-from search.space import Problem, best_setting
+from search.space import Problem
 from search.study import Objective, seed, seed_order
 from tests.conftest import ROOT
 
@@ -97,29 +96,6 @@ def test_unpruned_splits_are_tried_ends_first_then_by_lowest_bound(bandwidth):
     study.optimize(lambda trial: tried.append((problem.space.suggest(trial).k, trial.params.get("r", 0.0))) or 0.0,
                    n_trials=K + 1)
     assert tried == [(k, 0.0) for k in order]  # the queue runs in that order, all unpruned
-
-
-def test_branch_and_bound_waits_for_the_queue_and_never_trains_to_rank(resnet_base, digits32, tmp_path, monkeypatch):
-    monkeypatch.setenv("SPLITOPT_CACHE", str(tmp_path))  # a cold candidate cache
-    problem = Problem(load_profile("emulated-10x", "resnet18", 32), load_profile("server", "resnet18", 32),
-                      Network(10, 5), A0=0.9)
-    pool = CandidatePool(resnet_base, digits32, progress=False)
-    objective = Objective(problem, pool)
-    assert objective._unpruned_exit_rate(2) is None  # unknown: ranked by its bound, nothing trained to rank it
-    assert pool.exit_trainings == pool.fine_tunes == 0
-    evals = pool.evaluations(2, 0.0)
-    assert objective._unpruned_exit_rate(2) == best_setting(problem, 2, 0.0, evals).breakdown.exit_rate
-    assert objective._unpruned_exit_rate(0) is None  # the ends have no exit
-    study = optuna.create_study()
-    study.enqueue_trial({"k": 0})
-    objective._queue_most_promising(study, best_ms=float("inf"))
-    assert len(study.trials) == 1  # something is already waiting: decide later, with more known
-    study.optimize(lambda trial: 0.0, n_trials=1)
-    objective._queue_most_promising(study, best_ms=float("inf"))
-    waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"]["r"] > 0  # lowest bound: a pruned one
-    objective._queue_most_promising(study, best_ms=0.0)  # nothing can beat 0 ms: nothing more is queued
-    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
 
 
 def test_restricted_splits_bound_the_search_and_every_baseline(tmp_path, resnet_base):
@@ -293,3 +269,30 @@ def test_candidates_are_found_on_mysql_for_every_ratio(mysql_url, resnet_base, d
         with db.engine.begin() as c:
             c.execute(sa.text("DELETE FROM splitopt_candidates_v3 WHERE base = :b"), {"b": base})
         db.dispose()
+
+
+def test_rerun_says_it_resumes_and_every_run_keeps_its_summary(tmp_path, resnet_base):
+    """A real run, twice on one SQLite study: splitopt_runs.summary holds each run's answer (it was always
+    {}), the rerun says it resumes (and that --trials is already reached), and trials.csv lists no trial
+    that was queued but never ran (every SQLite trials.csv ended with one)."""
+    spec = RunSpec(**SMALL, A0=0.6, trials=3, run_dir=str(tmp_path)).resolved()
+    first = run(spec, log=lambda *_: None)
+    logs = []
+    again = run(spec, log=logs.append)
+    assert any(line.startswith(f"resuming study {spec.study!r}: ") and "--trials 3 is reached" in line
+               for line in logs), logs
+    engine = sa.create_engine(spec.storage)
+    with engine.connect() as c:
+        rows = c.execute(sa.text("SELECT status, summary FROM splitopt_runs ORDER BY id")).fetchall()
+    engine.dispose()
+    assert [status for status, _ in rows] == ["done", "done"]
+    for (_, summary), result in zip(rows, (first, again)):
+        summary = json.loads(summary)
+        assert summary["best"] == {x: result["best"][x] for x in ("k", "r", "t", "codec")}
+        assert summary["latency_ms"] == result["best"]["latency_ms"] and summary["feasible"] is True
+        assert summary["acc_bound"] == result["best"]["acc_bound"] and summary["seconds"] > 0
+    trials = __import__("pandas").read_csv(tmp_path / "trials.csv")
+    study = optuna.load_study(study_name=spec.study, storage=spec.storage)
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert "WAITING" not in set(trials.state) and len(trials) == len(study.trials) - len(waiting)
+    assert again["trials"]["queued_never_run"] == len(waiting)

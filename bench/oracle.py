@@ -1,0 +1,120 @@
+"""An exhaustive reference written from the raw inputs, sharing no code with search/ nor profiles/.
+
+It reads profile JSON documents and per-sample arrays, and applies the contract of docs/DESIGN (the
+latency formula with the measured runtime overheads, Wilson bounds, the fixed-sequence threshold test,
+the Bonferroni share over the candidates) by itself, so a bug in the product's latency model or bounds
+moves the product's answer and not this one.  Scope: the mean objective, fixed-size codecs (fp32, fp16,
+int8, raw) and the variable ones through their per-sample bytes.
+
+    candidates: {(k, r): {"selection": arrays, "test": arrays}}
+    arrays:     {"label", "final": {codec: pred}, optional "exit_conf", "exit_pred", "nbytes": {codec: bytes}}
+"""
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+
+def wilson(p: float, n: int, confidence: float, upper: bool = False) -> float:
+    if confidence == 0:
+        return p
+    z = NormalDist().inv_cdf(confidence)
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, max(0.0, (centre + (spread if upper else -spread)) / (1 + z * z / n)))
+
+
+class Tables:
+    """The rows of a device and a server profile, looked up as written."""
+
+    def __init__(self, device: dict, server: dict):
+        self.K = int(device["meta"]["K"])
+        self.ms = {}
+        for doc in (device, server):
+            for row in doc["latency"]:
+                self.ms[(row["part"], int(row["k"]), round(float(row["r"]), 4))] = float(row.get("mean_ms", row["median_ms"]))
+        self.bytes = {(int(b["k"]), round(float(b["r"]), 4), b["codec"]): int(b["bytes"]) for b in device["bytes"]}
+        self.numel = {(int(b["k"]), round(float(b["r"]), 4)): math.prod(b["shape"]) for b in device["bytes"]}
+        self.over = {}
+        for doc in (device, server):
+            for row in doc.get("overhead") or []:
+                key = (int(row["k"]), row["codec"])
+                for part in ("device_overhead_ms", "encode_ms", "link_overhead_ms", "server_overhead_ms"):
+                    if part in row:
+                        self.over.setdefault((key, part), []).append((self.numel[(key[0], round(float(row["r"]), 4))],
+                                                                      float(row[part])))
+        self.exits = any(row["part"] == "exit" for row in device["latency"])
+
+    def overhead(self, part: str, k: int, r: float, codec: str | None) -> float:
+        """Measured at some ratios, linear in the split tensor's element count between them, flat outside."""
+        codec = None if k == self.K else ("raw" if k == 0 and codec not in (
+            "png", "jpeg90", "jpeg75", "jpeg50", "webp90", "webp75", "webp50") else codec)
+        points = sorted(self.over.get(((k, codec), part), []))
+        if not points:
+            return 0.0
+        xs = sorted({x for x, _ in points})
+        ys = [float(np.mean([y for x2, y in points if x2 == x])) for x in xs]
+        return round(float(np.interp(self.numel[(k, r)], xs, ys)), 4)
+
+
+def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share: float,
+            bandwidth: float, rtt: float, mean_bytes: float | None) -> float:
+    """Mean per-request latency (ms) of one deployment, the share of requests sent being `sent_share`."""
+    K = t.K
+    head = t.ms.get(("head", k, r), 0.0)
+    exit_ms = t.ms[("exit", k, r)] if with_exit else 0.0
+    path = head + exit_ms + t.overhead("device_overhead_ms", k, r, codec)
+    if k == K:
+        return path
+    if mean_bytes is None:
+        mean_bytes = t.bytes[(k, r, "fp32" if codec == "raw" else codec)]
+    transfer = rtt + 8.0 * mean_bytes / (1000.0 * bandwidth) if mean_bytes > 0 else 0.0
+    sent = (t.overhead("encode_ms", k, r, codec) + transfer + t.overhead("link_overhead_ms", k, r, codec)
+            + t.ms[("tail", k, r)] + t.overhead("server_overhead_ms", k, r, codec))
+    return path + sent_share * sent
+
+
+def optimum(device: dict, server: dict, candidates: dict, A0: float, bandwidth: float, rtt: float,
+            confidence: float = 0.95, families: int | None = None, codecs: dict[int, list[str]] | None = None,
+            metric_top5: bool = False) -> dict | None:
+    """The fastest (k, r, codec, t) whose bounded selection accuracy reaches A0, by brute force.
+
+    `codecs` maps each k to the codecs it may use (default: the codecs its arrays hold); `families` the
+    number of (k, r, codec) the bound is shared among (default: all of them here).
+    """
+    t = Tables(device, server)
+    options = []
+    for (k, r), splits in candidates.items():
+        sel = splits["selection"]
+        for codec in (codecs or {}).get(k, list(sel["final"])):
+            if codec in sel["final"]:
+                options.append((k, r, codec))
+    M = families or len(options)
+    each = 0.0 if confidence == 0 else 1 - (1 - confidence) / M
+    best = None
+    for k, r, codec in options:
+        sel = candidates[(k, r)]["selection"]
+        n = len(sel["label"])
+        final_ok = sel["final"][codec] == sel["label"]
+        nb = sel.get("nbytes", {}).get(codec)
+        mean_bytes = float(np.mean(nb)) if nb is not None else None
+        settings = [(None, float(final_ok.mean()), 0.0)]
+        if t.exits and 0 < k < t.K and sel.get("exit_conf") is not None:
+            conf, exit_ok = sel["exit_conf"], sel["exit_pred"] == sel["label"]
+            running = 1.0
+            for th in sorted(set(conf.tolist()), reverse=True):  # fixed sequence: from the fewest exits down
+                at = conf >= th
+                acc = float(np.where(at, exit_ok, final_ok).mean())
+                running = min(running, wilson(acc, n, each))
+                settings.append((th, running, float(at.mean())))
+        for th, acc_or_bound, rate in settings:
+            bound = wilson(acc_or_bound, n, each) if th is None else acc_or_bound
+            if bound < A0:
+                continue
+            share = 0.0 if k == t.K else (wilson(1 - rate, n, each, upper=True) if th is not None else 1.0)
+            ms = latency(t, k, r, codec, th is not None, share, bandwidth, rtt, mean_bytes)
+            if best is None or ms < best["latency_ms"]:
+                best = {"k": k, "r": r, "codec": codec, "t": th, "latency_ms": ms, "acc_bound": bound}
+    return best

@@ -1,0 +1,162 @@
+"""Which (k, r) to fine-tune next: branch and bound over the ordered rate.
+
+A fine-tune is the only expensive step of the search (thresholds and codecs of an evaluated candidate
+are free), so the planner decides which untried candidate is worth one, from what is known so far:
+
+- proven (no assumption): latency and bytes fall as r grows and an exit can at best answer every sample,
+  so a candidate whose latency lower bound is not below the best feasible latency found cannot win;
+- assumed (ordering only): accuracy usually falls as r grows, so at a split where ratio r' is already
+  below A0, every r > r' is set aside.  Set-aside candidates are still offered, last and in order of their
+  bound, so the assumption orders the work but never removes the optimum: with budget enough the search
+  evaluates every candidate the bounds cannot rule out, and then it has *proven* its answer optimal
+  over the grid (`Plan.proven`).
+
+Among the candidates left, the split whose best candidate promises the lowest latency goes first, and at
+that split the frontier between feasible and infeasible ratios is searched by interpolation on the measured
+accuracy bounds (safeguarded bisection), so a split of 40 ratios costs a handful of fine-tunes, not 40.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from compress.candidate import Evaluation
+from compress.codec import is_variable
+from search.latency import expected_ms_many, lower_bound_ms
+from search.space import Problem, Score, available_codecs, best_setting, objective_key, score
+
+Lookup = Callable[[int, float], "dict[str, Evaluation] | None"]  # None: abandoned (stopped below A0)
+
+
+@dataclass(frozen=True)
+class Known:
+    """What an evaluated candidate tells the planner."""
+
+    k: int
+    r: float
+    best: Score | None  # its best setting; None when its fine-tune was abandoned
+    cap: float  # the highest accuracy bound it reaches without an exit (any codec): feasibility at r
+
+
+@dataclass
+class Plan:
+    """The planner's answer: what to evaluate next, and what is already settled."""
+
+    incumbent: Score | None  # the best feasible configuration known
+    order: list[tuple[int, float]]  # untried candidates worth evaluating, most promising first
+    set_aside: list[tuple[int, float]] = field(default_factory=list)  # the tail of `order` kept by the assumption
+    ruled_out: int = 0  # untried candidates their latency lower bound rules out (proven)
+    reasons: dict[tuple[int, float], str] = field(default_factory=dict)
+
+    @property
+    def proven(self) -> bool:
+        """Nothing untried can beat the incumbent: it is the optimum over the grid, by bounds alone."""
+        return not self.order
+
+    @property
+    def unreachable(self) -> bool:
+        """No candidate is feasible, and every untried one is set aside by the monotone assumption."""
+        return self.incumbent is None and len(self.order) == len(self.set_aside)
+
+
+def known(problem: Problem, k: int, r: float, evaluations: dict[str, Evaluation] | None) -> Known:
+    if evaluations is None:
+        return Known(k, r, None, -math.inf)
+    best = best_setting(problem, k, r, evaluations)
+    cap = max(score(problem, problem.space.canonical(k, r, None, c), evaluations).acc_bound
+              for c in available_codecs(problem, k, evaluations))
+    return Known(k, r, best, cap)
+
+
+def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[tuple[int, float]] = frozenset()
+         ) -> Plan:
+    """Order the untried candidates of `problem.space` (those not in `measured` nor `busy`)."""
+    if problem.T0 is not None or problem.A0 is None:
+        raise ValueError("the planner minimises latency subject to A0 (T0 and --multi use the sampler alone)")
+    A0, p = problem.A0, problem
+    key = objective_key(p)
+    feasible = [m.best for m in measured.values() if m.best is not None and m.best.feasible(p)]
+    incumbent = min(feasible, key=lambda s: key(s.latency_ms, s.acc_bound), default=None)
+    best_ms = incumbent.latency_ms if incumbent is not None else math.inf
+    by_k: dict[int, list[Known]] = {}
+    for m in measured.values():
+        by_k.setdefault(m.k, []).append(m)
+
+    unpruned = [m for m in measured.values() if m.r == 0 and m.best is not None]
+    live: dict[int, list[tuple[float, float]]] = {}  # k -> [(estimate, r)]
+    aside: list[tuple[float, int, float]] = []
+    out = Plan(incumbent, [])
+    for k, r in p.space.candidates():
+        if (k, r) in measured or (k, r) in busy:
+            continue
+        bound = min(lower_bound_ms(p.device, p.server, p.network, k, r, c) for c in p.space.codecs_at(k))
+        if bound >= best_ms:
+            out.ruled_out += 1
+            continue
+        below = [m for m in by_k.get(k, ()) if m.r < r and m.cap < A0]
+        if below:
+            out.reasons[(k, r)] = f"ratio {max(m.r for m in below):g} at k={k} is already below A0"
+            aside.append((bound, k, r))
+            continue
+        if unpruned and max(m.cap for m in unpruned) < A0:
+            # the unpruned network, cut anywhere, is below A0: pruning lowers accuracy, and only an exit could
+            # add some, which exits rarely do
+            out.reasons[(k, r)] = f"the unpruned network is below A0 (accuracy bound {max(m.cap for m in unpruned):.4f})"
+            aside.append((bound, k, r))
+            continue
+        live.setdefault(k, []).append((_estimate(p, k, r, by_k.get(k, ()), bound), r))
+
+    while live:  # in rounds, one probe per split, best split first: a batch (--suggest N) spreads out
+        for k in sorted(live, key=lambda k: min(live[k])):
+            r = _probe(p, sorted(r for _, r in live[k]), by_k.get(k, ()), A0)
+            out.order.append((k, r))
+            live[k] = [(e, x) for e, x in live[k] if x != r]
+            if not live[k]:
+                del live[k]
+    out.set_aside = [(k, r) for _, k, r in sorted(aside)]
+    out.order += out.set_aside
+    return out
+
+
+def _estimate(problem: Problem, k: int, r: float, at_k: list[Known], bound: float) -> float:
+    """Expected latency of an untried (k, r): its bound, raised by the exit rate the nearest evaluated
+    ratio at the same split reached at its best setting (an exit rarely does better after more pruning)."""
+    p = problem
+    done = [m for m in at_k if m.best is not None]
+    if not done:
+        return bound
+    near = min(done, key=lambda m: abs(m.r - r))
+    rate = near.best.breakdown.exit_rate if near.best.config.t is not None else None
+    codec = near.best.config.codec
+    if is_variable(codec) or rate is None:
+        codec = next((c for c in p.space.codecs_at(k) if not is_variable(c)), None)
+        if codec is None:
+            return bound
+    rates = [rate if rate is not None else 0.0]
+    return max(bound, float(expected_ms_many(p.device, p.server, p.network, k, r, codec, rates)[0]))
+
+
+def _probe(problem: Problem, ratios: list[float], at_k: list[Known], A0: float) -> float:
+    """The ratio to evaluate at one split: inside the open frontier (between the highest ratio known
+    feasible and the lowest known infeasible) interpolate where the accuracy bound crosses A0 (kept off
+    the ends, so a bad guess still halves the interval); with no infeasible ratio yet, try the highest."""
+    ok = [m for m in at_k if m.cap >= A0]
+    bad = [m for m in at_k if m.cap < A0]
+    lo = max(ok, key=lambda m: m.r, default=None)
+    hi = min(bad, key=lambda m: m.r, default=None)
+    inside = [r for r in ratios if (lo is None or r > lo.r) and (hi is None or r < hi.r)]
+    if not inside:
+        return ratios[-1]  # below the frontier (an exit may still pay): the fastest first
+    if lo is None:
+        return inside[0]  # nothing feasible known at this split: the unpruned one first
+    if hi is None:
+        return inside[-1]
+    frac = (lo.cap - A0) / (lo.cap - hi.cap) if hi.cap > -math.inf and lo.cap > hi.cap else 0.5
+    target = lo.r + min(max(frac, 0.0), 1.0) * (hi.r - lo.r)
+    i = int(np.argmin([abs(r - target) for r in inside]))
+    n = len(inside)
+    edge = (n - 1) // 4  # safeguard: never the outer quarters, so each probe removes a quarter at least
+    return inside[min(max(i, edge), n - 1 - edge)]
