@@ -29,6 +29,13 @@ class Landscape:
     server: dict
     arrays: dict  # (k, r) -> {"selection": {...}, "test": {...}} raw arrays
     kind: str  # "synthetic" or "measured"
+    codecs: dict | None = None  # k -> the codecs searched there; None: fp32 (raw at k = 0)
+    csv: Path | None = None  # the measurements file it was read from (measured landscapes)
+
+    def codecs_at(self, k: int) -> list[str]:
+        if self.codecs:
+            return self.codecs[k]
+        return ["raw"] if k == 0 else ["fp32"]
 
     @property
     def ratios(self) -> list[float]:
@@ -102,7 +109,7 @@ def synthetic(model: str, seed: int, n_ratios: int = 40, device: str = "emulated
     # k = 0 and r = 0 everywhere run the same unpruned network: one accuracy for all of them
     for k in range(K + 1):
         arrays[(k, 0.0)] = arrays[(0, 0.0)]
-    return Landscape(f"synthetic {model} {n_ratios} ratios seed {seed}", dev, srv, arrays, "synthetic")
+    return Landscape(f"synthetic {model} {device} {n_ratios} ratios seed {seed}", dev, srv, arrays, "synthetic")
 
 
 def to_csv(land: Landscape, path: Path) -> Path:
@@ -119,3 +126,33 @@ def to_csv(land: Landscape, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(path, index=False, float_format="%.10g")
     return path
+
+
+FEATURES, IMAGES = ["fp32", "fp16", "int8", "int8-zlib"], ["raw", "png", "jpeg90", "jpeg75", "jpeg50", "webp90",
+                                                          "webp75", "webp50"]
+
+
+def _npz(path: Path) -> dict:
+    """A candidate's per-sample arrays from its .npz (keys "<split>.<field>[.<codec>]"), read directly."""
+    out: dict = {}
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            split, name, *codec = key.split(".")
+            d = out.setdefault(split, {"final": {}, "nbytes": {}})
+            if codec:
+                d.setdefault(name, {})[codec[0]] = z[key]
+            else:
+                d[name] = z[key]
+    return out
+
+
+def measured(csv: Path, model: str, device: str = "emulated-10x", size: int = 32) -> Landscape:
+    """A grid this project measured (bench/measure_grid.py) with the shipped profiles it was cut for."""
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    arrays = {(int(row.k), round(float(row.r), 4)): _npz(csv.parent / row.arrays) for row in df.itertuples()}
+    dev, srv = load_doc(device, model, size), load_doc("server", model, size)
+    K = int(dev["meta"]["K"])
+    codecs = {k: IMAGES if k == 0 else FEATURES if k < K else ["fp32"] for k in range(K + 1)}
+    return Landscape(f"measured {model} {csv.parent.name} {device}", dev, srv, arrays, "measured", codecs, csv)

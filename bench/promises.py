@@ -118,7 +118,7 @@ def deploy_answers(ctx, df: pd.DataFrame, out: Path, limit: int, rtt: float) -> 
             dev = load_profile(s.device, ctx.spec.model, ctx.spec.input_size)
             where = out / "deploy" / ctx.spec.model / "-".join(map(str, key))
             parts = {p: float(s[p]) for p in PARTS} | {"bytes": float(s["bytes"])}
-            _, m = deploy_candidate(ctx.pool.candidate(key[2], key[3]), ctx.data, where, t, s.codec, parts,
+            _, m = deploy_candidate(ctx.pool.candidate(key[2], key[3]), ctx.pool.data, where, t, s.codec, parts,
                                     bandwidth=s.bandwidth_mbps, rtt=rtt, slowdown=float(dev.meta.get("slowdown", 1.0)),
                                     server_threads=int(server.meta.get("threads", 1)), limit=limit,
                                     seed=ctx.spec.seed)
@@ -165,7 +165,7 @@ def main() -> None:
                                not a.per_candidate_bound), log=print)
         reference_table(ctx.problem, ctx.pool, build=True, progress=True)  # the whole grid, once
         bases[model] = {**{k: ctx.pool.base.meta.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds")},
-                        "data": ctx.data.sizes(), "grid_seconds": round(time.perf_counter() - t0, 1)}
+                        "data": ctx.pool.data.sizes(), "grid_seconds": round(time.perf_counter() - t0, 1)}
         df = scenarios(ctx, a.devices.split(","), [float(x) for x in a.bandwidths.split(",")],
                        [float(x) for x in a.drops.split(",")], [float(x) for x in a.confidences.split(",")], a.rtt)
         frames.append(df)

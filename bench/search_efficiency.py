@@ -21,6 +21,7 @@ import argparse
 import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,7 +31,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench import oracle  # noqa: E402
-from bench.landscapes import Landscape, synthetic, to_csv  # noqa: E402
+from bench.landscapes import Landscape, measured, synthetic, to_csv  # noqa: E402
 from compress import measurements  # noqa: E402
 from profiles import Network  # noqa: E402
 from profiles.profile import Profile  # noqa: E402
@@ -44,20 +45,22 @@ METHODS = ("ours", "tpe", "random", "bisection")
 
 def problem_for(land: Landscape, A0: float, bandwidth: float, rtt: float = 5.0) -> Problem:
     p = Problem(Profile(land.device, "device"), Profile(land.server, "server"), Network(bandwidth, rtt), A0=A0)
-    p.space = SearchSpace(land.K, tuple(land.ratios), ("fp32",), None, ("raw",), exits=p.device.has_exits)
+    p.space = SearchSpace(land.K, tuple(land.ratios), tuple(land.codecs_at(1)), None, tuple(land.codecs_at(0)),
+                          exits=p.device.has_exits)
     p.families = families(land)
     return p
 
 
 def families(land: Landscape) -> int:
-    """(k, r, codec) candidates the bound is shared among: one codec per split here."""
-    return 1 + (land.K - 1) * len(land.ratios) + len(land.ratios)
+    """(k, r, codec) candidates the bound is shared among, counted here from the landscape itself."""
+    return sum(len(land.codecs_at(k)) * (1 if k == 0 else len(land.ratios)) for k in range(land.K + 1))
 
 
 def per_candidate(land: Landscape, A0: float, bandwidth: float, rtt: float = 5.0) -> dict:
     """The oracle's best latency of each candidate alone (inf if it cannot reach A0)."""
     M = families(land)
-    codecs = {k: ["fp32"] for k in range(land.K + 1)}
+    codecs = {k: ["fp32" if c == "raw" and not land.codecs else c for c in land.codecs_at(k)]
+              for k in range(land.K + 1)}
     out = {}
     for kr, arrays in land.arrays.items():
         best = oracle.optimum(land.device, land.server, {kr: arrays}, A0, bandwidth, rtt, families=M, codecs=codecs)
@@ -145,7 +148,7 @@ def one(land: Landscape, A0: float, bandwidth: float, seed_: int, work: Path) ->
     optimum = min(values.values())
     if not math.isfinite(optimum):
         return []
-    csv = to_csv(land, work / f"{abs(hash(land.name))}.csv")
+    csv = land.csv or to_csv(land, work / f"{abs(hash(land.name))}.csv")
     grid = fine_tunes(land.arrays)
     out = []
     for method in METHODS:
@@ -166,7 +169,9 @@ def one(land: Landscape, A0: float, bandwidth: float, seed_: int, work: Path) ->
                         else optuna.samplers.RandomSampler(seed=seed_))
             within = run_sampler(land, problem, csv, sampler(), BUDGET)
             unlimited = run_sampler(land, problem, csv, sampler(), 10 * BUDGET)
+        opt_kr = min(values, key=values.get)
         out.append({"landscape": land.name.rsplit(" seed", 1)[0], "kind": land.kind, "seed": seed_, "A0": A0,
+                    "optimum_k": opt_kr[0], "optimum_r": opt_kr[1], "optimum_pruned": opt_kr[1] > 0,
                     "bandwidth": bandwidth, "method": method, "grid_fine_tunes": grid,
                     "reached_in_budget": reached_after(within, values, optimum) is not None,
                     "fine_tunes_in_budget": fine_tunes(set(within)),
@@ -177,7 +182,9 @@ def one(land: Landscape, A0: float, bandwidth: float, seed_: int, work: Path) ->
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    g = df.groupby(["landscape", "method"], sort=False)
+    """Per landscape and method; `pruned_optimum` splits the runs whose optimum needs a fine-tune."""
+    df = df.assign(pruned_optimum=df.optimum_pruned.map({True: "yes", False: "no"}))
+    g = df.groupby(["landscape", "pruned_optimum", "method"], sort=False)
     return pd.DataFrame({
         "runs": g.size(),
         "reached_in_budget_pct": 100 * g.reached_in_budget.mean(),
@@ -189,26 +196,96 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     }).reset_index()
 
 
+def report(df: pd.DataFrame, table: pd.DataFrame, command: str, seconds: float) -> str:
+    """docs/search_efficiency.md: what was run, the table, and the goal check (nothing here is measured)."""
+    import platform
+    from datetime import datetime, timezone
+
+    lines = [
+        "# Search efficiency on replayed landscapes", "",
+        f"Written by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({platform.machine()}, "
+        f"{seconds / 60:.1f} min). Every figure is a count of fine-tunes, replayed from a landscape: no wall "
+        "time is involved. " + (__doc__.split("\n\n")[1].replace("\n", " ")), "",
+        "Landscapes: *synthetic* ones re-grid the shipped 32 px profiles (emulated-10x or emulated-50x with the "
+        "server profile) to 40 ratios, 0 to 0.975, interpolated linearly in r, without exits, and draw "
+        "accuracies per seed: base 0.92, a per-split drop growing with r, and independent noise of 0.4 points "
+        "per (k, r), so accuracy is not monotone in r (n = 4000 selection and test samples each). *Measured* "
+        "ones are grids this project fine-tuned (bench/measure_grid.py: every split, ratios 0 to 0.9), with "
+        "exits and every codec; their seeds change only the samplers. A0 = the unpruned accuracy minus "
+        "each drop; bandwidths as listed; confidence 0.95 family-wise, as auto.py's default.", "",
+        "Columns: `reached_in_budget_pct`: runs whose evaluated candidates include the optimum within auto.py's "
+        "default 40 trials (bisection: 40 fine-tunes); `median_to_reach` / `worst_to_reach`: fine-tunes until "
+        "then, run without a budget (up to 400 trials; `never_reached` counts runs that did not get there); "
+        "`max_answer_gap_pct`: the product's final answer against the oracle's optimum (ours only). "
+        "`pruned_optimum` = yes: the optimum needs a fine-tune (r > 0); no: an unpruned split wins, which "
+        "every method that evaluates the unpruned splits first reaches at once.", "",
+        _markdown(table), "",
+        "## Goal check (landscapes with at least 40 rates, runs whose optimum needs a fine-tune)", ""]
+    for name, g in table[(table.pruned_optimum == "yes") & table.landscape.str.contains("40 ratios")].groupby(
+            "landscape", sort=False):
+        mine = g[g.method == "ours"].iloc[0]
+        others = g[g.method != "ours"]
+        grid = mine.grid_fine_tunes
+        lines.append(f"- {name}: reached in budget {mine.reached_in_budget_pct:.0f}% of {mine.runs} runs "
+                     f"(goal >= 95%); median {mine.median_to_reach:g} fine-tunes = "
+                     f"{100 * mine.median_to_reach / grid:.1f}% of the grid's {grid} (goal <= 10%); fewer than every "
+                     f"other method: {'yes' if (others.median_to_reach.fillna(1e9) > mine.median_to_reach).all() else 'NO'} "
+                     f"(" + ", ".join(f"{r.method} {r.median_to_reach:g}" for r in others.itertuples()) + ")")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    def fmt(x):
+        if isinstance(x, float):
+            return "-" if x != x else f"{x:.3g}"
+        return str(x)
+
+    out = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    return "\n".join(out + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--models", default="resnet18,mobilenet_v2")
     ap.add_argument("--ratios", type=int, default=40, help="rate grid size of the synthetic landscapes")
+    ap.add_argument("--devices", default="emulated-10x,emulated-50x", help="end-device profiles re-gridded")
     ap.add_argument("--bandwidths", default="1,10,100")
     ap.add_argument("--drops", default="0.01,0.03,0.08", help="A0 = unpruned accuracy minus each of these")
+    ap.add_argument("--measured", default="", metavar="MODEL=CSV,...",
+                    help="grids measured by bench/measure_grid.py to replay too, e.g. resnet18=runs/landscapes/"
+                         "resnet18-digits/measurements.csv (seeds then change only the samplers)")
     ap.add_argument("--out", default="runs/bench/search_efficiency.csv")
+    ap.add_argument("--report", default=None, help="also write this markdown page (docs/search_efficiency.md)")
+    ap.add_argument("--from-csv", default=None, help="only write the report from an earlier run's rows")
     args = ap.parse_args()
+    if args.from_csv:
+        df = pd.read_csv(args.from_csv)
+        Path(args.report).write_text(report(df, summary(df), " ".join(["python", *sys.argv]), 0.0))
+        return
+    started = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models.split(","):
+        for model, device in ((m, d) for m in args.models.split(",") for d in args.devices.split(",")):
             for s in range(args.seeds):
-                land = synthetic(model, s, args.ratios)
+                land = synthetic(model, s, args.ratios, device=device)
                 base = float(np.mean(land.arrays[(0, 0.0)]["selection"]["final"]["fp32"] == 0))
                 for drop in map(float, args.drops.split(",")):
                     for bw in map(float, args.bandwidths.split(",")):
                         rows += one(land, round(base - drop, 4), bw, s, Path(tmp))
-                print(f"{model} seed {s}: {len(rows)} rows", flush=True)
+                print(f"{model} {device} seed {s}: {len(rows)} rows", flush=True)
+        for item in filter(None, args.measured.split(",")):
+            model, path = item.split("=", 1)
+            for device in args.devices.split(","):
+                land = measured(Path(path), model, device)
+                base = float(np.mean(land.arrays[(land.K, 0.0)]["selection"]["final"]["fp32"]
+                                     == land.arrays[(land.K, 0.0)]["selection"]["label"]))
+                for s in range(args.seeds):
+                    for drop in map(float, args.drops.split(",")):
+                        for bw in map(float, args.bandwidths.split(",")):
+                            rows += one(land, round(base - drop, 4), bw, s, Path(tmp))
+                    print(f"{land.name} seed {s}: {len(rows)} rows", flush=True)
     df = pd.DataFrame(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +293,9 @@ def main() -> None:
     table = summary(df)
     table.to_csv(out.with_name(out.stem + "_summary.csv"), index=False)
     print(table.to_string(index=False))
+    if args.report:
+        Path(args.report).write_text(report(df, table, " ".join(["python", *sys.argv]),
+                                            time.perf_counter() - started))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ and a restarted one is found again.
 """
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 import time
@@ -19,21 +20,29 @@ from runtime.protocol import MsgType, ProtocolError, RemoteError
 
 
 class AuthError(RemoteError):
-    """The server refused our credentials: a configuration error, not a network fault."""
+    """The server refused our credentials, or could not prove its own: a configuration (or security)
+    error, not a network fault."""
 
 
 class Client:
-    """One connection to the cloud server, (re)opened on demand, through an emulated `Link`."""
+    """One connection to the cloud server, (re)opened on demand, through an emulated `Link`.
+
+    `timeout` bounds connecting, the whole handshake's replies, and each request's whole reply (from
+    the frame being sent), however the server trickles its bytes.
+    """
 
     def __init__(self, host: str, port: int, secret: bytes | None = None, tls_ca: str | None = None,
                  timeout: float = 5.0, link: links.Link | None = None, max_frame: int = wire.DEFAULT_MAX_FRAME):
+        if not 0 < timeout < math.inf:  # 0 would make the socket non-blocking, None wait forever
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
         self.host, self.port = host, int(port)
-        self.secret = secret
+        self.secret = secret or None
         self.timeout = timeout
         self.link = link or links.Link()
         self.max_frame = max_frame
         self._tls = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
         self.sock: socket.socket | None = None
+        self.session: wire.Session | None = None  # frame tags, after a handshake with a secret
         self._next_id = 1
 
     def new_id(self) -> int:
@@ -42,29 +51,50 @@ class Client:
 
     def connect(self) -> None:
         self.close()
+        deadline = time.monotonic() + self.timeout
         raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames must not wait for Nagle
             sock = self._tls.wrap_socket(raw, server_hostname=self.host) if self._tls else raw
-            hello = self._read(sock)
-            if hello.type == MsgType.ERROR:
-                raise RemoteError(wire.error_message(hello))
-            if hello.type != MsgType.HELLO:
-                raise ProtocolError(f"expected HELLO from the server, got {hello.type.name}")
-            if hello.payload:
-                if self.secret is None:
-                    raise AuthError("the server requires a shared secret (--secret-file)")
-                rid = self.new_id()
-                sock.sendall(wire.pack(MsgType.AUTH, rid, wire.digest(self.secret, hello.payload)))
-                answer = self._read(sock)
-                if answer.type == MsgType.ERROR:
-                    raise AuthError(wire.error_message(answer))
-                if answer.type != MsgType.AUTH_OK or answer.request_id != rid:
-                    raise ProtocolError(f"expected AUTH_OK from the server, got {answer.type.name}")
+            self.session = self._handshake(sock, deadline)
         except BaseException:
+            self.session = None
             raw.close()
             raise
         self.sock = sock
+
+    def _handshake(self, sock: socket.socket, deadline: float) -> wire.Session | None:
+        """HELLO, AUTH, AUTH_OK (runtime.protocol); with a secret the server must prove it before we go on."""
+        hello = self._read(sock, deadline)
+        if hello.type == MsgType.ERROR:
+            raise RemoteError(wire.error_message(hello))  # e.g. server busy
+        if hello.type != MsgType.HELLO:
+            raise ProtocolError(f"expected HELLO from the server, got {hello.type.name}")
+        rid = self.new_id()
+        if self.secret is None:
+            if hello.payload:
+                raise AuthError("the server requires a shared secret (--secret-file)")
+            client_nonce = b""
+            sock.sendall(wire.pack(MsgType.AUTH, rid))
+        else:
+            if len(hello.payload) != wire.NONCE_BYTES:  # a downgrade: without our challenge it proves nothing
+                raise AuthError("the server did not challenge us, so it cannot prove the shared secret: refusing it "
+                                "(a server without --secret-file, or an impostor)")
+            client_nonce = wire.nonce()
+            sock.sendall(wire.pack(MsgType.AUTH, rid, client_nonce +
+                                   wire.client_proof(self.secret, hello.payload, client_nonce)))
+        answer = self._read(sock, deadline)
+        if answer.type == MsgType.ERROR:
+            message = wire.error_message(answer)
+            raise AuthError(message) if message.startswith("authentication") else RemoteError(message)
+        if answer.type != MsgType.AUTH_OK or answer.request_id != rid:
+            raise ProtocolError(f"expected AUTH_OK from the server, got {answer.type.name}")
+        if self.secret is None:
+            return None
+        if not wire.same(wire.server_proof(self.secret, hello.payload, client_nonce), answer.payload):
+            raise AuthError("the server failed to prove the shared secret: refusing it (a wrong secret, or an "
+                            "impostor)")
+        return wire.Session.client(self.secret, hello.payload, client_nonce)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -73,9 +103,10 @@ class Client:
             except OSError:
                 pass
             self.sock = None
+        self.session = None
 
-    def _read(self, sock: socket.socket) -> wire.Frame:
-        frame = wire.read_frame(sock, self.max_frame)
+    def _read(self, sock: socket.socket, deadline: float) -> wire.Frame:
+        frame = wire.read_frame(sock, self.max_frame, deadline, self.session)
         if frame is None:
             raise ConnectionError("the server closed the connection")
         return frame
@@ -85,8 +116,11 @@ class Client:
         if self.sock is None:
             self.connect()
         assert self.sock is not None
+        if self.session is not None:
+            data = self.session.seal(data)
+        self.sock.settimeout(self.timeout)  # reads leave a deadline's remainder behind
         self.link.send(self.sock, data)
-        frame = self._read(self.sock)
+        frame = self._read(self.sock, time.monotonic() + self.timeout)
         self.link.received()
         if frame.request_id != rid:
             raise ProtocolError(f"reply for request {frame.request_id} while waiting for {rid}")
@@ -121,6 +155,10 @@ class Remote:
     """Requests with retries, exponential back-off and a fallback signal (None) instead of an exception."""
 
     def __init__(self, client: Client, retries: int = 2, backoff: float = 0.05, max_backoff: float = 2.0):
+        if not (isinstance(retries, int) and retries >= 0):  # -1 would make no attempt at all
+            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+        if not (0 <= backoff < math.inf and 0 <= max_backoff < math.inf):
+            raise ValueError(f"backoff and max_backoff must be >= 0 seconds, got {backoff} and {max_backoff}")
         self.client = client
         self.retries = retries
         self.backoff = backoff

@@ -22,6 +22,7 @@ pred = -1 (counted wrong).  Every sample gets exactly one row.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,10 @@ def run_edge(model_dir: str | Path, server: str | tuple[str, int] | None = None,
         raise ValueError(f"split k={k} < K={K} needs a server address (HOST:PORT)")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+    if not 0 < timeout < math.inf:  # 0 would make the sockets non-blocking: every request would fail
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    if not (isinstance(retries, int) and retries >= 0):  # -1 would make no attempt at all
+        raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
     images, labels = _test_split(manifest, data, data_root)
     n = len(images) if limit is None else min(int(limit), len(images))
     device = Device(model_dir, manifest, slowdown)
@@ -129,7 +134,7 @@ class Device:
         self.use_exit = bool(manifest["exit"])
         self.t = manifest["t"]
         self.codec = mf.manifest_codec(manifest)  # k = 0: the uint8 image, raw or through an image codec
-        self.head = session(Path(model_dir) / manifest["head"]["file"], threads=1) if manifest["head"] else None
+        self.head = session(mf.part_path(model_dir, manifest, "head"), threads=1) if manifest["head"] else None
         self.last = manifest["tail"] is None  # k = K: the head is the whole model
         if self.head is not None:
             self.input = self.head.get_inputs()[0].name
@@ -262,10 +267,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--slowdown", type=float, default=1.0, help="device emulation factor >= 1 on head compute")
     p.add_argument("--limit", type=int, default=None, help="first N test samples only")
     p.add_argument("--csv", default=None, help="write the per-sample table here")
-    p.add_argument("--secret-file", default=None, help="shared secret for the server's HMAC challenge")
+    p.add_argument("--secret-file", default=None,
+                   help="shared secret: the edge and the server prove it to each other (a server that cannot "
+                        "is refused)")
     p.add_argument("--tls-ca", default=None, help="CA (or self-signed) certificate: connect over TLS")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait on the server per attempt")
-    p.add_argument("--retries", type=int, default=2, help="retries per request before the fallback")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait on the server per attempt (> 0)")
+    p.add_argument("--retries", type=int, default=2, help="retries per request before the fallback (>= 0)")
     p.add_argument("--data-root", default=None, help="local CIFAR-10 / ImageFolder copy, as for auto.py")
     return p
 
@@ -282,8 +289,30 @@ def _bandwidth(value: str | None) -> float | str | None:
     return mbps
 
 
+def check_args(args: argparse.Namespace) -> str | None:
+    """The first out-of-range argument as a one-line message, or None."""
+    if not 0 < args.timeout < math.inf:
+        return f"--timeout must be a positive number of seconds, got {args.timeout}"
+    if args.retries < 0:
+        return f"--retries must be >= 0, got {args.retries}"
+    if args.limit is not None and args.limit < 0:
+        return f"--limit must be >= 0, got {args.limit}"
+    if not 0 <= args.rtt < math.inf:
+        return f"--rtt must be >= 0 ms, got {args.rtt}"
+    if not 1 <= args.slowdown < math.inf:
+        return f"--slowdown must be >= 1, got {args.slowdown}"
+    try:
+        _bandwidth(args.bandwidth)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if (problem := check_args(args)) is not None:
+        p.error(problem)
     try:
         secret = wire.read_secret(args.secret_file) if args.secret_file else None
         df = run_edge(args.model_dir, args.server, bandwidth=_bandwidth(args.bandwidth), rtt=args.rtt,

@@ -32,10 +32,30 @@ def load(model_dir: str | Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path} has manifest format {manifest.get('format')!r}; this runtime reads {FORMAT}")
     for part in ("head", "tail"):
-        entry = manifest.get(part)
-        if entry and not (Path(model_dir) / entry["file"]).is_file():
-            raise FileNotFoundError(f"{path} names {entry['file']} but it is missing")
+        if manifest.get(part):
+            part_path(model_dir, manifest, part)
     return manifest
+
+
+def part_path(model_dir: str | Path, manifest: dict[str, Any], part: str) -> Path:
+    """The file of `part` ("head" or "tail"), which must be a file inside `model_dir`.
+
+    A manifest only names files of its own export: an absolute path, a `..` or a symlink that leads
+    out of the directory is refused, so a manifest cannot make the server load (or serve) another file.
+    """
+    name = manifest[part]["file"] if isinstance(manifest.get(part), dict) else None
+    where = Path(model_dir) / NAME
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: {part}.file must be a file name, got {name!r}")
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(f"{where}: {part}.file {name!r} must be a relative path inside the model directory")
+    root = Path(model_dir).resolve()
+    path = (root / name).resolve()  # follows symlinks: the file itself must be inside too
+    if not path.is_relative_to(root):
+        raise ValueError(f"{where}: {part}.file {name!r} resolves to {path}, outside the model directory {root}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{where} names {name} but it is missing")
+    return path
 
 
 def save(manifest: dict[str, Any], model_dir: str | Path) -> Path:

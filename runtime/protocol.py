@@ -7,10 +7,24 @@ Every message is one frame::
             shape (6 x uint32; dims past ndim are 0), payload length
     payload `length` raw bytes
 
-A connection opens with the server's HELLO (a 32-byte nonce when a shared secret is required, else
-empty); the client answers AUTH = HMAC-SHA256(secret, nonce) and gets AUTH_OK, or an ERROR and a
-closed connection.  Then the client sends REQUESTs (one tensor each) and gets one REPLY or ERROR per
-request, with the same request id.
+A connection opens with a handshake, which the server must see completed within its handshake
+deadline (an absolute one: trickling bytes does not extend it):
+
+1. server -> HELLO: a 32-byte server nonce Ns when a shared secret is required, else empty;
+2. client -> AUTH: with a secret, a 32-byte client nonce Nc and the client proof
+   HMAC-SHA256(secret, "splitopt/2 client proof" | Ns | Nc); without one, empty;
+3. server -> AUTH_OK: with a secret, the server proof
+   HMAC-SHA256(secret, "splitopt/2 server proof" | Ns | Nc), else empty; or an ERROR and a closed
+   connection.
+
+So each side proves the secret over both nonces, under its own label: an answer cannot be reflected
+back or replayed.  A client with a secret refuses a HELLO without a nonce (a downgrade) and an
+AUTH_OK whose proof is wrong, before it sends anything else.  With a secret, every later frame in
+either direction is followed by a tag, HMAC-SHA256(key, frame counter | header | payload) cut to
+TAG_BYTES = 16 bytes, under a per-direction key HMAC-SHA256(secret, "splitopt/2 <direction> frames" | Ns | Nc):
+a relay that forwarded the handshake can neither inject, alter, reorder nor replay frames.  (TLS
+adds confidentiality; the secret and TLS are independent options.)  Then the client sends REQUESTs
+(one tensor each) and gets one REPLY or ERROR per request, with the same request id.
 
 Payloads by message type:
 
@@ -33,12 +47,12 @@ Payloads by message type:
   at the expected size) is a non-fatal error of that request.
 - REPLY: dtype FP32, shape (n, classes); payload = float64 server compute ms, n int64 classes,
   then the float32 logits.
-- ERROR: a utf-8 message.  HELLO: the nonce.  AUTH: the 32-byte digest.  PING/PONG: empty.
+- ERROR: a utf-8 message.  HELLO, AUTH, AUTH_OK: as above.  PING/PONG: empty.
   SINK: any bytes (for measuring the uplink); the server answers SINK_ACK once it has read them.
 
-Header faults that lose the frame boundary (magic, version, a length above the maximum frame) are
-fatal: the peer gets an ERROR and the connection closes.  Anything else is reported for that request
-id and the connection stays in sync.
+Header faults that lose the frame boundary (magic, version, a length above the maximum frame) and a
+wrong tag are fatal: the peer gets an ERROR and the connection closes.  Anything else is reported for
+that request id and the connection stays in sync.
 """
 from __future__ import annotations
 
@@ -49,6 +63,7 @@ import math
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -57,11 +72,13 @@ import numpy as np
 from compress import codec as codecs
 
 MAGIC = b"SPLT"
-VERSION = 1
+VERSION = 2  # 2: mutual authentication and frame tags (1 had a one-way challenge)
 MAX_DIMS = 6
 HEADER = struct.Struct("<4sBBBBQ6II")
 DEFAULT_MAX_FRAME = 64 << 20  # 64 MiB: a 224 px fp32 feature map of any zoo model fits many times over
 NONCE_BYTES = 32
+PROOF_BYTES = 32  # HMAC-SHA256
+TAG_BYTES = 16  # frame tags: HMAC-SHA256 cut to 128 bits
 MAX_ERROR_CHARS = 1000
 _REPLY_PREFIX = struct.Struct("<d")
 
@@ -106,6 +123,13 @@ class ProtocolError(ValueError):
         super().__init__(message)
         self.request_id = request_id
         self.fatal = fatal
+
+
+class TagError(ProtocolError):
+    """A frame whose tag is wrong: not from the authenticated peer, altered, replayed or out of order."""
+
+    def __init__(self, message: str, request_id: int = 0):
+        super().__init__(message, request_id, fatal=True)
 
 
 class RemoteError(RuntimeError):
@@ -217,33 +241,60 @@ def validate(header: Header, payload: bytes) -> Frame:
     return Frame(mtype, rid, dt, shape, payload)
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+def recv_exact(sock: socket.socket, n: int, deadline: float | None = None,
+               preallocate: bool = False) -> bytes | bytearray | None:
     """Exactly n bytes; None on EOF before the first byte; ConnectionError on EOF inside.
 
-    The buffer grows with what arrives, not with what a header claims, so a peer that announces a
-    large frame and sends nothing costs no memory.
+    `deadline` (time.monotonic) bounds the whole read, not each recv: a peer that trickles a byte at a
+    time cannot stretch it (TimeoutError).  Without `preallocate` the buffer grows with what arrives,
+    not with what a header claims, so a peer that announces a large frame and sends nothing costs no
+    memory; the server preallocates only bytes it has reserved from its memory budget, and reads
+    into them in place (no growth, no copy).
     """
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        if not chunk:
-            if not buf:
+    buf = bytearray(n) if preallocate else bytearray()
+    view = memoryview(buf) if preallocate else None
+    got = 0
+    while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"timed out after {got} of {n} bytes")
+            sock.settimeout(left)
+        if view is not None:
+            k = sock.recv_into(view[got:], min(n - got, 1 << 20))
+        else:
+            chunk = sock.recv(min(n - got, 1 << 20))
+            buf += chunk
+            k = len(chunk)
+        if not k:
+            if not got:
                 return None
-            raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
+            raise ConnectionError(f"connection closed after {got} of {n} bytes")
+        got += k
+    return buf if preallocate else bytes(buf)
 
 
-def read_frame(sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> Frame | None:
-    """The next frame; None on a clean EOF between frames.  Raises ProtocolError or ConnectionError."""
-    head = recv_exact(sock, HEADER.size)
+def read_frame(sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME, deadline: float | None = None,
+               session: "Session | None" = None) -> Frame | None:
+    """The next frame; None on a clean EOF between frames.  Raises ProtocolError, ConnectionError or
+    TimeoutError (past `deadline`, see recv_exact).  With a `session` the frame's tag is read and
+    checked: a wrong one is a fatal ProtocolError."""
+    head = recv_exact(sock, HEADER.size, deadline)
     if head is None:
         return None
     header = unpack_header(head, max_frame)  # the size limit is checked before reading the payload
-    payload = recv_exact(sock, header.length) if header.length else b""
-    if payload is None:
-        raise ConnectionError(f"connection closed before the {header.length}-byte payload")
+    payload = recv_all(sock, header.length, deadline) if header.length else b""
+    if session is not None:
+        session.check(head, payload, recv_all(sock, TAG_BYTES, deadline), header.request_id)
     return validate(header, payload)
+
+
+def recv_all(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """The rest of a frame: exactly n bytes, where EOF before the first is a ConnectionError too."""
+    data = recv_exact(sock, n, deadline)
+    if data is None:
+        raise ConnectionError(f"connection closed before the rest of a frame ({n} bytes)")
+    return data  # type: ignore[return-value]
 
 
 # -- typed messages ---------------------------------------------------------------------------------
@@ -326,17 +377,79 @@ def error_message(frame: Frame) -> str:
 
 # -- authentication ---------------------------------------------------------------------------------
 
+# Domain separation: each HMAC below has its own label, so no value one side computes is ever valid
+# as another (a client proof is not a server proof, a handshake proof is not a frame key).
+_CLIENT_PROOF, _SERVER_PROOF = b"splitopt/2 client proof", b"splitopt/2 server proof"
+_CLIENT_FRAMES, _SERVER_FRAMES = b"splitopt/2 client->server frames", b"splitopt/2 server->client frames"
+
+
 def nonce() -> bytes:
     return os.urandom(NONCE_BYTES)
 
 
-def digest(secret: bytes, challenge: bytes) -> bytes:
-    """The AUTH answer to a HELLO nonce: HMAC-SHA256(secret, nonce)."""
-    return hmac.new(secret, challenge, hashlib.sha256).digest()
+def _mac(secret: bytes, label: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
+    if len(server_nonce) != NONCE_BYTES or len(client_nonce) != NONCE_BYTES:
+        raise ValueError(f"nonces must be {NONCE_BYTES} bytes")  # fixed lengths keep the concatenation unambiguous
+    return hmac.new(secret, label + b"\0" + server_nonce + client_nonce, hashlib.sha256).digest()
 
 
-def verify(secret: bytes, challenge: bytes, answer: bytes) -> bool:
-    return hmac.compare_digest(digest(secret, challenge), answer)
+def client_proof(secret: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
+    """What the client sends in AUTH after its nonce: it knows the secret."""
+    return _mac(secret, _CLIENT_PROOF, server_nonce, client_nonce)
+
+
+def server_proof(secret: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
+    """What the server sends in AUTH_OK: it knows the secret too (checked by the client before anything else)."""
+    return _mac(secret, _SERVER_PROOF, server_nonce, client_nonce)
+
+
+def same(expected: bytes, got: bytes) -> bool:
+    """Constant-time comparison of a proof or tag."""
+    return hmac.compare_digest(expected, got)
+
+
+class Session:
+    """Frame tags after a handshake with a secret (see the module doc): one side's view of a connection.
+
+    Each direction has its own key and frame counter, so a frame cannot be reflected, replayed or
+    reordered, and one without the key (a relay's) fails its tag.  Not thread-safe: one reader and one
+    writer per connection, as the client and the server use it.
+    """
+
+    def __init__(self, send_key: bytes, recv_key: bytes):
+        self._send_key, self._recv_key = send_key, recv_key
+        self._sent = self._received = 0
+
+    @classmethod
+    def client(cls, secret: bytes, server_nonce: bytes, client_nonce: bytes) -> "Session":
+        return cls(_mac(secret, _CLIENT_FRAMES, server_nonce, client_nonce),
+                   _mac(secret, _SERVER_FRAMES, server_nonce, client_nonce))
+
+    @classmethod
+    def server(cls, secret: bytes, server_nonce: bytes, client_nonce: bytes) -> "Session":
+        return cls(_mac(secret, _SERVER_FRAMES, server_nonce, client_nonce),
+                   _mac(secret, _CLIENT_FRAMES, server_nonce, client_nonce))
+
+    @staticmethod
+    def _tag(key: bytes, counter: int, head: bytes, payload: bytes = b"") -> bytes:
+        mac = hmac.new(key, counter.to_bytes(8, "little"), hashlib.sha256)
+        mac.update(head)
+        mac.update(payload)
+        return mac.digest()[:TAG_BYTES]
+
+    def seal(self, frame: bytes) -> bytes:
+        """A packed frame (header and payload) followed by its tag."""
+        tag = self._tag(self._send_key, self._sent, frame)
+        self._sent += 1
+        return frame + tag
+
+    def check(self, head: bytes, payload: bytes, tag: bytes, request_id: int = 0) -> None:
+        """Raise TagError (a fatal ProtocolError) unless `tag` is the next received frame's."""
+        expected = self._tag(self._recv_key, self._received, head, payload)
+        self._received += 1
+        if not same(expected, tag):
+            raise TagError("frame authentication failed: wrong tag (not from the authenticated peer, altered, "
+                           "replayed or out of order)", request_id)
 
 
 def read_secret(path: str) -> bytes:

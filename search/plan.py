@@ -25,6 +25,7 @@ import numpy as np
 
 from compress.candidate import Evaluation
 from compress.codec import is_variable
+from search import bounds
 from search.latency import expected_ms_many, lower_bound_ms
 from search.space import Problem, Score, available_codecs, best_setting, objective_key, score
 
@@ -39,6 +40,7 @@ class Known:
     r: float
     best: Score | None  # its best setting; None when its fine-tune was abandoned
     cap: float  # the highest accuracy bound it reaches without an exit (any codec): feasibility at r
+    ceiling: float = math.inf  # the highest upper bound of that accuracy: what it could plausibly be
 
 
 @dataclass
@@ -56,19 +58,18 @@ class Plan:
         """Nothing untried can beat the incumbent: it is the optimum over the grid, by bounds alone."""
         return not self.order
 
-    @property
-    def unreachable(self) -> bool:
-        """No candidate is feasible, and every untried one is set aside by the monotone assumption."""
-        return self.incumbent is None and len(self.order) == len(self.set_aside)
+    unreachable: bool = False  # A0 is above what the unpruned network can plausibly reach (see `plan`)
 
 
 def known(problem: Problem, k: int, r: float, evaluations: dict[str, Evaluation] | None) -> Known:
     if evaluations is None:
-        return Known(k, r, None, -math.inf)
+        return Known(k, r, None, -math.inf, -math.inf)
     best = best_setting(problem, k, r, evaluations)
-    cap = max(score(problem, problem.space.canonical(k, r, None, c), evaluations).acc_bound
-              for c in available_codecs(problem, k, evaluations))
-    return Known(k, r, best, cap)
+    scores = [score(problem, problem.space.canonical(k, r, None, c), evaluations)
+              for c in available_codecs(problem, k, evaluations)]
+    n = len(evaluations["selection"].label)
+    ceiling = max(float(bounds.upper(s.sel_acc, n, problem.bound_confidence)) for s in scores)
+    return Known(k, r, best, max(s.acc_bound for s in scores), ceiling)
 
 
 def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[tuple[int, float]] = frozenset()
@@ -85,9 +86,11 @@ def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[t
     for m in measured.values():
         by_k.setdefault(m.k, []).append(m)
 
-    unpruned = [m for m in measured.values() if m.r == 0 and m.best is not None]
+    # the unpruned network, cut anywhere: what a split whose own r = 0 is not known yet starts from
+    unpruned = max((m for m in measured.values() if m.r == 0 and m.best is not None), key=lambda m: m.cap,
+                   default=None)
     live: dict[int, list[tuple[float, float]]] = {}  # k -> [(estimate, r)]
-    aside: list[tuple[float, int, float]] = []
+    aside: dict[int, list[tuple[float, float]]] = {}  # k -> [(r, bound)]
     out = Plan(incumbent, [])
     for k, r in p.space.candidates():
         if (k, r) in measured or (k, r) in busy:
@@ -96,16 +99,13 @@ def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[t
         if bound >= best_ms:
             out.ruled_out += 1
             continue
-        below = [m for m in by_k.get(k, ()) if m.r < r and m.cap < A0]
-        if below:
-            out.reasons[(k, r)] = f"ratio {max(m.r for m in below):g} at k={k} is already below A0"
-            aside.append((bound, k, r))
-            continue
-        if unpruned and max(m.cap for m in unpruned) < A0:
-            # the unpruned network, cut anywhere, is below A0: pruning lowers accuracy, and only an exit could
-            # add some, which exits rarely do
-            out.reasons[(k, r)] = f"the unpruned network is below A0 (accuracy bound {max(m.cap for m in unpruned):.4f})"
-            aside.append((bound, k, r))
+        nearest = max((m for m in by_k.get(k, ()) if m.r < r), key=lambda m: m.r, default=None)
+        if nearest is None and unpruned is not None and (r > 0 or not by_k.get(k)):
+            nearest = unpruned  # only an exit could add accuracy to the same network, which exits rarely do
+        if nearest is not None and nearest.cap < A0:
+            where = f"ratio {nearest.r:g} at k={k}" if nearest.k == k else "the unpruned network"
+            out.reasons[(k, r)] = f"{where} is already below A0 (bound {nearest.cap:.4f})"
+            aside.setdefault(k, []).append((r, bound))
             continue
         live.setdefault(k, []).append((_estimate(p, k, r, by_k.get(k, ()), bound), r))
 
@@ -116,8 +116,18 @@ def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[t
             live[k] = [(e, x) for e, x in live[k] if x != r]
             if not live[k]:
                 del live[k]
-    out.set_aside = [(k, r) for _, k, r in sorted(aside)]
+    # set aside, most plausible first: the least pruned ratio of each split (where noise alone may lift a
+    # candidate over a neighbour below A0), splits by their bound, in rounds
+    queues = {k: sorted(v) for k, v in aside.items()}
+    while queues:
+        for k in sorted(queues, key=lambda k: queues[k][0][1]):
+            out.set_aside.append((k, queues[k].pop(0)[0]))
+            if not queues[k]:
+                del queues[k]
     out.order += out.set_aside
+    # stop only when A0 is above even the upper bound of the unpruned network's accuracy: a pruned one would
+    # have to be significantly more accurate than the network it was cut from
+    out.unreachable = (incumbent is None and not live and unpruned is not None and unpruned.ceiling < A0)
     return out
 
 

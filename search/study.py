@@ -173,12 +173,13 @@ class Objective:
         """Queue the candidate the planner puts first; stop the study once its answer is proven optimal over
         the grid, or once no candidate can reach A0 (every split's unpruned network is below it)."""
         p = self.problem
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         pl = self.plan(study)
-        if pl.proven or pl.unreachable:
+        if pl.unreachable or (pl.proven and not waiting):  # queued trials are free (a polish, the seeds): run them
             study.set_user_attr("stopped", "proven" if pl.proven else "unreachable")
             study.stop()
             return
-        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if waiting:
             return  # decide when the queue runs dry, with everything learnt by then
         k, r = pl.order[0]
         study.enqueue_trial(p.space.params(p.space.canonical(k, r, 0.9, p.space.codecs_at(k)[0])),

@@ -50,3 +50,23 @@ def random_resnet18():
 
     torch.manual_seed(0)
     return zoo.build("resnet18", 10, 32).eval()
+
+
+MYSQL_URL = os.environ.get("MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+@pytest.fixture(scope="session")
+def mysql_url():
+    """The real MySQL (MariaDB) server; CI requires it (SPLITOPT_REQUIRE_MYSQL), elsewhere its absence skips."""
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(MYSQL_URL)
+        with engine.connect() as c:
+            c.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as e:  # noqa: BLE001
+        if os.environ.get("SPLITOPT_REQUIRE_MYSQL"):
+            pytest.fail(f"MySQL required (SPLITOPT_REQUIRE_MYSQL) but unreachable at {MYSQL_URL}: {e}")
+        pytest.skip(f"no MySQL server at {MYSQL_URL} (CI requires one): {e}")
+    return MYSQL_URL

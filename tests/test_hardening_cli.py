@@ -22,7 +22,6 @@ from results.db import ProjectDB, candidates, redact
 from search.pool import Abandoned, CandidatePool
 from tests.conftest import ROOT
 
-MYSQL_URL = os.environ.get("MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 AT_PASSWORD = "mysql+pymysql://u:p@ss@w0rd@{host}/db"  # a password with two unencoded '@'
 PIECES = ("p@ss@w0rd", "p@ss", "ss@w0rd", "w0rd")  # none of it may be shown
 
@@ -131,16 +130,7 @@ def _evals() -> dict[str, Evaluation]:
 def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'study.db'}"
-    try:
-        engine = sa.create_engine(MYSQL_URL)
-        with engine.connect() as c:
-            c.execute(sa.text("SELECT 1"))
-        engine.dispose()
-    except Exception as e:  # noqa: BLE001
-        if os.environ.get("SPLITOPT_REQUIRE_MYSQL"):
-            pytest.fail(f"MySQL required (SPLITOPT_REQUIRE_MYSQL) but unreachable at {MYSQL_URL}: {e}")
-        pytest.skip(f"no MySQL server at {MYSQL_URL}: {e}")
-    return MYSQL_URL
+    return request.getfixturevalue("mysql_url")
 
 
 def test_a_lower_A0_fine_tunes_what_a_higher_one_abandoned(db_url, monkeypatch):

@@ -333,3 +333,42 @@ def test_measured_only_searches_the_rows_and_trains_nothing(tmp_path):
     trials = pd.read_csv(tmp_path / "run" / "trials.csv")
     assert set(trials.dropna(subset=["r"]).r.round(4)) <= {0.0, 0.3, 0.6}
     assert result["promise"]["test_acc"] != result["promise"]["test_acc"]  # NaN: no held-out rows given
+
+
+def _oracle_arrays(evals: dict) -> dict:
+    """The product's Evaluation objects as the oracle's plain arrays (fields read, no method called)."""
+    return {s: {"label": e.label, "final": dict(e.final), "exit_conf": e.exit_conf, "exit_pred": e.exit_pred,
+                "nbytes": dict(e.nbytes)} for s, e in evals.items()}
+
+
+@pytest.mark.parametrize("bandwidth, A0", [(1.0, 0.8), (10.0, 0.9), (100.0, 0.85)])
+def test_oracle_agrees_on_real_candidates_with_exits_and_every_codec(resnet_base, digits32, bandwidth, A0):
+    """Fine-tuned digits candidates (exits, fp16/int8/int8-zlib features, PNG/JPEG/WebP images) on the
+    shipped emulated-10x profiles with their measured overheads: the product's exhaustive optimum and the
+    oracle's, over the same candidates, agree."""
+    from search.pool import CandidatePool
+
+    device, server = (Profile(load_doc(d, "resnet18", 32), d) for d in ("emulated-10x", "server"))
+    problem = Problem(device, server, Network(bandwidth, 5.0), A0=A0)
+    problem.space = SearchSpace.of(device, server, (0.0, 0.5), splits=(0, 2, 4, 6))
+    from search.run import families as product_families
+
+    problem.families = product_families(problem.space)
+    from compress.candidate import FINETUNE
+    from compress.train import Recipe
+
+    # the one-epoch recipe of test_search's runs, so the candidates they cache serve here too
+    pool = CandidatePool(resnet_base, digits32, recipe=Recipe(**{**FINETUNE.key(), "epochs": 1}), progress=False)
+    joint = next(m for m in METHODS if m.name == "joint optimum (exhaustive)")
+    ours, complete = best_of(problem, pool, joint)
+    cands = {kr: _oracle_arrays(pool.evaluations(*kr)) for kr in problem.space.candidates()}
+    codecs = {k: list(problem.space.codecs_at(k)) for k in range(device.K + 1)}
+    M = sum(len(codecs[k]) for k, _ in cands)
+    ref = oracle.optimum(load_doc("emulated-10x", "resnet18", 32), load_doc("server", "resnet18", 32), cands, A0,
+                         bandwidth, 5.0, families=M, codecs=codecs)
+    assert complete and M == problem.families
+    if ref is None:
+        assert not ours.feasible(problem)
+        return
+    assert ours.feasible(problem) and ours.latency_ms == pytest.approx(ref["latency_ms"], rel=1e-6)
+    assert (ours.config.k, ours.config.r, ours.config.codec) == (ref["k"], ref["r"], ref["codec"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import struct
 import threading
 import zlib
 
@@ -54,8 +53,9 @@ def served(digits32, tmp_path_factory):
 class GoodClient:
     """Keeps sending valid requests on one connection for as long as the fuzzing runs."""
 
-    def __init__(self, port: int, x: np.ndarray, expected: np.ndarray, codec: str = "fp32"):
-        self.client = Client("127.0.0.1", port, timeout=30)
+    def __init__(self, port: int, x: np.ndarray, expected: np.ndarray, codec: str = "fp32",
+                 secret: bytes | None = None):
+        self.client = Client("127.0.0.1", port, secret=secret, timeout=30)
         self.tensor = wire.encode(x, codec)
         self.expected = expected
         self.ok = 0
@@ -87,12 +87,21 @@ class GoodClient:
         assert self.ok > 0
 
 
+def handshake(s: socket.socket) -> None:
+    """The keyless handshake (runtime.protocol): HELLO, an empty AUTH, AUTH_OK."""
+    hello = wire.read_frame(s)
+    assert hello is not None and hello.type == MsgType.HELLO and hello.payload == b""
+    s.sendall(wire.pack(MsgType.AUTH, 1))
+    ok = wire.read_frame(s)
+    assert ok is not None and ok.type == MsgType.AUTH_OK and ok.request_id == 1, ok
+
+
 def talk(port: int, data: bytes) -> tuple[list[wire.Frame], str]:
-    """Send `data` on a fresh connection, half-close, and read every answer until the server closes."""
+    """Send `data` on a fresh connection after the handshake, half-close, and read every answer until the
+    server closes."""
     frames: list[wire.Frame] = []
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        hello = wire.read_frame(s)
-        assert hello is not None and hello.type == MsgType.HELLO
+        handshake(s)
         try:
             s.sendall(data)
             s.shutdown(socket.SHUT_WR)
@@ -123,7 +132,7 @@ def _with(header_fields: dict, payload: bytes | None = None) -> bytes:
                             fields["rid"], *fields["dims"], length) + body
 
 
-CLIENT_OK_TYPES = {MsgType.REQUEST, MsgType.PING, MsgType.SINK, MsgType.AUTH}  # answered without an ERROR
+CLIENT_OK_TYPES = {MsgType.REQUEST, MsgType.PING, MsgType.SINK}  # answered without an ERROR (AUTH: only once)
 
 
 @st.composite
@@ -225,7 +234,7 @@ def test_oversized_frame_is_refused_before_its_payload(served):
     """The size check happens on the header: the server answers without waiting for 1 GiB."""
     server = served[0]
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        assert wire.read_frame(s).type == MsgType.HELLO
+        handshake(s)
         s.sendall(_with({"length": 1 << 30}, b""))  # no shutdown: a server waiting for the payload would hang
         frame = wire.read_frame(s)
         assert frame.type == MsgType.ERROR and "exceeds the maximum" in wire.error_message(frame)
@@ -233,17 +242,72 @@ def test_oversized_frame_is_refused_before_its_payload(served):
 
 
 def test_too_many_clients_get_busy(served):
+    """Only authenticated connections count against max_clients (tests/test_runtime_hardening.py: the others)."""
     with CloudServer(served[0].model_dir, max_clients=1) as busy:
         first = socket.create_connection(("127.0.0.1", busy.port), timeout=30)
-        assert wire.read_frame(first).type == MsgType.HELLO
+        handshake(first)
         with socket.create_connection(("127.0.0.1", busy.port), timeout=30) as second:
             frame = wire.read_frame(second)
             assert frame.type == MsgType.ERROR and "server busy" in wire.error_message(frame)
+        with pytest.raises(wire.RemoteError, match="server busy"):
+            Client("127.0.0.1", busy.port).connect()
         first.close()
 
 
-def test_header_struct_is_44_bytes():
-    assert struct.calcsize("<4sBBBBQ6II") == wire.HEADER.size == 44
+def _auth(payload: bytes, rid: int = 1, type_: int = int(MsgType.AUTH), length: int | None = None) -> bytes:
+    n = len(payload) if length is None else length
+    return wire.HEADER.pack(wire.MAGIC, wire.VERSION, type_, 0, 0, rid, *(0,) * 6, n) + payload
+
+
+@settings(FUZZ, max_examples=300)
+@given(data=st.one_of(
+    st.binary(max_size=200),  # random bytes
+    st.binary(min_size=64, max_size=64).map(_auth),  # a well-formed AUTH with a made-up nonce and proof
+    st.binary(max_size=120).map(_auth),  # AUTH payloads of the wrong size
+    st.tuples(st.integers(0, 255), st.binary(max_size=64)).map(lambda t: _auth(t[1], type_=t[0])),  # other types
+    st.integers(65, 2 ** 32 - 1).map(lambda n: _auth(b"", length=n)),  # announcing more than an AUTH
+    st.integers(1, 107).map(lambda c: _auth(bytes(64))[:c]),  # cut short
+))
+def _fuzz_handshake(port, data):
+    """Before the handshake only AUTH is read, at most 64 bytes of it: anything else is an ERROR or a close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        hello = wire.read_frame(s)
+        assert hello is not None and hello.type == MsgType.HELLO and len(hello.payload) == wire.NONCE_BYTES
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        frames = []
+        try:
+            while (frame := wire.read_frame(s, max_frame=1 << 20)) is not None:
+                frames.append(frame)
+        except ConnectionError:
+            pass
+    assert len(frames) <= 1 and all(f.type == MsgType.ERROR for f in frames), frames
+    assert all(wire.error_message(f).startswith("authentication") for f in frames), frames
+
+
+def test_fuzzed_handshakes(served):
+    """A server with a secret: no made-up AUTH is accepted, and a client with the secret keeps being served."""
+    server, x, expected = served
+    with CloudServer(server.model_dir, secret=b"fuzz secret", max_frame=MAX_FRAME) as guarded:
+        with GoodClient(guarded.port, x, expected, secret=b"fuzz secret"):
+            _fuzz_handshake(guarded.port)
+        assert guarded.stats["refused_auth"] > 0 and guarded.client_count <= 1
+    assert guarded.stats["internal_errors"] == 0 and guarded.pending_count == 0
+
+
+def test_header_bytes_follow_the_documented_layout():
+    """A frame read back byte by byte at the offsets the protocol docstring gives (not through its struct):
+    magic 0:4, version 4, type 5, dtype 6, ndim 7, request id 8:16, six uint32 dims 16:40, length 40:44."""
+    payload = bytes(range(24))
+    frame = wire.pack(MsgType.REQUEST, 0x0102030405060708, payload, wire.DType.FP16, (2, 3, 2))
+    le = lambda b: int.from_bytes(b, "little")  # noqa: E731
+    assert frame[:4] == b"SPLT" and frame[4] == wire.VERSION and frame[5] == int(MsgType.REQUEST)
+    assert frame[6] == int(wire.DType.FP16) and frame[7] == 3 and le(frame[8:16]) == 0x0102030405060708
+    assert [le(frame[16 + 4 * i:20 + 4 * i]) for i in range(6)] == [2, 3, 2, 0, 0, 0]
+    assert le(frame[40:44]) == len(payload) and frame[44:] == payload and len(frame) == 44 + len(payload)
 
 
 # -- variable-size codecs ---------------------------------------------------------------------------
@@ -310,7 +374,7 @@ def test_variable_payload_faults_keep_the_connection(variable_served, codec):
     bad_before = server.stats["bad_requests"] + server.stats["bad_frames"]
     cases = _bad_payloads(codec, x)
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        assert wire.read_frame(s).type == MsgType.HELLO
+        handshake(s)
         for rid, (what, payload, shape, message) in enumerate(cases, start=100):
             s.sendall(wire.pack(MsgType.REQUEST, rid, payload, dtype, shape))
             _expect(wire.read_frame(s), rid, message)

@@ -17,12 +17,12 @@ from runtime import protocol as wire
 from runtime.protocol import DType, MsgType, ProtocolError
 
 
-def _through_socket(data: bytes, max_frame: int = wire.DEFAULT_MAX_FRAME):
+def _through_socket(data: bytes, max_frame: int = wire.DEFAULT_MAX_FRAME, session: wire.Session | None = None):
     a, b = socket.socketpair()
     try:
         a.sendall(data)
         a.shutdown(socket.SHUT_WR)
-        return wire.read_frame(b, max_frame)
+        return wire.read_frame(b, max_frame, session=session)
     finally:
         a.close()
         b.close()
@@ -129,7 +129,7 @@ def _header(magic=wire.MAGIC, version=wire.VERSION, type_=MsgType.REQUEST, dtype
 
 @pytest.mark.parametrize("header, message", [
     (_header(magic=b"HTTP"), "bad magic"),
-    (_header(version=2), "unsupported protocol version 2"),
+    (_header(version=1), "unsupported protocol version 1"),
     (_header(length=1 << 20), "exceeds the maximum"),
 ])
 def test_fatal_header_faults(header, message):
@@ -242,13 +242,87 @@ def test_header_layout_is_fixed():
     assert raw[:4] == b"SPLT" and struct.unpack_from("<Q", raw, 8)[0] == 0x0102030405060708
 
 
-def test_hmac_challenge():
-    nonce = wire.nonce()
-    assert len(nonce) == wire.NONCE_BYTES and nonce != wire.nonce()
-    answer = wire.digest(b"key", nonce)
-    assert wire.verify(b"key", nonce, answer)
-    assert not wire.verify(b"other", nonce, answer)
-    assert not wire.verify(b"key", nonce, answer[:-1])
+def test_mutual_proofs_are_bound_to_both_nonces_and_a_direction():
+    ns, nc = wire.nonce(), wire.nonce()
+    assert len(ns) == wire.NONCE_BYTES and ns != nc
+    proof = wire.client_proof(b"key", ns, nc)
+    assert len(proof) == wire.PROOF_BYTES and wire.same(proof, wire.client_proof(b"key", ns, nc))
+    assert not wire.same(proof, wire.client_proof(b"other", ns, nc))
+    assert not wire.same(proof, wire.client_proof(b"key", wire.nonce(), nc))  # another server challenge
+    assert not wire.same(proof, wire.client_proof(b"key", ns, wire.nonce()))  # another client nonce
+    assert not wire.same(proof, wire.server_proof(b"key", ns, nc))  # a reflected client proof is no server proof
+    assert not wire.same(proof, proof[:-1])
+    with pytest.raises(ValueError, match="nonces"):
+        wire.client_proof(b"key", ns[:-1], nc)
+
+
+def _session_pair(secret: bytes = b"key") -> tuple[wire.Session, wire.Session]:
+    ns, nc = wire.nonce(), wire.nonce()
+    return wire.Session.client(secret, ns, nc), wire.Session.server(secret, ns, nc)
+
+
+def test_session_tags_frames_per_direction():
+    client, server = _session_pair()
+    frames = [wire.pack(MsgType.PING, i) for i in range(3)]
+    sealed = [client.seal(f) for f in frames]
+    for f, s in zip(frames, sealed):
+        assert len(s) == len(f) + wire.TAG_BYTES
+        got = _through_socket(s, session=server)
+        assert got.type == MsgType.PING
+    reply = server.seal(wire.pack(MsgType.PONG, 0))
+    assert _through_socket(reply, session=client).type == MsgType.PONG
+
+
+@pytest.mark.parametrize("attack", ["untagged", "altered", "replayed", "reordered", "reflected", "other key"])
+def test_session_refuses_frames_it_did_not_get_from_its_peer(attack):
+    client, server = _session_pair()
+    first, second = client.seal(wire.pack(MsgType.PING, 1)), client.seal(wire.pack(MsgType.PING, 2))
+    if attack == "untagged":
+        data = wire.pack(MsgType.PING, 1) + bytes(wire.TAG_BYTES)
+    elif attack == "altered":
+        data = first[:8] + b"\x09" + first[9:]  # the request id
+    elif attack == "replayed":
+        _through_socket(first, session=server)
+        data = first
+    elif attack == "reordered":
+        data = second
+    elif attack == "reflected":  # the server's own frame sent back to it
+        data = server.seal(wire.pack(MsgType.PING, 1))
+    else:
+        data = _session_pair(b"not the key")[0].seal(wire.pack(MsgType.PING, 1))
+    with pytest.raises(wire.TagError, match="frame authentication failed") as e:
+        _through_socket(data, session=server)
+    assert e.value.fatal
+
+
+def test_reads_have_an_absolute_deadline():
+    """A peer that trickles bytes cannot stretch a read past its deadline."""
+    import threading
+    import time
+
+    a, b = socket.socketpair()
+    data = wire.pack(MsgType.PING, 1)
+    stop = threading.Event()
+
+    def drip():
+        for byte in data:
+            if stop.wait(0.05):
+                return
+            try:
+                a.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    t = threading.Thread(target=drip)
+    t.start()
+    try:
+        with pytest.raises(TimeoutError):
+            wire.read_frame(b, deadline=time.monotonic() + 0.3)  # the drip takes 2.2 s, each gap only 0.05 s
+    finally:
+        stop.set()
+        t.join()
+        a.close()
+        b.close()
 
 
 def test_secret_file(tmp_path):

@@ -104,6 +104,7 @@ def test_restricted_splits_bound_the_search_and_every_baseline(tmp_path, resnet_
     allowed = {0, 2, 4, 6}
     assert result["spent"]["grid_candidates"] == 1 + 3 * len(SMALL["ratios"])
     trials = optuna.load_study(study_name=spec.study, storage=spec.storage).trials
+    assert not [t for t in trials if t.state == TrialState.WAITING]  # nothing left queued when it stopped
     assert {t.params["k"] for t in trials} <= allowed
     assert result["best"]["k"] in allowed
     assert {row["k"] for row in result["baselines"] if row.get("feasible")} <= allowed
@@ -140,23 +141,6 @@ def test_bad_input_gets_one_line(argv, message, tmp_path, resnet_base):
 
 # --- shared studies on a real MySQL server -------------------------------------------------------
 
-MYSQL_URL = os.environ.get("MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
-
-
-@pytest.fixture(scope="module")
-def mysql_url():
-    try:
-        engine = sa.create_engine(MYSQL_URL)
-        with engine.connect() as c:
-            c.execute(sa.text("SELECT 1"))
-        engine.dispose()
-    except Exception as e:  # noqa: BLE001
-        if os.environ.get("SPLITOPT_REQUIRE_MYSQL"):
-            pytest.fail(f"MySQL required (SPLITOPT_REQUIRE_MYSQL) but unreachable at {MYSQL_URL}: {e}")
-        pytest.skip(f"no MySQL server at {MYSQL_URL} (CI requires one): {e}")
-    return MYSQL_URL
-
-
 def _worker(spec: dict, study: str, storage: str, run_dir, env_extra=None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.Popen([sys.executable, str(ROOT / "auto.py"), *_args(spec), "--join", "--study", study,
@@ -167,7 +151,9 @@ def _worker(spec: dict, study: str, storage: str, run_dir, env_extra=None) -> su
 @pytest.mark.mysql
 def test_two_workers_share_a_study_on_mysql(mysql_url, tmp_path, resnet_base):
     study_name = f"test-share-{uuid.uuid4().hex[:8]}"
-    spec = {**SMALL, "A0": 0.6, "trials": 12}
+    # multi-objective: a latency search would stop once its answer is proven (two trials here), before
+    # both workers had shared much; the Pareto search runs its 12 trials
+    spec = {**SMALL, "A0": 0.6, "trials": 12, "multi": True}
     workers = [_worker(spec, study_name, mysql_url, tmp_path) for _ in range(2)]
     for w in workers:
         out, _ = w.communicate(timeout=900)
@@ -228,7 +214,14 @@ def test_killed_worker_loses_no_completed_trial(mysql_url, tmp_path, resnet_base
     before = {t.number: t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     killed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
     assert killed, "the worker was killed between trials"
-    time.sleep(4)  # past the grace period: the dead worker's trial is stale
+    # wait until the storage itself calls the dead worker's trial stale (its heartbeat older than the grace
+    # period), rather than sleeping a guessed time: a loaded machine delays both sides alike
+    stale_storage = optuna.storages.RDBStorage(mysql_url, heartbeat_interval=1, grace_period=3)
+    deadline = time.time() + 120
+    killed_ids = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    while not killed_ids <= set(stale_storage._get_stale_trial_ids(study._study_id)):
+        assert time.time() < deadline, "the killed worker's trial never became stale"
+        time.sleep(0.5)
     rescuer = _worker(spec, study_name, mysql_url, tmp_path, env)
     out, _ = rescuer.communicate(timeout=900)
     assert rescuer.returncode == 0, out[-3000:]
