@@ -83,8 +83,9 @@ def reached_after(order: list[tuple[int, float]], values: dict, optimum: float) 
     return None
 
 
-def run_ours(land: Landscape, problem: Problem, csv: Path, trials: int, seed_: int) -> tuple[list, float | None]:
-    rows = measurements.load(csv, land.K, land.ratios, need_n=True)
+def run_ours(problem: Problem, rows: dict, trials: int, seed_: int) -> tuple[list, float | None]:
+    """auto.py's search over `rows` (a loaded measurements file) in replay: the order it asked for
+    candidates in, and its answer's promised latency (None: nothing feasible found)."""
     order: list = []
 
     class Recording(MeasuredPool):
@@ -102,8 +103,7 @@ def run_ours(land: Landscape, problem: Problem, csv: Path, trials: int, seed_: i
     return order, answer
 
 
-def run_sampler(land: Landscape, problem: Problem, csv: Path, sampler, trials: int) -> list:
-    rows = measurements.load(csv, land.K, land.ratios, need_n=True)
+def run_sampler(land: Landscape, problem: Problem, rows: dict, sampler, trials: int) -> list:
     order: list = []
     sp = problem.space
 
@@ -119,9 +119,8 @@ def run_sampler(land: Landscape, problem: Problem, csv: Path, sampler, trials: i
     return order
 
 
-def run_bisection(land: Landscape, problem: Problem, csv: Path) -> list:
+def run_bisection(land: Landscape, problem: Problem, rows: dict) -> list:
     """CNNPC's heuristic: per split, bisection on the rate grid for the largest ratio at A0."""
-    rows = measurements.load(csv, land.K, land.ratios, need_n=True)
     order: list = []
     for k in range(land.K + 1):
         ratios = [0.0] if k == 0 else land.ratios
@@ -149,15 +148,16 @@ def one(land: Landscape, A0: float, bandwidth: float, seed_: int, work: Path) ->
     if not math.isfinite(optimum):
         return []
     csv = land.csv or to_csv(land, work / f"{abs(hash(land.name))}.csv")
+    rows = measurements.load(csv, land.K, land.ratios, need_n=True)  # every method reads the product's parse
     grid = fine_tunes(land.arrays)
     out = []
     for method in METHODS:
         answer = None
         if method == "ours":
-            within, answer = run_ours(land, problem, csv, BUDGET, seed_)
-            unlimited, _ = run_ours(land, problem, csv, 10 * BUDGET, seed_)
+            within, answer = run_ours(problem, rows, BUDGET, seed_)
+            unlimited, _ = run_ours(problem, rows, 10 * BUDGET, seed_)
         elif method == "bisection":
-            unlimited = run_bisection(land, problem, csv)
+            unlimited = run_bisection(land, problem, rows)
             within = []
             for kr in unlimited:
                 if fine_tunes(set(within) | {kr}) > BUDGET:
@@ -167,8 +167,8 @@ def one(land: Landscape, A0: float, bandwidth: float, seed_: int, work: Path) ->
             def sampler():
                 return (optuna.samplers.TPESampler(seed=seed_) if method == "tpe"
                         else optuna.samplers.RandomSampler(seed=seed_))
-            within = run_sampler(land, problem, csv, sampler(), BUDGET)
-            unlimited = run_sampler(land, problem, csv, sampler(), 10 * BUDGET)
+            within = run_sampler(land, problem, rows, sampler(), BUDGET)
+            unlimited = run_sampler(land, problem, rows, sampler(), 10 * BUDGET)
         opt_kr = min(values, key=values.get)
         out.append({"landscape": land.name.rsplit(" seed", 1)[0], "kind": land.kind, "seed": seed_, "A0": A0,
                     "optimum_k": opt_kr[0], "optimum_r": opt_kr[1], "optimum_pruned": opt_kr[1] > 0,
@@ -211,7 +211,8 @@ def report(df: pd.DataFrame, table: pd.DataFrame, command: str, seconds: float) 
         "accuracies per seed: base 0.92, a per-split drop growing with r, and independent noise of 0.4 points "
         "per (k, r), so accuracy is not monotone in r (n = 4000 selection and test samples each). *Measured* "
         "ones are grids this project fine-tuned (bench/measure_grid.py: every split, ratios 0 to 0.9), with "
-        "exits and every codec; their seeds change only the samplers. A0 = the unpruned accuracy minus "
+        "exits and every codec; their seeds change only the samplers, so ours (deterministic) repeats the "
+        "same row once per seed there. A0 = the unpruned accuracy minus "
         "each drop; bandwidths as listed; confidence 0.95 family-wise, as auto.py's default.", "",
         "Columns: `reached_in_budget_pct`: runs whose evaluated candidates include the optimum within auto.py's "
         "default 40 trials (bisection: 40 fine-tunes); `median_to_reach` / `worst_to_reach`: fine-tunes until "

@@ -274,8 +274,6 @@ def print_summary(result: dict, problem, out: Path) -> None:
 
 def suggestions(problem, pl, n: int, outside: int = 0) -> dict:
     """The planner's next `n` fine-tunes as text and rows (for `auto.py --suggest`)."""
-    from search.latency import lower_bound_ms
-
     p = problem
     lines = []
     inc = pl.incumbent
@@ -289,15 +287,15 @@ def suggestions(problem, pl, n: int, outside: int = 0) -> dict:
         lines.append(f"{outside} measured rows lie outside this search's space (--ratios/--splits) and were ignored")
     rows = []
     for k, r in pl.order[:n]:
-        bound = min(lower_bound_ms(p.device, p.server, p.network, k, r, c) for c in p.space.codecs_at(k))
         why = pl.reasons.get((k, r), "can beat the best so far")
-        rows.append({"k": k, "r": r, "lower_bound_ms": round(bound, 4), "why": why,
+        rows.append({"k": k, "r": r, "lower_bound_ms": round(pl.bounds[(k, r)], 4), "why": why,
                      "cost": "fine-tune" if 0 < k and r > 0 else "exit training" if p.space.exit_at(k) else "evaluation"})
     if pl.proven:
         lines.append("proven optimal over the grid: no unmeasured candidate's latency lower bound is below it")
     elif pl.unreachable:
-        lines.append("A0 looks unreachable: every split's measured ratios are below A0 and accuracy falls with "
-                     "pruning (assumed); the candidates below would test that assumption")
+        lines.append("A0 looks unreachable: it is above even the upper confidence bound of the unpruned network's "
+                     "accuracy (a pruned one would have to be significantly more accurate); the candidates below "
+                     "would test that")
     left = len(pl.order)
     if rows:
         lines.append(f"next {len(rows)} of {left} candidates that can still beat it "

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 
 from compress.candidate import Evaluation
@@ -28,9 +26,6 @@ from compress.codec import is_variable
 from search import bounds
 from search.latency import expected_ms_many, lower_bound_ms
 from search.space import Problem, Score, available_codecs, best_setting, objective_key, score
-
-Lookup = Callable[[int, float], "dict[str, Evaluation] | None"]  # None: abandoned (stopped below A0)
-
 
 @dataclass(frozen=True)
 class Known:
@@ -40,7 +35,7 @@ class Known:
     r: float
     best: Score | None  # its best setting; None when its fine-tune was abandoned
     cap: float  # the highest accuracy bound it reaches without an exit (any codec): feasibility at r
-    ceiling: float = math.inf  # the highest upper bound of that accuracy: what it could plausibly be
+    ceiling: float  # the highest upper bound of that accuracy: what it could plausibly be
 
 
 @dataclass
@@ -52,13 +47,13 @@ class Plan:
     set_aside: list[tuple[int, float]] = field(default_factory=list)  # the tail of `order` kept by the assumption
     ruled_out: int = 0  # untried candidates their latency lower bound rules out (proven)
     reasons: dict[tuple[int, float], str] = field(default_factory=dict)
+    bounds: dict[tuple[int, float], float] = field(default_factory=dict)  # latency lower bound of each in `order`
+    unreachable: bool = False  # A0 is above what the unpruned network can plausibly reach (see `plan`)
 
     @property
     def proven(self) -> bool:
         """Nothing untried can beat the incumbent: it is the optimum over the grid, by bounds alone."""
         return not self.order
-
-    unreachable: bool = False  # A0 is above what the unpruned network can plausibly reach (see `plan`)
 
 
 def known(problem: Problem, k: int, r: float, evaluations: dict[str, Evaluation] | None) -> Known:
@@ -99,6 +94,7 @@ def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[t
         if bound >= best_ms:
             out.ruled_out += 1
             continue
+        out.bounds[(k, r)] = bound
         nearest = max((m for m in by_k.get(k, ()) if m.r < r), key=lambda m: m.r, default=None)
         if nearest is None and unpruned is not None and (r > 0 or not by_k.get(k)):
             nearest = unpruned  # only an exit could add accuracy to the same network, which exits rarely do

@@ -16,6 +16,7 @@ from compress.candidate import (EXIT_EPOCHS, FINETUNE, Evaluation, build_candida
                                candidate_path, unpack_evaluations)
 from compress.data import DataSplits
 from compress.train import Recipe
+from profiles.profile import rkey
 from results.db import ProjectDB
 
 
@@ -61,9 +62,9 @@ class CandidatePool:
     # no pruner, so no abandoned candidate is skipped
     prune_below: float | None = None
     fine_tunes: int = 0  # pruned networks trained by this process
-    has_base = True
     exit_trainings: int = 0  # unpruned candidates (r = 0) whose only cost was training the exit
     _memo: dict = field(default_factory=dict)
+    has_base = True  # (a class constant: a MeasuredPool may have none)
 
     def _key(self, k: int, r: float) -> dict:
         return candidate_key(self.base, k, r, self.importance, self.recipe, self.exit_epochs, self.seed)
@@ -164,13 +165,13 @@ class MeasuredPool:
         sum(1 for k, r in self.used if k == 0 or r == 0) if self.replay else 0))
 
     def known(self, k: int, r: float) -> bool:
-        key = (k, round(float(r), 4))
+        key = (k, rkey(r))
         if key in self.rows:
             return not self.replay or key in self.used
         return self._pool is not None and self._pool.known(k, r)
 
     def evaluations(self, k: int, r: float, on_epoch: Callable[[int, float], None] | None = None) -> dict:
-        key = (k, round(float(r), 4))
+        key = (k, rkey(r))
         if key in self.rows:
             self.used.add(key)
             return self.rows[key]

@@ -132,6 +132,12 @@ def problem_for(spec: RunSpec) -> Problem:
     return problem
 
 
+def _measurements(spec: RunSpec, problem: Problem) -> dict:
+    """The measurements file's candidates, checked against the model's splits and the profile's grid."""
+    return measurements.load(spec.measurements, problem.space.K, problem.space.ratios, spec.metric,
+                             need_n=bool(spec.confidence))
+
+
 def context(spec: RunSpec, log=print) -> Context:
     """Load everything a worker needs; the base model is trained here at most once (cached), and not at
     all when the measurements cover every candidate the search asks for."""
@@ -158,8 +164,7 @@ def context(spec: RunSpec, log=print) -> Context:
                              progress=spec.progress, prune_below=cut)
 
     if spec.measurements:
-        rows = measurements.load(spec.measurements, problem.space.K, problem.space.ratios, spec.metric,
-                                 need_n=bool(spec.confidence))
+        rows = _measurements(spec, problem)
         log(f"measurements: {len(rows)} candidates from {spec.measurements} (used instead of fine-tuning)")
         pool = MeasuredPool(rows, None if spec.measured_only else make_pool)
         if spec.measured_only:
@@ -259,8 +264,7 @@ def suggest(spec: RunSpec, log=print) -> dict:
     problem = problem_for(spec)
     if problem.A0 is None:
         raise ValueError("--suggest ranks fine-tunes for a latency search under --A0 (not --T0 or --multi)")
-    rows = measurements.load(spec.measurements, problem.space.K, problem.space.ratios, spec.metric,
-                             need_n=bool(spec.confidence)) if spec.measurements else {}
+    rows = _measurements(spec, problem) if spec.measurements else {}
     wanted = set(problem.space.candidates())
     measured = {kr: known(problem, *kr, ev) for kr, ev in rows.items() if kr in wanted}
     result = suggestions(problem, plan(problem, measured), spec.suggest, len(rows) - len(measured))

@@ -94,6 +94,15 @@ class SearchSpace:
             return r
         return sorted(self.ratios).index(r)
 
+    def ratio_of(self, params: dict) -> float:
+        """The ratio a trial's parameters name (the inverse of `params`)."""
+        if params["k"] == 0:
+            return 0.0
+        if "r" not in params:
+            return self.ratios[0]
+        r = params["r"]
+        return round(float(r), 4) if isinstance(r, float) else sorted(self.ratios)[int(r)]
+
     def _suggest_ratio(self, trial: optuna.Trial) -> float:
         d = self.ratio_distribution()
         if isinstance(d, optuna.distributions.FloatDistribution):

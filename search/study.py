@@ -117,20 +117,23 @@ class Objective:
 
         try:
             evals = self.pool.evaluations(config.k, config.r, on_epoch)
-        except Abandoned as e:
+        except (Abandoned, optuna.TrialPruned) as e:  # given up on, here or by another worker
             self._known[(config.k, config.r)] = known(p, config.k, config.r, None)
+            if isinstance(e, optuna.TrialPruned):
+                raise
             trial.set_user_attr("skipped", str(e))
             raise optuna.TrialPruned(str(e)) from None
-        except optuna.TrialPruned:
-            self._known[(config.k, config.r)] = known(p, config.k, config.r, None)
-            raise
         if not evals["selection"].has(config.codec):  # measured elsewhere under other codecs only
             reason = f"k={config.k} r={config.r:g} was not measured under codec {config.codec}"
             trial.set_user_attr("skipped", reason)
             raise optuna.TrialPruned(reason)
-        if not self.multi and (config.k, config.r) not in self._polished:
-            self._polished.add((config.k, config.r))
-            best = best_setting(p, config.k, config.r, evals)  # free: no inference, so queue it right away
+        kr = (config.k, config.r)
+        if p.T0 is None and not self.multi and (kr not in self._known or self._known[kr].best is None):
+            self._known[kr] = known(p, config.k, config.r, evals)  # the planner's view, its best setting included
+        if not self.multi and kr not in self._polished:
+            self._polished.add(kr)
+            # free: no inference, so queue it right away
+            best = self._known[kr].best if kr in self._known else best_setting(p, config.k, config.r, evals)
             if best.config != config:
                 trial.study.enqueue_trial(p.space.params(best.config), skip_if_exists=True)
         s = score(p, config, evals)
@@ -139,8 +142,6 @@ class Objective:
         if self.multi:
             return s.latency_ms, s.acc_bound
         trial.set_user_attr("feasible", s.feasible(p))
-        if p.T0 is None:
-            self._known[(config.k, config.r)] = known(p, config.k, config.r, evals)
         trial.set_constraint("T0" if p.T0 is not None else "A0", violation(p, s.latency_ms, s.acc_bound))
         return s.acc_bound if p.T0 is not None else s.latency_ms
 
@@ -159,19 +160,12 @@ class Objective:
         busy = set()  # what other workers are evaluating now (queued trials are still the planner's to weigh)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if "k" in t.params:
-                busy.add((t.params["k"], self._ratio(t.params)))
+                busy.add((t.params["k"], p.space.ratio_of(t.params)))
         return plan(p, self._known, busy)
-
-    def _ratio(self, params: dict) -> float:
-        sp = self.problem.space
-        if "r" not in params or params["k"] == 0:
-            return 0.0 if params["k"] == 0 else sp.ratios[0]
-        r = params["r"]
-        return round(float(r), 4) if isinstance(r, float) else sorted(sp.ratios)[int(r)]
 
     def _queue_next(self, study: optuna.Study) -> None:
         """Queue the candidate the planner puts first; stop the study once its answer is proven optimal over
-        the grid, or once no candidate can reach A0 (every split's unpruned network is below it)."""
+        the grid, or once A0 is above even the upper bound of the unpruned network's accuracy."""
         p = self.problem
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         pl = self.plan(study)
@@ -207,10 +201,11 @@ def seed_order(problem: Problem) -> list[int]:
 def seed(study: optuna.Study, problem: Problem) -> int:
     """Queue the unpruned split at every k first (in `seed_order`): they cost no fine-tune (r = 0 only
     trains an exit), and the best of them bounds every pruned candidate that follows."""
-    for k in seed_order(problem):  # at the least pruning each split's grid has (0 unless a grid lacks it)
+    order = seed_order(problem)
+    for k in order:  # at the least pruning each split's grid has (0 unless a grid lacks it)
         config = problem.space.canonical(k, problem.space.ratios_at(k)[0], 0.9, problem.space.codecs_at(k)[0])
         study.enqueue_trial(problem.space.params(config), skip_if_exists=True)
-    return len(seed_order(problem))
+    return len(order)
 
 
 def record(study: optuna.Study, problem: Problem, pool: CandidatePool, config, **attrs) -> optuna.trial.FrozenTrial:

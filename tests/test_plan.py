@@ -110,7 +110,8 @@ def test_search_reaches_the_oracle_optimum_with_few_fine_tunes_and_proves_it(see
     problem = problem_for(land, A0, bandwidth)
     values = per_candidate(land, A0, bandwidth)
     optimum = min(values.values())
-    order, answer = run_ours(land, problem, to_csv(land, tmp_path / "l.csv"), trials=400, seed_=seed_)
+    rows = measurements.load(to_csv(land, tmp_path / "l.csv"), land.K, land.ratios)
+    order, answer = run_ours(problem, rows, trials=400, seed_=seed_)
     assert answer == pytest.approx(optimum, rel=1e-6)
     pruned = [kr for kr in dict.fromkeys(order) if kr[0] > 0 and kr[1] > 0]
     grid = sum(1 for k, r in land.arrays if k > 0 and r > 0)
