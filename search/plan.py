@@ -36,6 +36,7 @@ class Known:
     best: Score | None  # its best setting; None when its fine-tune was abandoned
     cap: float  # the highest accuracy bound it reaches without an exit (any codec): feasibility at r
     ceiling: float  # the highest upper bound of that accuracy: what it could plausibly be
+    n: int = 0  # selection samples behind both
 
 
 @dataclass
@@ -64,7 +65,7 @@ def known(problem: Problem, k: int, r: float, evaluations: dict[str, Evaluation]
               for c in available_codecs(problem, k, evaluations)]
     n = len(evaluations["selection"].label)
     ceiling = max(float(bounds.upper(s.sel_acc, n, problem.bound_confidence)) for s in scores)
-    return Known(k, r, best, max(s.acc_bound for s in scores), ceiling)
+    return Known(k, r, best, max(s.acc_bound for s in scores), ceiling, n)
 
 
 def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[tuple[int, float]] = frozenset()
@@ -112,14 +113,14 @@ def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[t
             live[k] = [(e, x) for e, x in live[k] if x != r]
             if not live[k]:
                 del live[k]
-    # set aside, most plausible first: the least pruned ratio of each split (where noise alone may lift a
-    # candidate over a neighbour below A0), splits by their bound, in rounds
-    queues = {k: sorted(v) for k, v in aside.items()}
-    while queues:
-        for k in sorted(queues, key=lambda k: queues[k][0][1]):
-            out.set_aside.append((k, queues[k].pop(0)[0]))
-            if not queues[k]:
-                del queues[k]
+    # set aside, most plausible first: by the chance that each is the optimum under a rough accuracy model
+    # learnt from what is measured (`_chance`); ties (no chance at all) go in rounds over the splits, least
+    # pruned first, fastest split first in each round.  A split's round counts the ratios it already spent
+    # below A0, so the rounds hold across replans (the planner runs after every trial).
+    spent = {k: sum(1 for m in by_k.get(k, ()) if m.r > 0 and m.cap < A0) for k in aside}
+    chance = _chance(aside, by_k, unpruned, A0)
+    out.set_aside = [(k, r) for *_, k, r in sorted(
+        (-chance[(k, r)], spent[k] + i, bound, k, r) for k, v in aside.items() for i, (r, bound) in enumerate(sorted(v)))]
     out.order += out.set_aside
     # stop only when A0 is above even the upper bound of the unpruned network's accuracy: a pruned one would
     # have to be significantly more accurate than the network it was cut from
@@ -152,7 +153,8 @@ def _probe(problem: Problem, ratios: list[float], at_k: list[Known], A0: float) 
     ok = [m for m in at_k if m.cap >= A0]
     bad = [m for m in at_k if m.cap < A0]
     lo = max(ok, key=lambda m: m.r, default=None)
-    hi = min(bad, key=lambda m: m.r, default=None)
+    # the lowest infeasible ratio above it: below lo an infeasible one (noise) bounds nothing here
+    hi = min((m for m in bad if lo is None or m.r > lo.r), key=lambda m: m.r, default=None)
     inside = [r for r in ratios if (lo is None or r > lo.r) and (hi is None or r < hi.r)]
     if not inside:
         return ratios[-1]  # below the frontier (an exit may still pay): the fastest first
@@ -166,3 +168,54 @@ def _probe(problem: Problem, ratios: list[float], at_k: list[Known], A0: float) 
     n = len(inside)
     edge = (n - 1) // 4  # safeguard: never the outer quarters, so each probe removes a quarter at least
     return inside[min(max(i, edge), n - 1 - edge)]
+
+
+SLOPE_PRIOR = 0.1  # the least accuracy lost per unit of ratio (10 points at r = 1; at r = 1 nothing is left)
+NEAR = 0.1  # ratios this close are neighbours whose difference is mostly noise
+
+
+def _chance(aside: dict[int, list[tuple[float, float]]], by_k: dict[int, list[Known]], unpruned: Known | None,
+            A0: float) -> dict[tuple[int, float], float]:
+    """For each set-aside (k, r): the chance that it is the optimum, i.e. that its accuracy bound reaches A0
+    while no faster set-aside candidate does (a noisy-or over the candidates ordered by latency bound).
+
+    The model is deliberately rough, and only orders: at each split the bound falls linearly in r between
+    the measured ratios and, past the highest, by the slope pooled over all splits; around that line it
+    varies by a spread pooled from how far measured neighbours stray from it (never below the binomial
+    spread of the estimate itself)."""
+    curves: dict[int, list[tuple[float, float]]] = {}
+    floor = 0.0
+    for k in aside:
+        pts = {m.r: m for m in by_k.get(k, ()) if m.best is not None}
+        if 0.0 not in pts and unpruned is not None:
+            pts[0.0] = unpruned  # the same network as an unpruned cut at k (an exit adds nothing to the cap)
+        curves[k] = sorted((r, m.cap) for r, m in pts.items())
+        for m in pts.values():
+            if m.n:
+                floor = max(floor, math.sqrt(max(m.cap * (1 - m.cap), 1e-4) / m.n))
+    pairs = [(a, b) for pts in ([(m.r, m.cap) for m in sorted(ms, key=lambda m: m.r) if m.best is not None]
+                                for ms in by_k.values()) for a, b in zip(pts, pts[1:])]
+    slopes = [(a[1] - b[1]) / (b[0] - a[0]) for a, b in pairs if b[0] > a[0]]
+    slope = max(float(np.median(slopes)) if slopes else 0.0, SLOPE_PRIOR)
+    # the spread from near neighbours only: far apart, a straight line misses the curve, not the noise
+    residuals = [b[1] - (a[1] - slope * (b[0] - a[0])) for a, b in pairs if b[0] - a[0] <= NEAR]
+    spread = max(math.sqrt(float(np.mean(np.square(residuals))) / 2) if residuals else 0.0, floor, 1e-4)
+
+    def mean(k: int, r: float) -> float:
+        pts = curves[k]
+        below = [p for p in pts if p[0] < r]
+        above = [p for p in pts if p[0] > r]
+        if below and above:
+            (r1, c1), (r2, c2) = below[-1], above[0]
+            return c1 + (c2 - c1) * (r - r1) / (r2 - r1)
+        if below:
+            return below[-1][1] - slope * (r - below[-1][0])
+        return above[0][1] if above else -math.inf
+
+    feasible = {(k, r): 0.5 * math.erfc((A0 - mean(k, r)) / (spread * math.sqrt(2)))
+                for k, v in aside.items() for r, _ in v}
+    out, none_faster = {}, 1.0
+    for bound, k, r in sorted((b, k, r) for k, v in aside.items() for r, b in v):
+        out[(k, r)] = feasible[(k, r)] * none_faster
+        none_faster *= 1.0 - feasible[(k, r)]
+    return out

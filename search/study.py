@@ -132,10 +132,10 @@ class Objective:
             self._known[kr] = known(p, config.k, config.r, evals)  # the planner's view, its best setting included
         if not self.multi and kr not in self._polished:
             self._polished.add(kr)
-            # free: no inference, so queue it right away
+            # free (no inference): recorded as a finished trial of its own, so it spends none of --trials
             best = self._known[kr].best if kr in self._known else best_setting(p, config.k, config.r, evals)
             if best.config != config:
-                trial.study.enqueue_trial(p.space.params(best.config), skip_if_exists=True)
+                record(trial.study, p, self.pool, best.config, found_by="polish")
         s = score(p, config, evals)
         for key, value in s.as_dict().items():
             trial.set_user_attr(key, value)
