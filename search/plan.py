@@ -106,9 +106,10 @@ def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[t
             continue
         live.setdefault(k, []).append((_estimate(p, k, r, by_k.get(k, ()), bound), r))
 
+    slope, spread = _trend(by_k)
     while live:  # in rounds, one probe per split, best split first: a batch (--suggest N) spreads out
         for k in sorted(live, key=lambda k: min(live[k])):
-            r = _probe(p, sorted(r for _, r in live[k]), by_k.get(k, ()), A0)
+            r = _probe(sorted(r for _, r in live[k]), by_k.get(k, ()), A0, slope)
             out.order.append((k, r))
             live[k] = [(e, x) for e, x in live[k] if x != r]
             if not live[k]:
@@ -118,7 +119,7 @@ def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[t
     # pruned first, fastest split first in each round.  A split's round counts the ratios it already spent
     # below A0, so the rounds hold across replans (the planner runs after every trial).
     spent = {k: sum(1 for m in by_k.get(k, ()) if m.r > 0 and m.cap < A0) for k in aside}
-    chance = _chance(aside, by_k, unpruned, A0)
+    chance = _chance(aside, by_k, unpruned, A0, slope, spread)
     out.set_aside = [(k, r) for *_, k, r in sorted(
         (-chance[(k, r)], spent[k] + i, bound, k, r) for k, v in aside.items() for i, (r, bound) in enumerate(sorted(v)))]
     out.order += out.set_aside
@@ -146,10 +147,12 @@ def _estimate(problem: Problem, k: int, r: float, at_k: list[Known], bound: floa
     return max(bound, float(expected_ms_many(p.device, p.server, p.network, k, r, codec, rates)[0]))
 
 
-def _probe(problem: Problem, ratios: list[float], at_k: list[Known], A0: float) -> float:
+def _probe(ratios: list[float], at_k: list[Known], A0: float, slope: float) -> float:
     """The ratio to evaluate at one split: inside the open frontier (between the highest ratio known
     feasible and the lowest known infeasible) interpolate where the accuracy bound crosses A0 (kept off
-    the ends, so a bad guess still halves the interval); with no infeasible ratio yet, try the highest."""
+    the ends, so a bad guess still halves the interval).  With no infeasible ratio above the feasible one
+    yet, aim where the pooled slope says the bound crosses A0, at least twice as far past the feasible one
+    as the step before it (galloping, so a slope too steep for this split costs a few probes, not a walk)."""
     ok = [m for m in at_k if m.cap >= A0]
     bad = [m for m in at_k if m.cap < A0]
     lo = max(ok, key=lambda m: m.r, default=None)
@@ -161,7 +164,11 @@ def _probe(problem: Problem, ratios: list[float], at_k: list[Known], A0: float) 
     if lo is None:
         return inside[0]  # nothing feasible known at this split: the unpruned one first
     if hi is None:
-        return inside[-1]
+        step = (lo.cap - A0) / slope
+        before = max((m.r for m in ok if m.r < lo.r), default=None)
+        if before is not None:
+            step = max(step, 2 * (lo.r - before))
+        return next((r for r in inside if r >= lo.r + step - 1e-9), inside[-1])
     frac = (lo.cap - A0) / (lo.cap - hi.cap) if hi.cap > -math.inf and lo.cap > hi.cap else 0.5
     target = lo.r + min(max(frac, 0.0), 1.0) * (hi.r - lo.r)
     i = int(np.argmin([abs(r - target) for r in inside]))
@@ -174,32 +181,36 @@ SLOPE_PRIOR = 0.1  # the least accuracy lost per unit of ratio (10 points at r =
 NEAR = 0.1  # ratios this close are neighbours whose difference is mostly noise
 
 
+def _trend(by_k: dict[int, list[Known]]) -> tuple[float, float]:
+    """(slope, spread) of a rough accuracy model learnt from what is measured: the bound falls by `slope` per
+    unit of ratio (the median over measured neighbours at the same split, never below SLOPE_PRIOR) and
+    strays from that line by `spread` (from near neighbours only, never below the binomial spread of the
+    estimates themselves)."""
+    pairs = [(a, b) for pts in ([(m.r, m.cap) for m in sorted(ms, key=lambda m: m.r) if m.best is not None]
+                                for ms in by_k.values()) for a, b in zip(pts, pts[1:])]
+    slopes = [(a[1] - b[1]) / (b[0] - a[0]) for a, b in pairs if b[0] > a[0]]
+    slope = max(float(np.median(slopes)) if slopes else 0.0, SLOPE_PRIOR)
+    # far apart, a straight line misses the curve, not the noise
+    residuals = [b[1] - (a[1] - slope * (b[0] - a[0])) for a, b in pairs if b[0] - a[0] <= NEAR]
+    floor = max((math.sqrt(max(m.cap * (1 - m.cap), 1e-4) / m.n) for ms in by_k.values() for m in ms
+                 if m.n and m.best is not None), default=0.0)
+    return slope, max(math.sqrt(float(np.mean(np.square(residuals))) / 2) if residuals else 0.0, floor, 1e-4)
+
+
 def _chance(aside: dict[int, list[tuple[float, float]]], by_k: dict[int, list[Known]], unpruned: Known | None,
-            A0: float) -> dict[tuple[int, float], float]:
+            A0: float, slope: float, spread: float) -> dict[tuple[int, float], float]:
     """For each set-aside (k, r): the chance that it is the optimum, i.e. that its accuracy bound reaches A0
     while no faster set-aside candidate does (a noisy-or over the candidates ordered by latency bound).
 
-    The model is deliberately rough, and only orders: at each split the bound falls linearly in r between
-    the measured ratios and, past the highest, by the slope pooled over all splits; around that line it
-    varies by a spread pooled from how far measured neighbours stray from it (never below the binomial
-    spread of the estimate itself)."""
+    The model (`_trend`) is deliberately rough, and only orders: at each split the bound falls linearly in r
+    between the measured ratios and, past the highest, by the pooled slope, with the pooled spread around
+    that line."""
     curves: dict[int, list[tuple[float, float]]] = {}
-    floor = 0.0
     for k in aside:
         pts = {m.r: m for m in by_k.get(k, ()) if m.best is not None}
         if 0.0 not in pts and unpruned is not None:
             pts[0.0] = unpruned  # the same network as an unpruned cut at k (an exit adds nothing to the cap)
         curves[k] = sorted((r, m.cap) for r, m in pts.items())
-        for m in pts.values():
-            if m.n:
-                floor = max(floor, math.sqrt(max(m.cap * (1 - m.cap), 1e-4) / m.n))
-    pairs = [(a, b) for pts in ([(m.r, m.cap) for m in sorted(ms, key=lambda m: m.r) if m.best is not None]
-                                for ms in by_k.values()) for a, b in zip(pts, pts[1:])]
-    slopes = [(a[1] - b[1]) / (b[0] - a[0]) for a, b in pairs if b[0] > a[0]]
-    slope = max(float(np.median(slopes)) if slopes else 0.0, SLOPE_PRIOR)
-    # the spread from near neighbours only: far apart, a straight line misses the curve, not the noise
-    residuals = [b[1] - (a[1] - slope * (b[0] - a[0])) for a, b in pairs if b[0] - a[0] <= NEAR]
-    spread = max(math.sqrt(float(np.mean(np.square(residuals))) / 2) if residuals else 0.0, floor, 1e-4)
 
     def mean(k: int, r: float) -> float:
         pts = curves[k]
