@@ -162,6 +162,9 @@ def write(ctx, study, reference: pd.DataFrame | None, spent: dict, versions: dic
     result = {"study": ctx.spec.study, "args": args, "versions": versions, "spent": spent,
               "device_profile": problem.device.meta, "server_profile": problem.server.meta,
               "network": {"bandwidth_mbps": problem.network.bandwidth_mbps, "rtt_ms": problem.network.rtt_ms},
+              **({"edge_profile": problem.edge.profile.meta,
+                  "edge_cloud_network": {"bandwidth_mbps": problem.edge.network.bandwidth_mbps,
+                                         "rtt_ms": problem.edge.network.rtt_ms}} if problem.edge else {}),
               "base": {k: ctx.pool.base.meta.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds")}
               if ctx.pool.has_base else {},
               "data": ctx.pool.sizes(), "confidence": problem.confidence, "objective": problem.objective,
@@ -214,7 +217,9 @@ def print_summary(result: dict, problem, out: Path) -> None:
     target = f"T0 = {problem.T0} ms" if problem.T0 is not None else f"A0 = {problem.A0}"
     conf = (f"confidence {problem.confidence:g} over {problem.families} candidates" if problem.confidence
             else "point estimates (--confidence 0)")
-    print(f"\n== {result['study']}  ({target}, {problem.network}, {problem.objective} latency, {conf})")
+    net = (f"end-edge {problem.network}, edge {problem.edge.profile.device}, edge-cloud {problem.edge.network}"
+           if problem.edge else str(problem.network))
+    print(f"\n== {result['study']}  ({target}, {net}, {problem.objective} latency, {conf})")
     d = result.get("data", {})
     if d:
         print("data: " + ", ".join(f"{k} {v}" for k, v in d.items()))
@@ -223,10 +228,20 @@ def print_summary(result: dict, problem, out: Path) -> None:
         t = "no exit" if b["t"] is None else f"{b['t']:.3f}"
         print(f"best: k={b['k']} r={b['r']:g} t={t} codec={b['codec']}, {b['bytes']:.0f} bytes per request sent")
         sent = 1 - b["exit_rate"]
+        edge = ""
+        if b.get("k2") is not None:
+            K = problem.space.K
+            where = ("the edge relays it" if b["k2"] == b["k"] else
+                     f"the edge runs blocks {b['k']}..{b['k2'] - 1}" + (" and answers" if b["k2"] == K else
+                                                                       f", sends {b['edge_bytes']:.0f} bytes on"))
+            print(f"  tiers: end device blocks 0..{b['k'] - 1}, {where}" +
+                  ("" if b["k2"] == K else f", the cloud runs blocks {b['k2']}..{K - 1}"))
+            edge = (f" + edge {b['edge_ms']:.3f} + edge runtime {b['edge_overhead_ms']:.3f} + edge-cloud transfer "
+                    f"{b['edge_transfer_ms']:.3f}")
         print(f"  promised latency {b['latency_ms']:.3f} ms ({problem.objective}); mean = device {b['device_ms']:.3f}"
               f" + exit {b['exit_ms']:.3f} + runtime {b['device_overhead_ms']:.3f} + {sent:.3f} sent x (encode "
-              f"{b['encode_ms']:.3f} + transfer {b['transfer_ms']:.3f} + link {b['link_overhead_ms']:.3f} + server "
-              f"{b['server_ms']:.3f} + server runtime {b['server_overhead_ms']:.3f}) = {b['expected_ms']:.3f} ms")
+              f"{b['encode_ms']:.3f} + transfer {b['transfer_ms']:.3f} + link {b['link_overhead_ms']:.3f}{edge} + "
+              f"server {b['server_ms']:.3f} + server runtime {b['server_overhead_ms']:.3f}) = {b['expected_ms']:.3f} ms")
         acc_claim = (f"accuracy >= {pr['acc_bound']:.4f} with confidence {problem.confidence:g}" if problem.confidence
                      else f"accuracy {pr['acc_bound']:.4f} (point estimate)")
         print(f"  promised {acc_claim} (selection {pr['sel_acc']:.4f}, n = {pr['n_selection']}); exit rate "

@@ -5,6 +5,16 @@
     mean       T = E + (1 - p_exit) * S
     quantile q T_q = E if the share sent (1 - p_exit) <= 1 - q, else the q-quantile of E + S over the sent
 
+With an edge tier (`Edge`: a server-role profile of the edge box and its link to the cloud), a sent request
+goes to the edge, which runs blocks [k, k2) and sends on to the cloud, which runs the rest:
+
+    sent part  S = encode + T_N1(bytes k) + link + T_E(k..k2) + O_E + T_N2(bytes k2) + T_C(tail k2) + O_C
+
+with k2 chosen per candidate (it changes no answer: the edge's blocks are the network's own and the second
+link carries fp32): k2 = k relays the tensor as is (end to cloud through the edge), k2 = K answers at the
+edge (no cloud).  T_E(k..k2) = T_E(tail k, r) - T_E(tail k2, 0), both measured on the edge profile: the
+pruning of the end part trims only the input of block k, so the blocks from k2 > k on are unpruned.
+
 O_D, encode, link and O_C are the per-request runtime overheads measured beside the model's compute
 (`Profile.overhead`; 0 for a profile measured without them).  Every number comes from a measured (or
 named-emulated) profile and a Network; a result is a Breakdown, never a bare number.
@@ -14,7 +24,7 @@ take the mean of their measured per-sample bytes (and the sizes themselves for a
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -48,6 +58,11 @@ class Breakdown:
     encode_ms: float = 0.0  # encoding and framing on the device, sent requests only
     link_overhead_ms: float = 0.0  # socket and framing cost beyond rtt + 8 b / B, sent requests only
     server_overhead_ms: float = 0.0  # read, decode and reply on the server, sent requests only
+    k2: int | None = None  # with an edge tier: the edge runs blocks [k, k2), the cloud the rest (k2 = K: no cloud)
+    edge_ms: float = 0.0  # blocks [k, k2) on the edge
+    edge_overhead_ms: float = 0.0  # the edge's own read, decode and reply when it computes
+    edge_transfer_ms: float = 0.0  # edge to cloud: rtt + 8 bytes / bandwidth (0 when k2 = K)
+    edge_bytes: float = 0.0  # what the edge sends on
 
     @property
     def exit_path_ms(self) -> float:
@@ -56,7 +71,8 @@ class Breakdown:
     @property
     def sent_ms(self) -> float:
         """What a sent request adds to the exit path."""
-        return self.encode_ms + self.transfer_ms + self.link_overhead_ms + self.server_ms + self.server_overhead_ms
+        return (self.encode_ms + self.transfer_ms + self.link_overhead_ms + self.edge_ms + self.edge_overhead_ms
+                + self.edge_transfer_ms + self.server_ms + self.server_overhead_ms)
 
     @property
     def expected_ms(self) -> float:
@@ -89,7 +105,33 @@ class Breakdown:
         return {**asdict(self), "expected_ms": self.expected_ms}
 
 
-PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms") + OVERHEADS
+PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms") + OVERHEADS + ("edge_ms", "edge_overhead_ms",
+                                                                           "edge_transfer_ms")
+EDGE_PARTS = ("k2", "edge_ms", "edge_overhead_ms", "edge_transfer_ms", "edge_bytes")  # a 3-tier breakdown's own
+TIERS = ("all", "relay", "edge")  # every k2; k2 = k only (end and cloud); k2 = K only (end and edge)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A middle tier: the edge box's profile (server role: tail rows) and its link to the cloud.
+    `tiers` restricts the second cut (TIERS), which is how a 2-tier baseline is priced on a 3-tier scene."""
+
+    profile: Profile
+    network: Network
+    tiers: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.tiers not in TIERS:
+            raise ValueError(f"unknown tiers {self.tiers!r}; choose one of: {', '.join(TIERS)}")
+        if self.profile.role != "server":
+            raise ValueError(f"the edge profile {self.profile.source} is a {self.profile.role} profile; an edge "
+                             "runs the middle of the network, so it needs a server-role profile (tail rows)")
+
+    def only(self, tiers: str) -> "Edge":
+        return Edge(self.profile, self.network, tiers)
+
+    def second_cuts(self, k: int, K: int) -> list[int]:
+        return {"all": list(range(k, K + 1)), "relay": [k], "edge": [K]}[self.tiers]
 
 
 def predicted_at(parts: dict, exit_rate: float) -> dict[str, float]:
@@ -136,11 +178,11 @@ def _overheads(device: Profile, server: Profile, k: int, r: float, codec: str) -
 
 
 def predict(device: Profile, server: Profile, network: Network, k: int, r: float, codec: str = "fp32",
-            exit_rate: float | None = None, n_bytes: float | None = None) -> Breakdown:
+            exit_rate: float | None = None, n_bytes: float | None = None, edge: Edge | None = None) -> Breakdown:
     """Breakdown of the latency of (k, r) under `codec` with a measured exit rate.
 
     `n_bytes` gives the (mean) payload of a variable-size codec, measured per sample; fixed-size codecs
-    take the profile's bytes table.
+    take the profile's bytes table.  With an `edge`, the second cut k2 is the fastest its tiers allow.
     """
     check_pair(device, server)
     rate = _check_rate(exit_rate, k, device.K)
@@ -149,23 +191,44 @@ def predict(device: Profile, server: Profile, network: Network, k: int, r: float
     if k == device.K:
         n_bytes = 0
     exit_ms = device.ms("exit", k, r) if exit_rate is not None else 0.0
-    return Breakdown(device_ms=device.ms("head", k, r), exit_ms=exit_ms, transfer_ms=network.transfer_ms(n_bytes),
-                     server_ms=server.ms("tail", k, r), bytes=float(n_bytes), exit_rate=rate, k=k, r=r, codec=codec,
-                     **_overheads(device, server, k, r, codec))
+    b = Breakdown(device_ms=device.ms("head", k, r), exit_ms=exit_ms, transfer_ms=network.transfer_ms(n_bytes),
+                  server_ms=server.ms("tail", k, r), bytes=float(n_bytes), exit_rate=rate, k=k, r=r, codec=codec,
+                  **_overheads(device, server, k, r, codec))
+    if edge is None or k == device.K:
+        return b
+    return min((_via_edge(b, device, server, edge, k2) for k2 in edge.second_cuts(k, device.K)),
+               key=lambda x: x.sent_ms)
+
+
+def _via_edge(b: Breakdown, device: Profile, server: Profile, edge: Edge, k2: int) -> Breakdown:
+    """`b` (2-tier) with the edge between: it runs [k, k2) and sends the rest on to the cloud."""
+    K, k, r, e = device.K, b.k, b.r, edge.profile
+    check_pair(device, e)
+    to_edge = e.overhead(k, r, b.codec)["link_overhead_ms"]  # the link's framing cost, measured beside the edge
+    if k2 == k:  # a relay: the tensor goes on as it came, the cloud runs the (pruned) tail
+        return replace(b, link_overhead_ms=to_edge + b.link_overhead_ms, k2=k, edge_bytes=b.bytes,
+                       edge_transfer_ms=edge.network.transfer_ms(b.bytes))
+    mid = max(e.ms("tail", k, r) - (e.ms("tail", k2, 0.0) if k2 < K else 0.0), 0.0)
+    on = device.tensor_bytes(k2, 0.0, "fp32") if k2 < K else 0
+    srv = server.overhead(k2, 0.0, "fp32") if k2 < K else {"link_overhead_ms": 0.0, "server_overhead_ms": 0.0}
+    return replace(b, link_overhead_ms=to_edge + srv["link_overhead_ms"], k2=k2, edge_ms=mid,
+                   edge_overhead_ms=e.overhead(k, r, b.codec)["server_overhead_ms"], edge_bytes=float(on),
+                   edge_transfer_ms=edge.network.transfer_ms(on), server_ms=server.ms("tail", k2, 0.0) if k2 < K else 0.0,
+                   server_overhead_ms=srv["server_overhead_ms"])
 
 
 def expected_ms_many(device: Profile, server: Profile, network: Network, k: int, r: float, codec: str,
-                     exit_rates, n_bytes: float | None = None) -> np.ndarray:
+                     exit_rates, n_bytes: float | None = None, edge: Edge | None = None) -> np.ndarray:
     """Expected latency of (k, r, codec) with an exit, for an array of exit rates (one per threshold)."""
     rates = np.asarray(exit_rates, dtype=float)
     if rates.size and (rates.min() < 0 or rates.max() > 1):
         raise ValueError("exit rates must be in [0, 1]")
     return predict(device, server, network, k, r, codec, exit_rate=0.0 if device.exit_at(k) else None,
-                   n_bytes=n_bytes).expected_at(rates)
+                   n_bytes=n_bytes, edge=edge).expected_at(rates)
 
 
 def lower_bound_ms(device: Profile, server: Profile, network: Network, k: int, r: float,
-                   codec: str = "fp32") -> float:
+                   codec: str = "fp32", edge: Edge | None = None) -> float:
     """The lowest latency (k, r, codec) can reach over every threshold and objective, "no exit" included.
 
     With an exit, the best case answers every sample there (exit rate 1): the exit path; without one (or
@@ -173,7 +236,8 @@ def lower_bound_ms(device: Profile, server: Profile, network: Network, k: int, r
     sending nothing at all (its bytes are not known before it is evaluated).  A candidate whose bound
     is already worse than the best feasible one found can be skipped without evaluating its accuracy.
     """
-    none = predict(device, server, network, k, r, codec, exit_rate=None, n_bytes=0 if is_variable(codec) else None)
+    none = predict(device, server, network, k, r, codec, exit_rate=None, n_bytes=0 if is_variable(codec) else None,
+                   edge=edge)
     if not device.exit_at(k):
         return none.expected_ms
     return none.exit_path_ms + min(device.ms("exit", k, r), none.sent_ms)

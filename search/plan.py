@@ -91,7 +91,7 @@ def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[t
     for k, r in p.space.candidates():
         if (k, r) in measured or (k, r) in busy:
             continue
-        bound = min(lower_bound_ms(p.device, p.server, p.network, k, r, c) for c in p.space.codecs_at(k))
+        bound = min(lower_bound_ms(p.device, p.server, p.network, k, r, c, p.edge) for c in p.space.codecs_at(k))
         if bound >= best_ms:
             out.ruled_out += 1
             continue
@@ -144,7 +144,7 @@ def _estimate(problem: Problem, k: int, r: float, at_k: list[Known], bound: floa
         if codec is None:
             return bound
     rates = [rate if rate is not None else 0.0]
-    return max(bound, float(expected_ms_many(p.device, p.server, p.network, k, r, codec, rates)[0]))
+    return max(bound, float(expected_ms_many(p.device, p.server, p.network, k, r, codec, rates, edge=p.edge)[0]))
 
 
 def _probe(ratios: list[float], at_k: list[Known], A0: float, slope: float) -> float:

@@ -6,6 +6,7 @@ optimum of each family.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import pandas as pd
@@ -22,16 +23,35 @@ class Method:
     prune: bool = True
     exit: bool = True
     codecs: tuple[str, ...] | None = None  # None: every codec of the space
+    tiers: str = "all"  # with an edge tier: which second cuts (search.latency.TIERS); ignored without one
+    edge_only: bool = False  # a row only when the scene has an edge tier
 
 
 METHODS = (
     Method("device only", splits="device", prune=False, exit=False),
-    Method("cloud only", splits="cloud", prune=False, exit=False),
-    Method("split (Neurosurgeon)", prune=False, exit=False, codecs=("fp32",)),
-    Method("split + exit (Edgent-like)", prune=False, codecs=("fp32",)),
-    Method("split + pruning (CNNPC-like)", exit=False),
+    Method("cloud only", splits="cloud", prune=False, exit=False, tiers="relay"),
+    Method("edge only", splits="cloud", prune=False, exit=False, tiers="edge", edge_only=True),
+    Method("split (Neurosurgeon)", prune=False, exit=False, codecs=("fp32",), tiers="relay"),
+    Method("split + exit (Edgent-like)", prune=False, codecs=("fp32",), tiers="relay"),
+    Method("split + pruning (CNNPC-like)", exit=False),  # with an edge: two cuts, pruning, no exits (CNNPC)
+    Method("best 2-tier: end + cloud", tiers="relay", edge_only=True),
+    Method("best 2-tier: end + edge", tiers="edge", edge_only=True),
     Method("joint optimum (exhaustive)"),
 )
+
+
+def methods(problem: Problem) -> list[Method]:
+    """The rows of a reference table for `problem`'s scene (the edge ones only with an edge tier)."""
+    return [m for m in METHODS if problem.edge is not None or not m.edge_only]
+
+
+def _scene(problem: Problem, method: Method) -> Problem:
+    """`problem` with the edge tier restricted to the method's second cuts."""
+    if problem.edge is None or method.tiers == problem.edge.tiers:
+        return problem
+    scene = copy.copy(problem)
+    scene.edge = problem.edge.only(method.tiers)
+    return scene
 
 
 def _pairs(problem: Problem, method: Method) -> list[tuple[int, float]]:
@@ -45,6 +65,7 @@ def best_of(problem: Problem, pool: CandidatePool, method: Method, build: bool =
 
     Without `build`, pruned candidates nobody fine-tuned yet are left out (and `complete` is False).
     """
+    problem = _scene(problem, method)
     key = objective_key(problem)
     best, complete = None, True
     for k, r in _pairs(problem, method):
@@ -71,7 +92,7 @@ def reference_table(problem: Problem, pool: CandidatePool, build: bool = True, p
             except Abandoned:
                 pass
     rows = []
-    for method in METHODS:
+    for method in methods(problem):
         s, complete = best_of(problem, pool, method, build=build)
         row = {"method": method.name, "complete": complete}
         if s is not None:

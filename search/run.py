@@ -22,6 +22,7 @@ from compress.codec import FEATURE_CODECS, INPUT_CODECS
 from compress.train import Recipe
 from profiles import Network, load_profile
 from results.db import ProjectDB, redact
+from search.latency import Edge
 from search.pool import CandidatePool, MeasuredPool
 from search.space import Problem, SearchSpace
 from search.spec import check_spec
@@ -44,6 +45,9 @@ class RunSpec:
     server: str = "server"
     bandwidth: float = 10.0
     rtt: float = 5.0
+    edge_device: str | None = None  # a third tier: the edge box's (server-role) profile
+    edge_cloud_bandwidth: float = 100.0
+    edge_cloud_rtt: float = 10.0
     A0: float | None = 0.9
     T0: float | None = None
     metric: str = "top1"
@@ -82,8 +86,9 @@ class RunSpec:
     def resolved(self) -> "RunSpec":
         """Fill in the run directory, storage URL and study name (stable, so a rerun can resume)."""
         target = f"T0{self.T0:g}" if self.T0 is not None else ("pareto" if self.multi else f"A0{self.A0:g}")
+        edge = (f"-{Path(self.edge_device).stem}-{self.edge_cloud_bandwidth:g}mbps" if self.edge_device else "")
         name = self.study or (f"{self.model}-{self.dataset}-{self.input_size}px-{Path(self.end_device).stem}-"
-                              f"{self.bandwidth:g}mbps-{target}-seed{self.seed}")
+                              f"{self.bandwidth:g}mbps{edge}-{target}-seed{self.seed}")
         run_dir = self.run_dir or str(ROOT / "runs" / f"{datetime.now():%Y%m%d-%H%M%S}-{name}")
         url = self.storage or f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
         return RunSpec(**{**asdict(self), "study": name, "run_dir": run_dir, "storage": url})
@@ -111,8 +116,12 @@ def problem_for(spec: RunSpec) -> Problem:
     if device.K != K:
         raise ValueError(f"profile {device.source} has {device.K + 1} split points (K = {device.K}) but "
                          f"{spec.model} has {K + 1} (K = {K}): it was measured on another cut of the model")
+    edge = None
+    if spec.edge_device:
+        edge = Edge(load_profile(spec.edge_device, spec.model, spec.input_size),
+                    Network(spec.edge_cloud_bandwidth, spec.edge_cloud_rtt))
     problem = Problem(device, server, Network(spec.bandwidth, spec.rtt), A0=None if spec.T0 else spec.A0,
-                      T0=spec.T0, metric=spec.metric, confidence=spec.confidence, objective=spec.objective)
+                      T0=spec.T0, metric=spec.metric, confidence=spec.confidence, objective=spec.objective, edge=edge)
     ratios = tuple(problem.space.ratios)
     if spec.ratios is not None:
         bad = [r for r in spec.ratios if r not in ratios]

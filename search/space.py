@@ -11,7 +11,7 @@ from compress.candidate import Evaluation, exit_allowed
 from compress.codec import FEATURE_CODECS, INPUT_CODECS, is_variable
 from profiles import Network, Profile
 from search import bounds
-from search.latency import OVERHEADS, Breakdown, check_objective, predict
+from search.latency import EDGE_PARTS, OVERHEADS, Breakdown, Edge, check_objective, predict
 
 T_RANGE = (0.1, 1.0)  # max softmax over >= 2 classes is above 1/classes; 1.0 answers only certain samples
 
@@ -173,6 +173,7 @@ class Problem:
     confidence: float = 0.95  # one-sided bound on the selection accuracy and share sent; 0 = point estimates
     objective: str = "mean"  # mean, p95 or p99 of per-request latency
     families: int = 1  # candidates (k, r, codec) the answer is chosen among: the bound is shared out (Bonferroni)
+    edge: Edge | None = None  # a middle tier between the end device and the server (the cloud)
     space: SearchSpace = field(init=False)
 
     def __post_init__(self) -> None:
@@ -214,7 +215,8 @@ class Score:
                 "exit_rate": self.breakdown.exit_rate, "sel_exit_rate": self.sel_exit_rate,
                 "test_acc": self.test_acc, "test_exit_rate": self.test_exit_rate,
                 "delivered_ms": self.test_latency_ms, "exit_answers_all": self.sel_exit_rate >= 1.0,
-                **{key: b[key] for key in ("device_ms", "exit_ms", "transfer_ms", "server_ms", "bytes", *OVERHEADS)}}
+                **{key: b[key] for key in ("device_ms", "exit_ms", "transfer_ms", "server_ms", "bytes", *OVERHEADS)},
+                **({key: b[key] for key in EDGE_PARTS} if b["k2"] is not None else {})}
 
 
 def violation(problem: Problem, latency_ms: float, accuracy: float) -> float:
@@ -242,7 +244,11 @@ def breakdown_for(problem: Problem, config: Config, ev: Evaluation) -> tuple[Bre
     transfer deviations a quantile objective needs."""
     n_bytes, extra = _bytes(problem, config, ev)
     b = predict(problem.device, problem.server, problem.network, config.k, config.r, config.codec,
-                exit_rate=0.0 if config.t is not None else None, n_bytes=n_bytes)
+                exit_rate=0.0 if config.t is not None else None, n_bytes=n_bytes, edge=problem.edge)
+    if extra is not None and b.k2 == config.k:  # relayed: the variable-size payload crosses both links
+        sizes = ev.sample_bytes(config.codec)
+        net = problem.edge.network
+        extra = extra + net.transfer_ms_many(sizes) - net.transfer_ms(float(sizes.mean()))
     return b, extra
 
 

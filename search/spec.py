@@ -19,6 +19,11 @@ def check_spec(spec) -> None:
         raise ValueError(f"--bandwidth must be > 0 Mbit/s, got {spec.bandwidth:g}")
     if spec.rtt < 0:
         raise ValueError(f"--rtt must be >= 0 ms, got {spec.rtt:g}")
+    if getattr(spec, "edge_device", None):
+        if not spec.edge_cloud_bandwidth > 0:
+            raise ValueError(f"--edge_cloud_bandwidth must be > 0 Mbit/s, got {spec.edge_cloud_bandwidth:g}")
+        if spec.edge_cloud_rtt < 0:
+            raise ValueError(f"--edge_cloud_rtt must be >= 0 ms, got {spec.edge_cloud_rtt:g}")
     if spec.T0 is None and not spec.multi and (spec.A0 is None or not 0 < spec.A0 <= 1):
         raise ValueError(f"--A0 must be in (0, 1], got {spec.A0}")
     if spec.T0 is not None and not spec.T0 > 0:

@@ -81,7 +81,7 @@ class Objective:
         if self.multi or not self.skip_hopeless or self.pool.known(config.k, config.r):
             return None
         p = self.problem
-        bound = lower_bound_ms(p.device, p.server, p.network, config.k, config.r, config.codec)
+        bound = lower_bound_ms(p.device, p.server, p.network, config.k, config.r, config.codec, p.edge)
         if p.T0 is not None:
             return f"latency lower bound {bound:.2f} ms > T0" if bound > p.T0 else None
         best = best_feasible_ms(trial.study)
@@ -192,7 +192,7 @@ def seed_order(problem: Problem) -> list[int]:
         if not 0 < k < K:
             return 0, float(k)
         r = p.space.ratios_at(k)[0]
-        return 1, min(lower_bound_ms(p.device, p.server, p.network, k, r, c) for c in p.space.codecs_at(k))
+        return 1, min(lower_bound_ms(p.device, p.server, p.network, k, r, c, p.edge) for c in p.space.codecs_at(k))
 
     return sorted((k for k in p.space.splits if p.space.ratios_at(k) and p.space.has(k, p.space.ratios_at(k)[0])),
                   key=key)

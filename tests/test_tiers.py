@@ -1,0 +1,141 @@
+"""Three tiers (end device, edge, cloud): the latency model's second cut, the baselines and the search."""
+from __future__ import annotations
+
+import copy
+
+import optuna
+import pytest
+
+import auto
+from bench.landscapes import Landscape
+from profiles import Network
+from profiles.profile import Profile
+from search.latency import Edge, predict
+from search.pool import MeasuredPool
+from search.reference import best_of, methods
+from search.space import Problem, SearchSpace
+from tests.test_plan import _arrays, _doc, _rows
+
+
+def _scene(edge_per_block: float = 1.0, small_at_2: bool = True):
+    """K = 3 hand-made profiles: device head 2 ms per block (half at r = 0.5), server tail 0.1 ms per block,
+    an edge box at `edge_per_block` ms per block; the tensor after block 2 is only 64 bytes."""
+    ratios = (0.0, 0.5)
+    dev, srv = _doc("device", 3, ratios), _doc("server", 3, ratios)
+    edge = copy.deepcopy(srv)
+    edge["meta"]["device"] = "hand-edge"
+    for row in edge["latency"]:
+        row["mean_ms"] = row["median_ms"] = edge_per_block * (3 - row["k"])
+    if small_at_2:
+        for doc in (dev, srv, edge):
+            for b in doc["bytes"]:
+                if b["k"] == 2 and b["codec"] == "fp32":
+                    b["bytes"] = 64
+    return Profile(dev, "d"), Profile(srv, "s"), Profile(edge, "e")
+
+
+def test_the_second_cut_is_the_fastest_the_tiers_allow_by_hand():
+    """k = 1, r = 0.5, fp32, no exit; end-edge 1 Mbit/s rtt 5 ms, edge-cloud 1 Mbit/s rtt 0.1 ms.
+    device 2 * 0.5 = 1; to the edge 5 + 8 * 2048 / 1000 = 21.384.  Then:
+    relay (k2 = 1): 0.1 + 8 * 2048 / 1000 + cloud tail(1) 0.2 = 16.684;
+    k2 = 2: edge blocks [1, 2) 2 - 1 = 1 + 0.1 + 8 * 64 / 1000 + cloud tail(2) 0.1 = 1.712;
+    k2 = 3 (the edge answers): edge blocks [1, 3) = 2."""
+    d, s, e = _scene()
+    link, edge = Network(1.0, 5.0), Edge(e, Network(1.0, 0.1))
+    b = predict(d, s, link, 1, 0.5, "fp32", edge=edge)
+    assert b.k2 == 2 and b.edge_ms == pytest.approx(1.0) and b.edge_bytes == 64
+    assert b.expected_ms == pytest.approx(1 + 21.384 + 1.712)
+    assert predict(d, s, link, 1, 0.5, "fp32", edge=edge.only("relay")).expected_ms == pytest.approx(
+        1 + 21.384 + 16.684)
+    only_edge = predict(d, s, link, 1, 0.5, "fp32", edge=edge.only("edge"))
+    assert only_edge.k2 == 3 and only_edge.expected_ms == pytest.approx(1 + 21.384 + 2.0)
+    assert only_edge.server_ms == 0 and only_edge.edge_transfer_ms == 0
+    # a fast cloud link makes the relay win: 0.1 + 8 * 2048 / 1e6 + 0.2
+    relay = predict(d, s, link, 1, 0.5, "fp32", edge=Edge(e, Network(1000.0, 0.1)))
+    assert relay.k2 == 1 and relay.sent_ms == pytest.approx(21.384 + 0.1 + 0.016384 + 0.2)
+    # without an edge nothing changes: the 2-tier model
+    assert predict(d, s, link, 1, 0.5, "fp32").expected_ms == pytest.approx(1 + 21.384 + 0.2)
+    # device only sends nothing, so no edge is involved
+    assert predict(d, s, link, 3, 0.0, "fp32", edge=edge).k2 is None
+
+
+def test_an_edge_needs_a_server_role_profile_and_known_tiers():
+    d, s, e = _scene()
+    with pytest.raises(ValueError, match="needs a server-role profile"):
+        Edge(d, Network(10.0))
+    with pytest.raises(ValueError, match="unknown tiers 'both'; choose one of: all, relay, edge"):
+        Edge(e, Network(10.0), "both")
+
+
+SLOW_HEAD = {(0, 0.0): 0.0, (0, 0.5): 0.0, (1, 0.0): 10.0, (1, 0.5): 5.0, (2, 0.0): 40.0, (2, 0.5): 20.0,
+             (3, 0.0): 60.0, (3, 0.5): 30.0}
+ACC = {(0, 0.0): 0.95, (1, 0.0): 0.95, (2, 0.0): 0.95, (3, 0.0): 0.95, (1, 0.5): 0.93, (2, 0.5): 0.85, (3, 0.5): 0.8}
+
+
+def _slow_scene(edge: bool = True) -> tuple[Problem, dict]:
+    """The hand-made scene with a slow end device (head rows SLOW_HEAD), end-edge 1 Mbit/s rtt 1 ms,
+    edge-cloud 1 Mbit/s rtt 0.1 ms, A0 = 0.9 on point accuracies (ACC)."""
+    d, s, e = _scene()
+    doc = copy.deepcopy(d.doc)
+    for row in doc["latency"]:
+        if row["part"] == "head":
+            row["mean_ms"] = row["median_ms"] = SLOW_HEAD[(row["k"], row["r"])]
+    p = Problem(Profile(doc, "slow"), s, Network(1.0, 1.0), A0=0.9, confidence=0,
+                edge=Edge(e, Network(1.0, 0.1)) if edge else None)
+    p.space = SearchSpace(3, (0.0, 0.5), ("fp32",), (0, 1, 2, 3), ("raw",), exits=False)
+    return p, {kr: _arrays(a, 2000) for kr, a in ACC.items()}
+
+
+def test_baselines_gain_the_edge_rows_and_the_joint_optimum_uses_all_three_tiers():
+    """By hand (ms): k = 1 r = 0.5 (0.93 >= A0): device 5, to the edge 1 + 16.384, then the edge runs block 1
+    and sends 64 bytes on (1 + 0.1 + 0.512 + cloud 0.1): 24.096, the optimum.  The best 2-tier answers:
+    end + edge, the same cut answered at the edge (2 ms of edge): 24.384; end + cloud through the edge,
+    relayed (0.1 + 16.384 + 0.2): 39.068.  The unpruned k = 1 costs 45.48, k = 0 28.288, device only 60."""
+    problem, arrays = _slow_scene()
+    pool = MeasuredPool(_rows(Landscape("tiers", {}, {}, arrays, "hand-made")), None)
+    names = [m.name for m in methods(problem)]
+    assert {"edge only", "best 2-tier: end + cloud", "best 2-tier: end + edge"} <= set(names)
+    assert not {m.name for m in methods(_slow_scene(edge=False)[0])} & {"edge only", "best 2-tier: end + edge"}
+    best = {m.name: best_of(problem, pool, m)[0] for m in methods(problem)}
+    joint = best["joint optimum (exhaustive)"]
+    assert (joint.config.k, joint.config.r, joint.breakdown.k2) == (1, 0.5, 2)
+    assert joint.latency_ms == pytest.approx(24.096)
+    assert best["split + pruning (CNNPC-like)"].latency_ms == pytest.approx(24.096)  # two cuts, no exits
+    assert best["best 2-tier: end + edge"].latency_ms == pytest.approx(24.384)
+    assert best["best 2-tier: end + cloud"].latency_ms == pytest.approx(39.068)
+    assert best["device only"].latency_ms == pytest.approx(60.0)
+    assert all(joint.latency_ms <= b.latency_ms + 1e-9 for b in best.values() if b.feasible(problem))
+
+
+def test_the_search_over_three_tiers_reaches_the_optimum_and_proves_it():
+    from search.study import Objective, seed
+
+    problem, arrays = _slow_scene()
+    pool = MeasuredPool(_rows(Landscape("tiers", {}, {}, arrays, "hand-made")), None, replay=True)
+    study = optuna.create_study()
+    seed(study, problem)
+    study.optimize(Objective(problem, pool), n_trials=30)
+    done = [t for t in study.trials if t.user_attrs.get("feasible")]
+    best = min(done, key=lambda t: t.user_attrs["latency_ms"])
+    assert best.user_attrs["latency_ms"] == pytest.approx(24.096) and best.user_attrs["k2"] == 2
+    assert study.user_attrs.get("stopped") == "proven"
+
+
+def test_edge_flags_are_checked_before_anything_runs(capsys):
+    base = ["--model", "resnet18", "--edge_device", "emulated-edge-4x"]
+    assert auto.main(base + ["--edge_cloud_bandwidth", "0"]) == 2
+    assert "--edge_cloud_bandwidth must be > 0 Mbit/s, got 0" in capsys.readouterr().err
+    assert auto.main(base + ["--edge_cloud_rtt", "-1"]) == 2
+    assert "--edge_cloud_rtt must be >= 0 ms" in capsys.readouterr().err
+    assert auto.main(base + ["--deploy"]) == 2
+    assert "--deploy serves two tiers only so far" in capsys.readouterr().err
+    assert auto.main(["--model", "resnet18", "--edge_device", "no-such-box"]) == 2
+    assert "no-such-box" in capsys.readouterr().err
+
+
+def test_a_device_profile_as_the_edge_is_refused(tmp_path):
+    from search.run import RunSpec, problem_for
+
+    spec = RunSpec(model="resnet18", edge_device="emulated-10x", progress=False)
+    with pytest.raises(ValueError, match="needs a server-role profile"):
+        problem_for(spec)
