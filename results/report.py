@@ -281,7 +281,7 @@ def print_summary(result: dict, problem, out: Path) -> None:
                   f"already is); more trials, or --exhaustive, settle it")
     if result.get("baselines"):
         df = pd.DataFrame(result["baselines"])
-        cols = [c for c in ("method", "k", "r", "t", "codec", "latency_ms", "delivered_ms", "acc_bound", "test_acc",
+        cols = [c for c in ("method", "k", "r", "t", "codec", "k2", "latency_ms", "delivered_ms", "acc_bound", "test_acc",
                             "bytes", "feasible", "complete", "speedup_of_ours") if c in df]
         print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"outputs: {out}")

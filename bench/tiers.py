@@ -1,0 +1,160 @@
+"""Where the third tier pays: end, edge and cloud against the best 2-tier answers, on a measured landscape.
+
+For each end device, end-to-edge and edge-to-cloud bandwidth and A0, the exhaustive best of each method
+over the same measured candidates (replayed from a measurements file, every threshold and codec):
+
+- 3-tier joint: the product's space (two cuts, pruning, exit, codecs), k2 chosen per candidate;
+- CNNPC-like 3-tier: two cuts with pruning, no exits;
+- best 2-tier end + edge (the edge answers) and best 2-tier end + cloud (relayed through the edge);
+- 2-tier direct: no edge at all, the end device's link goes straight to the cloud (today's scene);
+- ours: the product's search (auto.py's Objective and planner, 40 trials) on the 3-tier scene.
+
+Latencies are predictions of the latency model from the shipped (measured, or named-emulated) profiles;
+nothing here is deployed (the 3-tier runtime is not built yet).
+
+    python bench/tiers.py --measured docs/benchmarks/landscapes/resnet18-digits/measurements.csv --report docs/tiers.md
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.landscapes import load_doc, measured, regrid, synthetic, to_csv  # noqa: E402
+from bench.search_efficiency import BUDGET, families, problem_for, run_ours  # noqa: E402
+from compress import measurements  # noqa: E402
+from profiles import Network  # noqa: E402
+from profiles.profile import Profile  # noqa: E402
+from search.latency import Edge  # noqa: E402
+from search.pool import MeasuredPool  # noqa: E402
+from search.reference import METHODS, best_of  # noqa: E402
+
+SHOWN = {"joint optimum (exhaustive)": "3-tier joint", "split + pruning (CNNPC-like)": "CNNPC-like 3-tier",
+         "best 2-tier: end + edge": "2-tier end+edge", "best 2-tier: end + cloud": "2-tier end+cloud (relayed)"}
+
+
+def scene_rows(land, rows: dict, edge_doc: dict, A0: float, up: float, on: float, rtt: float, seed: int) -> list[dict]:
+    problem = problem_for(land, A0, up, rtt)
+    problem.families = families(land)
+    pool = MeasuredPool(rows, None)
+    direct = best_of(problem, pool, next(m for m in METHODS if m.name == "joint optimum (exhaustive)"))[0]
+    problem.edge = Edge(Profile(edge_doc, "edge"), Network(on, rtt))
+    out = [{"method": "2-tier direct (no edge)", "score": direct}]
+    out += [{"method": SHOWN[m.name], "score": best_of(problem, pool, m)[0]} for m in METHODS if m.name in SHOWN]
+    _, answer = run_ours(problem, rows, BUDGET, seed)
+    rows_out = []
+    joint = next(o["score"] for o in out if o["method"] == "3-tier joint")
+    for o in out:
+        s = o["score"]
+        ok = s is not None and s.feasible(problem)
+        rows_out.append({"method": o["method"], "feasible": ok, "latency_ms": s.latency_ms if ok else np.nan,
+                         "tiers": _tiers(s, problem.space.K) if ok else None,
+                         "k": s.config.k if ok else None, "r": s.config.r if ok else None,
+                         "k2": s.breakdown.k2 if ok else None, "exit": ok and s.config.t is not None,
+                         "vs_joint": (s.latency_ms / joint.latency_ms) if ok and joint.feasible(problem) else np.nan})
+    rows_out.append({"method": "ours (search, 40 trials)", "feasible": answer is not None,
+                     "latency_ms": np.nan if answer is None else answer,
+                     "vs_joint": np.nan if answer is None else answer / joint.latency_ms})
+    return rows_out
+
+
+def _tiers(s, K: int) -> str:
+    k, k2 = s.config.k, s.breakdown.k2
+    if k2 is None:
+        return "device only" if k == K else "end+cloud (direct)"
+    if k2 == k:
+        return "end+cloud (relayed)" if k > 0 else "cloud only (relayed)"
+    if k2 == K:
+        return "end+edge" if k > 0 else "edge only"
+    return "end+edge+cloud" if k > 0 else "edge+cloud"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--measured", default=None, help="a measurements.csv written by bench/measure_grid.py")
+    ap.add_argument("--synthetic", type=int, default=0, metavar="SEEDS",
+                    help="also this many synthetic landscapes per device (bench/landscapes.py: no exits, 10 ratios)")
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--devices", default="emulated-10x,emulated-50x")
+    ap.add_argument("--edge", default="emulated-edge-4x")
+    ap.add_argument("--end-edge", default="1,20,100", help="end-to-edge bandwidths, Mbit/s (CNNPC fixes 20)")
+    ap.add_argument("--edge-cloud", default="1,10,100", help="edge-to-cloud bandwidths, Mbit/s")
+    ap.add_argument("--drops", default="0.05,0.1", help="A0 = the unpruned accuracy minus each of these")
+    ap.add_argument("--rtt", type=float, default=5.0, help="round-trip time of each link, ms")
+    ap.add_argument("--out", default="runs/bench/tiers.csv")
+    ap.add_argument("--report", default=None)
+    args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.perf_counter()
+    records = []
+    work = Path(tempfile.mkdtemp(prefix="tiers-"))
+    for device in args.devices.split(","):
+        lands = [measured(Path(args.measured), args.model, device)] if args.measured else []
+        lands += [synthetic(args.model, seed, 10, device=device) for seed in range(args.synthetic)]
+        for land in lands:
+            csv = land.csv or to_csv(land, work / f"{abs(hash(land.name))}.csv")
+            rows = measurements.load(csv, land.K, land.ratios, need_n=True)
+            edge_doc = regrid(load_doc(args.edge, args.model, int(land.device["meta"]["input_size"])), land.ratios,
+                              keep_exits=True)
+            sel = land.arrays[(land.K, 0.0)]["selection"]
+            base = float(np.mean(sel["final"]["fp32"] == sel["label"]))
+            for drop in map(float, args.drops.split(",")):
+                for up in map(float, args.end_edge.split(",")):
+                    for on in map(float, args.edge_cloud.split(",")):
+                        A0 = round(base - drop, 4)
+                        for r in scene_rows(land, rows, edge_doc, A0, up, on, args.rtt, 0):
+                            records.append({"landscape": land.kind, "device": device, "A0": A0,
+                                            "end_edge_mbps": up, "edge_cloud_mbps": on, **r})
+            print(f"{land.name}: {len(records)} rows", flush=True)
+    df = pd.DataFrame(records)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    if args.report:
+        Path(args.report).write_text(report(df, " ".join(["python", *sys.argv]), time.perf_counter() - started))
+    print(df.to_string(index=False))
+
+
+def report(df: pd.DataFrame, command: str, seconds: float) -> str:
+    from datetime import datetime, timezone
+
+    joint = df[df.method == "3-tier joint"]
+    uses = joint.tiers
+    piv = df.pivot_table(index=["landscape", "device", "A0", "end_edge_mbps", "edge_cloud_mbps"], columns="method",
+                         values="latency_ms").reset_index()
+    lines = ["# Three tiers: where the edge pays", "",
+             f"Written by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({seconds / 60:.1f} min). "
+             + __doc__.split("\n\n")[1].replace("\n", " ") + " " + __doc__.split("\n\n")[2].replace("\n", " "), "",
+             "Promised latency (ms, mean per request) of each method's best answer:", "",
+             _markdown(piv), "",
+             "What the 3-tier joint optimum uses: " + ", ".join(f"{k} {v}" for k, v in uses.value_counts().items())
+             + f" (of {len(joint)} scenes).", ""]
+    for name in ("2-tier end+edge", "2-tier end+cloud (relayed)", "2-tier direct (no edge)", "CNNPC-like 3-tier",
+                 "ours (search, 40 trials)"):
+        g = df[df.method == name].vs_joint
+        if len(g):
+            lines.append(f"- {name}: median {g.median():.3g}x the 3-tier joint optimum's latency, worst "
+                         f"{g.max():.3g}x; better than it in {(g < 1 - 1e-9).sum()} scenes, infeasible in "
+                         f"{g.isna().sum()}")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    out = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        out.append("| " + " | ".join("-" if isinstance(v, float) and v != v else f"{v:.4g}" if isinstance(v, float)
+                                     else str(v) for v in row) + " |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
