@@ -248,6 +248,8 @@ def _markdown(df: pd.DataFrame) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds run from here (seeds the planner was not tuned on make a held-out check)")
     ap.add_argument("--models", default="resnet18,mobilenet_v2")
     ap.add_argument("--ratios", type=int, default=40, help="rate grid size of the synthetic landscapes")
     ap.add_argument("--devices", default="emulated-10x,emulated-50x", help="end-device profiles re-gridded")
@@ -269,7 +271,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model, device in ((m, d) for m in args.models.split(",") for d in args.devices.split(",")):
-            for s in range(args.seeds):
+            for s in range(args.first_seed, args.first_seed + args.seeds):
                 land = synthetic(model, s, args.ratios, device=device)
                 base = float(np.mean(land.arrays[(0, 0.0)]["selection"]["final"]["fp32"] == 0))
                 for drop in map(float, args.drops.split(",")):
