@@ -59,9 +59,16 @@ class Tables:
         return round(float(np.interp(self.numel[(k, r)], xs, ys)), 4)
 
 
+def _send(n_bytes: float, bandwidth: float, rtt: float) -> float:
+    return rtt + 8.0 * n_bytes / (1000.0 * bandwidth) if n_bytes > 0 else 0.0
+
+
 def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share: float,
-            bandwidth: float, rtt: float, mean_bytes: float | None) -> float:
-    """Mean per-request latency (ms) of one deployment, the share of requests sent being `sent_share`."""
+            bandwidth: float, rtt: float, mean_bytes: float | None, edge: tuple | None = None) -> float:
+    """Mean per-request latency (ms) of one deployment, the share of requests sent being `sent_share`.
+
+    `edge` = (Tables of the device and the edge profile, edge-to-cloud bandwidth, rtt): the sent request
+    goes to the edge, which relays it, runs some blocks and sends on, or runs the rest, whichever is fastest."""
     K = t.K
     head = t.ms.get(("head", k, r), 0.0)
     exit_ms = t.ms[("exit", k, r)] if with_exit else 0.0
@@ -70,21 +77,33 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
         return path
     if mean_bytes is None:
         mean_bytes = t.bytes[(k, r, "fp32" if codec == "raw" else codec)]
-    transfer = rtt + 8.0 * mean_bytes / (1000.0 * bandwidth) if mean_bytes > 0 else 0.0
-    sent = (t.overhead("encode_ms", k, r, codec) + transfer + t.overhead("link_overhead_ms", k, r, codec)
-            + t.ms[("tail", k, r)] + t.overhead("server_overhead_ms", k, r, codec))
-    return path + sent_share * sent
+    up = t.overhead("encode_ms", k, r, codec) + _send(mean_bytes, bandwidth, rtt)
+    cloud = t.ms[("tail", k, r)] + t.overhead("server_overhead_ms", k, r, codec) + t.overhead("link_overhead_ms", k, r, codec)
+    if edge is None:
+        return path + sent_share * (up + cloud)
+    e, bw2, rtt2 = edge
+    options = [_send(mean_bytes, bw2, rtt2) + cloud]  # relayed as it came
+    for k2 in range(k + 1, K + 1):
+        mid = max(e.ms[("tail", k, r)] - (e.ms[("tail", k2, 0.0)] if k2 < K else 0.0), 0.0)
+        rest = 0.0 if k2 == K else (_send(t.bytes[(k2, 0.0, "fp32")], bw2, rtt2) + t.ms[("tail", k2, 0.0)]
+                                    + t.overhead("server_overhead_ms", k2, 0.0, "fp32")
+                                    + t.overhead("link_overhead_ms", k2, 0.0, "fp32"))
+        options.append(mid + e.overhead("server_overhead_ms", k, r, codec) + rest)
+    return path + sent_share * (up + e.overhead("link_overhead_ms", k, r, codec) + min(options))
 
 
 def optimum(device: dict, server: dict, candidates: dict, A0: float, bandwidth: float, rtt: float,
             confidence: float = 0.95, families: int | None = None, codecs: dict[int, list[str]] | None = None,
-            metric_top5: bool = False) -> dict | None:
+            metric_top5: bool = False, edge: dict | None = None, edge_bandwidth: float = 100.0,
+            edge_rtt: float = 10.0) -> dict | None:
     """The fastest (k, r, codec, t) whose bounded selection accuracy reaches A0, by brute force.
 
     `codecs` maps each k to the codecs it may use (default: the codecs its arrays hold); `families` the
-    number of (k, r, codec) the bound is shared among (default: all of them here).
+    number of (k, r, codec) the bound is shared among (default: all of them here).  `edge`: an edge
+    profile document, a third tier linked to the cloud at `edge_bandwidth` Mbit/s and `edge_rtt` ms.
     """
     t = Tables(device, server)
+    tiers = None if edge is None else (Tables(device, edge), edge_bandwidth, edge_rtt)
     options = []
     for (k, r), splits in candidates.items():
         sel = splits["selection"]
@@ -114,7 +133,7 @@ def optimum(device: dict, server: dict, candidates: dict, A0: float, bandwidth: 
             if bound < A0:
                 continue
             share = 0.0 if k == t.K else (wilson(1 - rate, n, each, upper=True) if th is not None else 1.0)
-            ms = latency(t, k, r, codec, th is not None, share, bandwidth, rtt, mean_bytes)
+            ms = latency(t, k, r, codec, th is not None, share, bandwidth, rtt, mean_bytes, tiers)
             if best is None or ms < best["latency_ms"]:
                 best = {"k": k, "r": r, "codec": codec, "t": th, "latency_ms": ms, "acc_bound": bound}
     return best

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 import optuna
 import pytest
 
@@ -127,8 +129,6 @@ def test_edge_flags_are_checked_before_anything_runs(capsys):
     assert "--edge_cloud_bandwidth must be > 0 Mbit/s, got 0" in capsys.readouterr().err
     assert auto.main(base + ["--edge_cloud_rtt", "-1"]) == 2
     assert "--edge_cloud_rtt must be >= 0 ms" in capsys.readouterr().err
-    assert auto.main(base + ["--deploy"]) == 2
-    assert "--deploy serves two tiers only so far" in capsys.readouterr().err
     assert auto.main(["--model", "resnet18", "--edge_device", "no-such-box"]) == 2
     assert "no-such-box" in capsys.readouterr().err
 
@@ -139,3 +139,32 @@ def test_a_device_profile_as_the_edge_is_refused(tmp_path):
     spec = RunSpec(model="resnet18", edge_device="emulated-10x", progress=False)
     with pytest.raises(ValueError, match="needs a server-role profile"):
         problem_for(spec)
+
+
+@pytest.mark.parametrize("device, seed_, up, on, rtt2, drop, k2", [
+    ("emulated-50x", 0, 20.0, 100.0, 0.5, 0.05, "relay"),  # the image relayed to the cloud
+    ("emulated-10x", 1, 20.0, 1.0, 10.0, 0.1, "edge"),  # k = 4 pruned, the edge answers
+    ("emulated-10x", 2, 100.0, 100.0, 10.0, 0.02, "edge")])  # the image to the edge, which answers
+def test_product_three_tier_optimum_agrees_with_the_oracle(device, seed_, up, on, rtt2, drop, k2):
+    """The shipped resnet18 32 px profiles (an end device, server, emulated-edge-4x, with their measured
+    runtime overheads) re-gridded, a drawn landscape: the product's exhaustive 3-tier answer and the
+    independent oracle's (bench/oracle.py, which imports nothing from search/ or profiles/) agree."""
+    from bench import oracle
+    from bench.landscapes import load_doc, regrid, synthetic
+    from bench.search_efficiency import families, problem_for
+
+    land = synthetic("resnet18", seed_, n_ratios=6, device=device)
+    base = float(np.mean(land.arrays[(0, 0.0)]["selection"]["final"]["fp32"] == 0))
+    A0 = round(base - drop, 4)
+    edge_doc = regrid(load_doc("emulated-edge-4x", "resnet18", 32), land.ratios)
+    problem = problem_for(land, A0, up)
+    problem.edge = Edge(Profile(edge_doc, "edge"), Network(on, rtt2))
+    joint = next(m for m in methods(problem) if m.name == "joint optimum (exhaustive)")
+    ours, complete = best_of(problem, MeasuredPool(_rows(land), None), joint)
+    ref = oracle.optimum(land.device, land.server, land.arrays, A0, up, 5.0, families=families(land),
+                         codecs={k: ["fp32"] for k in range(land.K + 1)}, edge=edge_doc, edge_bandwidth=on,
+                         edge_rtt=rtt2)
+    assert complete and ref is not None and ours.feasible(problem)
+    assert ours.latency_ms == pytest.approx(ref["latency_ms"], rel=1e-6)
+    assert (ours.config.k, ours.config.r) == (ref["k"], ref["r"])
+    assert ours.breakdown.k2 == {"relay": ours.config.k, "edge": land.K}[k2]  # the tier the case is about
