@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Only light modules here: torch (10 s to load) waits until the arguments are checked (main)
 from compress.codec import FEATURE_CODECS, INPUT_CODECS
 from compress.names import DATASETS, MODELS, PRECISIONS
+from profiles.profile import shipped_models
 from search.spec import check_spec
 
 STORAGE_ENV = "SPLITOPT_STORAGE"  # how --n-workers hands the storage URL to its workers (not on argv)
@@ -41,12 +42,27 @@ def _ints(text: str) -> list[int]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("scenario")
-    g.add_argument("--model", default="mobilenet_v2", help=f"architecture: {', '.join(MODELS)}")
+    shipped = shipped_models()
+    with_profiles = "; ".join(f"{m} ({', '.join(map(str, sizes))} px)" for m, sizes in shipped.items()) or "none"
+    others = [m for m in MODELS if m not in shipped]
+    g.add_argument("--model", default="mobilenet_v2",
+                   help=f"architecture: {', '.join(MODELS)}. Shipped profiles: {with_profiles}"
+                        + (f"; {', '.join(others)} need a profile of your own first (python -m profiles bundle "
+                           f"--model M --input-size S --out DIR, then DIR/runner.py on the device; README: "
+                           f"Profiling a real end device)" if others else ""))
     g.add_argument("--end_device", "--end-device", dest="end_device", default="emulated-10x",
                    help="end-device profile: a shipped name (python -m profiles list) or a profile JSON path")
     g.add_argument("--server", default="server", help="server profile: a shipped name or a JSON path")
     g.add_argument("--bandwidth", type=float, default=10.0, help="uplink bandwidth in Mbit/s (> 0)")
     g.add_argument("--rtt", type=float, default=5.0, help="network round-trip time in ms")
+    g.add_argument("--edge_device", "--edge-device", dest="edge_device", default=None,
+                   help="a third tier between the end device and the server (the cloud): an edge box's server-role "
+                        "profile, a shipped name (emulated-edge-4x) or a JSON path.  --bandwidth/--rtt are then the "
+                        "end device's link to the edge; the search also picks the second cut")
+    g.add_argument("--edge_cloud_bandwidth", "--edge-cloud-bandwidth", dest="edge_cloud_bandwidth", type=float,
+                   default=100.0, help="with --edge_device: the edge-to-cloud link in Mbit/s (> 0)")
+    g.add_argument("--edge_cloud_rtt", "--edge-cloud-rtt", dest="edge_cloud_rtt", type=float, default=10.0,
+                   help="with --edge_device: the edge-to-cloud round-trip time in ms")
     g.add_argument("--A0", type=float, default=0.9,
                    help="required accuracy, in (0, 1]: its lower confidence bound on the selection split must reach it")
     g.add_argument("--confidence", type=float, default=0.95,
@@ -148,7 +164,8 @@ def spec_from(args):
     from search.run import RunSpec
 
     return RunSpec(model=args.model, end_device=args.end_device, server=args.server, bandwidth=args.bandwidth,
-                   rtt=args.rtt, A0=args.A0, T0=args.T0, metric=args.metric, multi=args.multi,
+                   rtt=args.rtt, edge_device=args.edge_device, edge_cloud_bandwidth=args.edge_cloud_bandwidth,
+                   edge_cloud_rtt=args.edge_cloud_rtt, A0=args.A0, T0=args.T0, metric=args.metric, multi=args.multi,
                    confidence=args.confidence, objective=args.objective, familywise=args.familywise,
                    dataset=args.dataset, data_root=args.data_root, input_size=args.input_size, seed=args.seed,
                    weights=args.weights, base_epochs=args.base_epochs, finetune_epochs=args.finetune_epochs,
@@ -179,6 +196,17 @@ def worker_argv(argv: list[str], spec) -> list[str]:
     return out + ["--study", spec.study, "--run-dir", spec.run_dir]
 
 
+def check_profiles(args) -> None:
+    """Both profiles exist for the model and input size (a one-line error naming the bundle command
+    that makes a missing one), checked before torch loads."""
+    from profiles.profile import load_profile
+
+    load_profile(args.end_device, args.model, args.input_size)
+    load_profile(args.server, args.model, args.input_size)
+    if args.edge_device:
+        load_profile(args.edge_device, args.model, args.input_size)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
@@ -186,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         args.storage = storage_from(args)
         check_spec(SimpleNamespace(**{**vars(args), "codecs": _names(args.codecs),
                                       "input_codecs": _names(args.input_codecs)}))
+        check_profiles(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -224,12 +253,23 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
     best = result["best"]
     cand = ctx.pool.candidate(int(best["k"]), float(best["r"]))
     out = Path(spec.run_dir) / "deploy"
+    if spec.edge_device:  # three tiers: end device, edge server (runtime.relay), cloud (runtime.tiers)
+        from runtime.tiers import deploy_searched
+        return deploy_searched(ctx, cand, result, out, limit, progress=spec.progress)
+    # a device profile measured under a CPU quota (profiles.quota): the edge runs under the same one
+    quota = ctx.problem.device.meta.get("cpu_quota") or {}
     # predicted for exactly the test samples the edge sends: their exit decisions come from the evaluation
     _, summary = deploy_candidate(cand, ctx.pool.data, out, best["t"], best["codec"], result["predicted"], seed=spec.seed,
                                   bandwidth=spec.bandwidth, rtt=spec.rtt,
                                   slowdown=float(ctx.problem.device.meta.get("slowdown", 1.0)), limit=limit,
                                   server_threads=int(ctx.problem.server.meta.get("threads", 1)),
-                                  csv=out / "edge.csv", progress=spec.progress)
+                                  csv=out / "edge.csv", progress=spec.progress,
+                                  cpu_quota=quota.get("fraction"), quota_period_ms=quota.get("period_ms"))
+    if summary.get("cpu_quota"):
+        q = summary["cpu_quota"]
+        print(f"edge ran under a CPU quota of {q['fraction']:g} CPU (period {q['period_ms']:g} ms, {q['mechanism']}), "
+              f"as the device profile was measured; throttled {summary.get('throttled_ms') or 0:.0f} ms in all"
+              + (f"; no cgroup could be used: {q['why_not_cgroup']}" if q.get("why_not_cgroup") else ""))
     predicted = summary["predicted"]
     promised = {"mean total": result["best"]["expected_ms"]}  # at the promised (bounded) exit rate
     if spec.objective == "p95":

@@ -27,7 +27,20 @@ class Classifier(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.pool(x), 1))
+        return self.head(torch.flatten(_pool(self.pool, x), 1))
+
+
+def _pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`pool(x)`; an adaptive average pool up to a multiple of the input's size averages one input cell
+    per output cell, i.e. it repeats each cell: written as a nearest-neighbour resize, which the ONNX
+    exporter takes (it refuses a pool whose output size is not a factor of its input's: vgg11_bn at 32 px)."""
+    if isinstance(pool, nn.AdaptiveAvgPool2d):
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        size = pool.output_size if isinstance(pool.output_size, tuple) else (pool.output_size,) * 2
+        oh, ow = (h if size[0] is None else size[0]), (w if size[1] is None else size[1])
+        if (oh, ow) != (h, w) and oh % h == 0 and ow % w == 0:
+            return nn.functional.interpolate(x, size=(oh, ow), mode="nearest")
+    return pool(x)
 
 
 def _mobilenet_v2(m: tvm.MobileNetV2) -> list[tuple[str, nn.Module]]:
@@ -89,6 +102,14 @@ class SplitModel(nn.Sequential):
     def tail(self, k: int) -> nn.Sequential:
         self._check_k(k)
         return nn.Sequential(OrderedDict(list(self._modules.items())[k:])).train(self.training)
+
+    def blocks(self, a: int, b: int) -> nn.Sequential:
+        """Blocks [a, b): the edge's part of a three-tier split (head(k) is blocks(0, k), tail(k) blocks(k, K))."""
+        self._check_k(a)
+        self._check_k(b)
+        if a > b:
+            raise ValueError(f"blocks [{a}, {b}) of {self.arch}: the second cut must not come before the first")
+        return nn.Sequential(OrderedDict(list(self._modules.items())[a:b])).train(self.training)
 
     def _check_k(self, k: int) -> None:
         if not isinstance(k, int) or not 0 <= k <= self.K:

@@ -6,6 +6,9 @@
     python -m profiles defaults --input-size 224          # host, server, emulated-10x/-50x, both models
     python -m profiles validate --model resnet18 --input-size 32 --device host --server server --csv out.csv
     python -m profiles list
+    python -m profiles bundle --model resnet18 --input-size 32 --out DIR [--role server]   # for a real device
+    python DIR/runner.py --out profile.json       # on the device: needs only numpy and onnxruntime
+    python -m profiles check profile.json [--server server]   # back here: format, K and shapes vs the model
 """
 from __future__ import annotations
 
@@ -89,6 +92,24 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--min-ms", type=float, default=None, help="default: the device profile's min_ms")
     v.add_argument("--csv", default=None, help="write the per-(k, r) table here")
 
+    b = sub.add_parser("bundle", help="export the ONNX parts of a profile and a runner that times them on a "
+                                      "device with only numpy and onnxruntime")
+    b.add_argument("--model", required=True)
+    b.add_argument("--input-size", type=int, required=True)
+    b.add_argument("--out", required=True, help="bundle directory (new, or an older bundle to replace)")
+    b.add_argument("--role", choices=("device", "server"), default="device",
+                   help="device: heads and exits (an end device); server: tails")
+    b.add_argument("--ratios", type=_ratios, default=list(RATIO_GRID),
+                   help="comma-separated pruning ratios (default: the shipped profiles' grid, which a device "
+                        "profile must share with its server profile)")
+    b.add_argument("--num-classes", type=int, default=10)
+
+    c = sub.add_parser("check", help="check a profile file (e.g. from a device's runner) against the model")
+    c.add_argument("profile", help="profile .json path or device name (then give --model and --input-size)")
+    c.add_argument("--model", default=None)
+    c.add_argument("--input-size", type=int, default=None)
+    c.add_argument("--server", default=None, help="also check it pairs with this server profile (name or path)")
+
     sub.add_parser("list", help="list the profiles under the root")
     return p
 
@@ -120,6 +141,49 @@ def _overhead(device: str, model: str, input_size: int, root, **kwargs) -> Path:
     how = f"copied from {meta['copied_from']}" if "copied_from" in meta else f"{meta['seconds']} s"
     print(f"wrote the overhead section of {path} ({how})")
     return path
+
+
+def _bundle(args) -> None:
+    from profiles.bundle import export_parts, size_bytes
+
+    doc = export_parts(args.model, args.input_size, args.out, args.role, args.ratios, args.num_classes)
+    parts = len(doc["parts"])
+    print(f"wrote {args.out}: {args.role} bundle of {args.model} {args.input_size}px, K = {doc['K']}, "
+          f"{len(doc['ratios'])} ratios, {parts} parts, {size_bytes(args.out) / 1024:.0f} KiB")
+    print(f"on the device: python {Path(args.out) / 'runner.py'} --out profile.json --device NAME"
+          f"{' --threads 2' if args.role == 'server' else ''}   (needs only numpy and onnxruntime)")
+
+
+def _check(args) -> None:
+    from compress import zoo
+    from profiles.profile import _is_path, check_pair, load_profile, read_json
+
+    if _is_path(args.profile):
+        meta = read_json(args.profile).get("meta", {})
+        model, size = args.model or meta.get("model"), args.input_size or meta.get("input_size")
+    else:
+        model, size = args.model, args.input_size
+    if not model or not size:
+        raise ValueError("give --model and --input-size with a device name")
+    profile = load_profile(args.profile, model, int(size), args.root)
+    table = zoo.split_table(zoo.build(model, profile.num_classes, int(size)), int(size))
+    if profile.K != len(table) - 1:
+        raise ValueError(f"{profile.source} has K = {profile.K} but {model} has K = {len(table) - 1}: measured on "
+                         f"another cut of the model")
+    if 0.0 in profile.ratios:
+        wrong = [info.k for info in table if profile.shape(info.k, 0.0) != tuple(info.shape)]
+        if wrong:
+            raise ValueError(f"{profile.source}: split tensor shapes at r = 0 differ from {model}'s at k = {wrong}")
+    if args.server:
+        check_pair(profile, load_profile(args.server, model, int(size), args.root))
+    meta = profile.meta
+    quota = meta.get("cpu_quota")
+    print(f"ok: {profile.source}: {profile.role} profile of {model} {size}px, K = {profile.K}, "
+          f"{len(profile.ratios)} ratios, measured on {meta['device']} ({meta['cpu']}, {meta['threads']} thread(s), "
+          f"{', '.join(f'{k} {v}' for k, v in meta['versions'].items())})"
+          + (f", under a CPU quota of {quota['fraction']:g} ({quota['mechanism']})" if quota else "")
+          + ("" if profile.has_overhead else "; no overhead section (the search then counts 0 ms outside the model)")
+          + (f"; pairs with {args.server}" if args.server else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
                 table.to_csv(args.csv, index=False)
                 print(f"wrote {args.csv}")
+        elif args.command == "bundle":
+            _bundle(args)
+        elif args.command == "check":
+            _check(args)
         else:
             _list(args.root)
     except (ValueError, FileNotFoundError) as e:

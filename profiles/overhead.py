@@ -274,6 +274,7 @@ def measure(profile: Profile, repeats: int = DEFAULT_REPEATS, warmup: int = DEFA
                          f"({profile.meta.get('emulates')!r}) unscaled, not a measurement of its own")
     if repeats < 1 or warmup < 0 or min_ms < 0:
         raise ValueError(f"need repeats >= 1, warmup >= 0 and min_ms >= 0 (got {repeats}, {warmup}, {min_ms})")
+    check_quota(profile)
     role, K = profile.role, profile.K
     threads = 1 if role == "device" else profile.threads  # runtime.edge runs head.onnx on one thread
     load_before = os.getloadavg()
@@ -301,7 +302,24 @@ def measure(profile: Profile, repeats: int = DEFAULT_REPEATS, warmup: int = DEFA
         "seconds": round(time.perf_counter() - start, 2),
         "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in os.getloadavg()],
     }
+    if profile.meta.get("cpu_quota"):
+        meta["cpu_quota"] = profile.meta["cpu_quota"]
     return {"rows": rows, "meta": meta}
+
+
+def check_quota(profile: Profile) -> None:
+    """A profile timed under a CPU quota (profiles.quota) gets its overhead measured under the same one,
+    and a profile timed without one not under one: the overhead must slow down with the model."""
+    from profiles.runner import current_quota
+
+    want, have = profile.meta.get("cpu_quota"), current_quota()
+    if want and (not have or float(have["fraction"]) != float(want["fraction"])):
+        raise ValueError(f"{profile.source} was timed under a CPU quota of {want['fraction']:g}: measure its overhead "
+                         f"under the same one (python -m profiles.quota --cpu {want['fraction']:g} -- python -m "
+                         f"profiles overhead ...)")
+    if have and not want:
+        raise ValueError(f"this process runs under a CPU quota of {have['fraction']:g} but {profile.source} was not "
+                         f"timed under one")
 
 
 def method(role: str, threads: int, repeats: int, warmup: int, min_ms: float, every_ratio: bool) -> str:

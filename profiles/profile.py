@@ -42,9 +42,10 @@ import json
 import math
 import operator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 DATA_ROOT = Path(__file__).resolve().parent / "data"
 ROLES = ("device", "server")
@@ -114,6 +115,8 @@ class Profile:
     """A loaded, validated profile: latency and bytes tables with fast lookups."""
 
     def __init__(self, doc: dict[str, Any], source: str = "<dict>"):
+        import pandas as pd  # here, not at the top: auto.py's --help and argument checks list profiles cheaply
+
         self.source = source
         _check_doc(doc, source)
         self.doc = doc
@@ -390,11 +393,43 @@ def load_profile(device_or_path: str, model: str, input_size: int, root: str | P
     path = profile_path(name, model, input_size, root)
     if not path.is_file():
         raise ProfileNotFoundError(f"device {name!r} has no profile for {model} at {input_size}px; it has: "
-                                   f"{', '.join(available_profiles(name, root))}")
+                                   f"{', '.join(available_profiles(name, root))}; "
+                                   f"{how_to_make(model, input_size, _role_of(name, root))}")
     profile = Profile(read_json(path), str(path))
     if (profile.model, profile.input_size) != (model, int(input_size)):
         raise ValueError(f"{path} holds {profile.model} at {profile.input_size}px: the file is misnamed")
     return profile
+
+
+def _role_of(device: str, root: str | Path | None = None) -> str:
+    """The role of a device's existing profiles ("device" when it has none that say)."""
+    for stem in available_profiles(device, root):
+        try:
+            return str(json.loads((Path(root or DATA_ROOT) / device / f"{stem}.json").read_text())["meta"]["role"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return "device"
+
+
+def how_to_make(model: str, input_size: int, role: str = "device") -> str:
+    """One line naming the commands that make a missing profile (README: Profiling a real end device)."""
+    out = f"bundle-{model}-{int(input_size)}px" + ("" if role == "device" else "-server")
+    server = role == "server"
+    return (f"make one with `python -m profiles bundle --model {model} --input-size {int(input_size)}"
+            f"{' --role server' if server else ''} --out {out}`, run `python {out}/runner.py --out "
+            f"{'server' if server else 'device'}.json{' --threads 2' if server else ''}` on the "
+            f"{'server' if server else 'device'} (numpy and onnxruntime suffice) and pass "
+            f"{'--server server.json' if server else '--end_device device.json'}")
+
+
+def shipped_models(root: str | Path | None = None) -> dict[str, list[int]]:
+    """{model: input sizes} some device under `root` (the shipped data) has a profile for; reads no file."""
+    stems = {stem for d in available_devices(root) for stem in available_profiles(d, root)}
+    out: dict[str, list[int]] = {}
+    for stem in stems:
+        model, _, size = stem.rpartition("-")
+        out.setdefault(model, []).append(int(size.removesuffix("px")))
+    return {m: sorted(sizes) for m, sizes in sorted(out.items())}
 
 
 def check_pair(device: Profile, server: Profile) -> None:

@@ -7,6 +7,8 @@
   `client`: its connection to the server (handshake, retries, back-off)
 - `link`: uplink shaping (token bucket + rtt) and link measurement
 - `deploy`: server on loopback + edge over the test split, for `auto.py --deploy`
+- `relay`: the edge server of three tiers (`python -m runtime.relay`: blocks [k, k2), then on to the cloud);
+  `tiers`: the three parts' export and their deployment, for `auto.py --deploy --edge_device ...`
 
 Names are imported lazily so that `python -m runtime.cloud` does not load torch's exporter.
 """
@@ -15,10 +17,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"export_split": "runtime.export", "CloudServer": "runtime.cloud", "run_edge": "runtime.edge",
-            "summarize": "runtime.edge", "deploy": "runtime.deploy", "load_manifest": "runtime.manifest"}
+# What the edge needs on a device that has only numpy and onnxruntime (tests/test_bundle.py runs it so).
+EDGE_FILES = ("runtime/__init__.py", "runtime/edge.py", "runtime/client.py", "runtime/protocol.py",
+              "runtime/manifest.py", "runtime/link.py", "compress/__init__.py", "compress/codec.py",
+              "compress/onnx_io.py")
 
-__all__ = list(_EXPORTS)
+_EXPORTS = {"export_split": "runtime.export", "CloudServer": "runtime.cloud", "run_edge": "runtime.edge",
+            "summarize": "runtime.edge", "deploy": "runtime.deploy", "load_manifest": "runtime.manifest",
+            "RelayServer": "runtime.relay", "export_tiers": "runtime.tiers", "deploy_three": "runtime.tiers"}
+
+__all__ = [*_EXPORTS, "EDGE_FILES"]
 
 
 def __getattr__(name: str) -> Any:

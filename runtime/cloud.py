@@ -148,8 +148,6 @@ class CloudServer:
                        workers=workers, batch_samples=batch_samples, delay=delay)
         self.model_dir = Path(model_dir)
         self.manifest = mf.load(model_dir)
-        if self.manifest["tail"] is None:
-            raise ValueError(f"k = K = {self.manifest['K']}: the device runs the whole model, there is no tail to serve")
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         self.host, self.requested_port = host, port
@@ -161,10 +159,7 @@ class CloudServer:
         self.handshake_timeout = handshake_timeout
         self.frame_timeout = frame_timeout
         self.delay = delay  # seconds added before each reply: fault injection for tests only
-        self.session = session(mf.part_path(model_dir, self.manifest, "tail"), threads=threads)
-        self.input_name = self.session.get_inputs()[0].name
-        warm = np.zeros((1, *self.manifest["tail"]["input_shape"]), dtype=np.float32)
-        self.session.run(None, {self.input_name: warm})  # first run allocates: keep it out of request times
+        self.session = self._load_model(threads)
         # k = 0: UINT8 or an image dtype; else the feature codec's (a manifest's fp32 at k = 0 means raw)
         self.wire_dtype = wire.CODEC_DTYPES[mf.manifest_codec(self.manifest)]
         self.wire_shape = tuple(self.manifest["split"]["shape"])
@@ -526,11 +521,22 @@ class CloudServer:
         self.stats["bad_frames"] += 1
         return wire.error(frame.request_id, f"unexpected message type {frame.type.name} from a client")
 
+    def _load_model(self, threads: int):
+        """The ONNX Runtime session of the part this server runs, warmed up (runtime.relay overrides it:
+        a relay runs no model)."""
+        if self.manifest["tail"] is None:
+            raise ValueError(f"k = K = {self.manifest['K']}: the device runs the whole model, there is no tail to serve")
+        sess = session(mf.part_path(self.model_dir, self.manifest, "tail"), threads=threads)
+        self.input_name = sess.get_inputs()[0].name
+        warm = np.zeros((1, *self.manifest["tail"]["input_shape"]), dtype=np.float32)
+        sess.run(None, {self.input_name: warm})  # first run allocates: keep it out of request times
+        return sess
+
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
 
-    def _infer(self, frame: Frame) -> bytes:
-        start = time.perf_counter()
+    def _check_request(self, frame: Frame) -> bytes | None:
+        """An ERROR frame if the request's dtype or shape is not this split's, else None (nothing decoded)."""
         rid = frame.request_id
         if frame.dtype != self.wire_dtype:
             self.stats["bad_requests"] += 1
@@ -540,6 +546,14 @@ class CloudServer:
             self.stats["bad_requests"] += 1
             return wire.error(rid, f"this split expects tensors of shape (n, {', '.join(map(str, self.wire_shape))}) "
                                    f"with 1 <= n <= {MAX_BATCH}, got {frame.shape}")
+        return None
+
+    def _infer(self, frame: Frame) -> bytes:
+        start = time.perf_counter()
+        rid = frame.request_id
+        refused = self._check_request(frame)
+        if refused is not None:
+            return refused
         try:
             x = wire.tensor(frame)  # variable-size payloads can still fail here (bad zlib or image)
         except ProtocolError as e:
@@ -559,7 +573,11 @@ class CloudServer:
         if self.delay:
             time.sleep(self.delay)
         self.stats["requests"] += 1
-        return wire.reply(rid, logits, (time.perf_counter() - start) * 1e3)
+        return self._reply(rid, logits, start)
+
+    def _reply(self, rid: int, output: np.ndarray, start: float) -> bytes:
+        """The answer to a request whose part has run (runtime.relay overrides it to forward `output`)."""
+        return wire.reply(rid, output, (time.perf_counter() - start) * 1e3)
 
 
 class _Busy(Exception):

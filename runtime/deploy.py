@@ -1,10 +1,17 @@
 """Deploy an exported split on this machine: the cloud server on loopback, the edge over the test split.
 
 The server runs in-process (its own threads); the edge applies the end device's emulation (slowdown)
-and shapes the uplink (bandwidth, rtt), so the measurement is comparable with the prediction.
+and shapes the uplink (bandwidth, rtt), so the measurement is comparable with the prediction.  With a
+CPU quota (a device profile measured under profiles.quota), the edge runs as its own process under the
+same quota, fed the test samples as a file, so the quota slows the device and not the server.
 """
 from __future__ import annotations
 
+import json
+import os
+import sys
+import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +24,25 @@ from runtime.export import export_split
 from search.latency import predicted_per_sample
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def deploy(out_dir: str | Path, data=None, *, bandwidth: float | str | None = 10.0, rtt: float = 5.0,
            slowdown: float = 1.0, limit: int | None = None, server_threads: int = 1, csv: str | Path | None = None,
-           secret: bytes | None = None, timeout: float = 5.0, progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+           secret: bytes | None = None, timeout: float = 5.0, progress: bool = False,
+           cpu_quota: float | None = None, quota_period_ms: float | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Serve `out_dir`'s tail on 127.0.0.1 (ephemeral port), run the edge, return (per-sample rows, summary).
 
     Summary keys: n, mean_ms, p50_ms, p95_ms, exit_rate, fallback_rate, failed, accuracy,
     bytes_per_request, bytes_per_sample, the per-part means device_ms, exit_ms, transfer_ms, server_ms,
     and the run's settings (bandwidth_mbps, rtt_ms, slowdown, k, K, r, t, codec, predicted).
+    `cpu_quota` (CPUs, e.g. 0.1) runs the edge as a process under that quota (profiles.quota); the
+    summary then also holds `cpu_quota` (fraction, period, limiter) and `throttled_ms`.
     """
+    if cpu_quota is not None:
+        return _deploy_under_quota(out_dir, data, cpu_quota, quota_period_ms, bandwidth=bandwidth, rtt=rtt,
+                                   slowdown=slowdown, limit=limit, server_threads=server_threads, csv=csv,
+                                   secret=secret, timeout=timeout)
     manifest = mf.load(out_dir)
     if manifest["tail"] is None:  # k = K: nothing to serve, the device answers every sample
         df = run_edge(out_dir, None, bandwidth=bandwidth, rtt=rtt, slowdown=slowdown, limit=limit, csv=csv,
@@ -36,6 +53,56 @@ def deploy(out_dir: str | Path, data=None, *, bandwidth: float | str | None = 10
                       limit=limit, csv=csv, secret=secret, timeout=timeout, data=data, progress=progress)
         summary = summarize(df)
         summary["server_stats"] = dict(server.stats)
+    return df, summary
+
+
+def _deploy_under_quota(out_dir: str | Path, data, fraction: float, period_ms: float | None, *,
+                        bandwidth: float | str | None, rtt: float, slowdown: float, limit: int | None,
+                        server_threads: int, csv: str | Path | None, secret: bytes | None,
+                        timeout: float) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """`deploy` with the edge as `python -m runtime.edge` under a CPU quota (profiles.quota)."""
+    from profiles import quota
+    from runtime.edge import _test_split
+
+    out = Path(out_dir)
+    manifest = mf.load(out)
+    images, labels = _test_split(manifest, data, None)
+    n = len(images) if limit is None else min(int(limit), len(images))
+    samples = mf.save_samples(out / "samples.npz", images[:n], labels[:n])
+    csv = Path(csv) if csv is not None else out / "edge.csv"
+    summary_json = out / "edge-summary.json"
+    cmd = [sys.executable, "-m", "runtime.edge", "--model-dir", str(out), "--images", str(samples), "--csv", str(csv),
+           "--summary-json", str(summary_json), "--rtt", str(rtt), "--slowdown", str(slowdown),
+           "--timeout", str(timeout), "--quiet"]
+    if bandwidth is not None:
+        cmd += ["--bandwidth", str(bandwidth)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
+        if secret is not None:
+            key = Path(tmp) / "secret"
+            key.write_bytes(secret)
+            key.chmod(0o600)
+            cmd += ["--secret-file", str(key)]
+        log = Path(tmp) / "edge.log"
+        with ExitStack() as stack:
+            server = None
+            if manifest["tail"] is not None:  # k = K: nothing to serve
+                server = stack.enter_context(CloudServer(out, "127.0.0.1", 0, threads=server_threads, secret=secret))
+                cmd += ["--server", f"127.0.0.1:{server.port}"]
+            with open(log, "w") as err, quota.Limited(cmd, fraction, period_ms, env=env, cwd=str(ROOT),
+                                                      stdout=err, stderr=err) as edge:
+                code = edge.wait()
+                info, throttled = edge.info(), edge.throttled_ms()
+            if code != 0:
+                tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
+                raise RuntimeError(f"the edge under a {fraction:g} CPU quota exited with {code}: {tail[0]}")
+            stats = dict(server.stats) if server is not None else None
+    df = pd.read_csv(csv, keep_default_na=False, dtype={"error": str})
+    df.attrs.update(json.loads(summary_json.read_text())["attrs"])
+    summary = summarize(df)
+    summary.update(cpu_quota=info, throttled_ms=throttled)
+    if stats is not None:
+        summary["server_stats"] = stats
     return df, summary
 
 

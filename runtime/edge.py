@@ -1,7 +1,8 @@
 """The edge client: runs head.onnx on the device, answers at the exit or asks the cloud for the rest.
 
     python -m runtime.edge --model-dir DIR --server HOST:PORT [--bandwidth MBPS|auto] [--rtt MS]
-        [--slowdown F] [--limit N] [--csv PATH] [--secret-file F] [--tls-ca C]
+        [--slowdown F] [--limit N] [--csv PATH] [--secret-file F] [--tls-ca C] [--images samples.npz]
+    python -m runtime.edge --model-dir DIR --save-images samples.npz --limit N   # workstation, for --images
 
 Per test sample, one row (all times in ms, measured with perf_counter):
 
@@ -18,18 +19,25 @@ Per test sample, one row (all times in ms, measured with perf_counter):
 Faults (runtime.client): a failed request is retried with exponential back-off; if every attempt
 fails the device answers alone: fallback=True, the exit's prediction when the split has an exit, else
 pred = -1 (counted wrong).  Every sample gets exactly one row.
+
+On a device with only numpy and onnxruntime (and the files of runtime.EDGE_FILES): pass the test
+samples as a file (`--images samples.npz`, written on the workstation with --save-images or
+runtime.manifest.save_samples); without it the edge loads the data set
+through compress.data, which needs torch.  pandas is needed only by `run_edge`, which returns a
+DataFrame; the command line and `run_rows` use plain rows.
 """
 from __future__ import annotations
 
 import argparse
+import csv as csvlib
+import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import numpy as np
-import pandas as pd
 
 from compress.onnx_io import session
 from runtime import link as links
@@ -38,8 +46,14 @@ from runtime import protocol as wire
 from runtime.client import AuthError, Client, Remote, parse_address
 from runtime.protocol import ProtocolError, RemoteError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 COLUMNS = ["index", "device_ms", "exit_ms", "transfer_ms", "server_ms", "total_ms", "exited", "fallback",
            "bytes_sent", "pred", "label", "correct", "attempts", "error"]
+# through an edge server (runtime.relay), its reply splits server_ms: its own ms, edge-to-cloud, cloud (else 0)
+TIER_COLUMNS = ["edge_ms", "edge_transfer_ms", "cloud_ms"]
+COLUMNS += TIER_COLUMNS
 
 
 def _softmax_max(logits: np.ndarray) -> float:
@@ -48,18 +62,34 @@ def _softmax_max(logits: np.ndarray) -> float:
     return float(p.max() / p.sum())
 
 
-def run_edge(model_dir: str | Path, server: str | tuple[str, int] | None = None, *,
+def run_edge(model_dir: str | Path, server: str | tuple[str, int] | None = None, **kwargs) -> "pd.DataFrame":
+    """Run the device side over the manifest's test split; one row per sample (see the module doc).
+
+    Takes `run_rows`'s arguments.  The DataFrame's `attrs` hold the run's settings; `summarize(df)`
+    gives the headline numbers.
+    """
+    import pandas as pd
+
+    rows, attrs = run_rows(model_dir, server, **kwargs)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs.update(attrs)
+    return df
+
+
+def run_rows(model_dir: str | Path, server: str | tuple[str, int] | None = None, *,
              bandwidth: float | str | None = None, rtt: float = 0.0, slowdown: float = 1.0,
              limit: int | None = None, csv: str | Path | None = None, secret: bytes | None = None,
              tls_ca: str | None = None, timeout: float = 5.0, retries: int = 2, backoff: float = 0.05,
-             max_backoff: float = 2.0, data=None, data_root: str | None = None,
-             on_sample: Callable[[dict[str, Any]], None] | None = None, progress: bool = False) -> pd.DataFrame:
-    """Run the device side over the manifest's test split; one row per sample (see the module doc).
+             max_backoff: float = 2.0, data=None, data_root: str | None = None, images: str | Path | None = None,
+             on_sample: Callable[[dict[str, Any]], None] | None = None,
+             progress: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the device side; (one row per sample, the run's settings).  Needs no pandas.
 
     `bandwidth` in Mbit/s shapes the uplink; None uses the link as it is; "auto" measures it (then
-    leaves it unshaped) and records the result.  `data` may pass the already loaded DataSplits.
+    leaves it unshaped) and records the result.  The samples come from `images` (a .npz of
+    runtime.manifest.save_samples), else `data` (already loaded DataSplits), else the data set the
+    manifest names (compress.data, which needs torch).
     `on_sample(row)` sees every finished row (tests use it to kill the server mid-run).
-    The DataFrame's `attrs` hold the run's settings; `summarize(df)` gives the headline numbers.
     A refused shared secret raises AuthError: that is a configuration error, not a network fault.
     """
     manifest = mf.load(model_dir)
@@ -75,8 +105,11 @@ def run_edge(model_dir: str | Path, server: str | tuple[str, int] | None = None,
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
     if not (isinstance(retries, int) and retries >= 0):  # -1 would make no attempt at all
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
-    images, labels = _test_split(manifest, data, data_root)
-    n = len(images) if limit is None else min(int(limit), len(images))
+    if images is not None:
+        samples, labels = mf.load_samples(images, manifest)
+    else:
+        samples, labels = _test_split(manifest, data, data_root)
+    n = len(samples) if limit is None else min(int(limit), len(samples))
     device = Device(model_dir, manifest, slowdown)
     t = manifest["t"]
 
@@ -106,23 +139,34 @@ def run_edge(model_dir: str | Path, server: str | tuple[str, int] | None = None,
     rows = []
     iterator = range(n)
     if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(iterator, desc="edge", unit="sample")
+        try:
+            from tqdm.auto import tqdm
+            iterator = tqdm(iterator, desc="edge", unit="sample")
+        except ImportError:  # a device without tqdm: no bar
+            pass
     try:
         for i in iterator:
-            row = device.answer(i, images[i:i + 1], int(labels[i]), remote)
+            row = device.answer(i, samples[i:i + 1], int(labels[i]), remote)
             rows.append(row)
             if on_sample is not None:
                 on_sample(row)
     finally:
         if remote is not None:
             remote.client.close()
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs.update(attrs)
     if csv is not None:
-        Path(csv).parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(csv, index=False)
-    return df
+        write_csv(rows, csv)
+    return rows, attrs
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """The per-sample table as CSV (the columns of COLUMNS, as pandas' to_csv(index=False) writes them)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csvlib.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 class Device:
@@ -146,7 +190,7 @@ class Device:
         start = time.perf_counter()
         row: dict[str, Any] = {"index": index, "exit_ms": 0.0, "transfer_ms": 0.0, "server_ms": 0.0,
                                "exited": False, "fallback": False, "bytes_sent": 0, "label": label, "attempts": 0,
-                               "error": ""}
+                               "error": "", **dict.fromkeys(TIER_COLUMNS, 0.0)}
         exit_pred = -1
         x: np.ndarray = image
         if self.head is not None:
@@ -177,6 +221,8 @@ class Device:
         else:
             row.update(server_ms=reply.server_ms, transfer_ms=max((done - device_end) * 1e3 - reply.server_ms, 0.0),
                        bytes_sent=len(tensor.payload), pred=int(reply.classes[0]))  # payload, as bytes(k, r) counts
+            if reply.tiers is not None:
+                row.update(zip(TIER_COLUMNS, reply.tiers))
         return _close(row, start)
 
     def _device_only(self, row: dict[str, Any], start: float, pred: int) -> dict[str, Any]:
@@ -219,25 +265,38 @@ def _test_split(manifest: dict, data, data_root: str | None) -> tuple[np.ndarray
     return images.numpy(), labels.numpy()
 
 
-def summarize(df: pd.DataFrame) -> dict[str, Any]:
-    """Headline numbers of an edge run; per-part means are over all samples (0 where a part did not run),
-    so they add up like DESIGN's T = T_D + (1 - p_exit) (T_N + T_C)."""
-    sent = df[df.bytes_sent > 0]
+def summarize(df: "pd.DataFrame | Iterable[Mapping[str, Any]]", attrs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Headline numbers of an edge run (a DataFrame of run_edge, or run_rows' rows and attrs); per-part
+    means are over all samples (0 where a part did not run), so they add up like DESIGN's
+    T = T_D + (1 - p_exit) (T_N + T_C).  Quantiles interpolate linearly, as pandas' do."""
+    if hasattr(df, "to_dict"):
+        rows, attrs = df.to_dict("records"), {**df.attrs, **(attrs or {})}
+    else:
+        rows, attrs = list(df), dict(attrs or {})
+    n = len(rows)
+
+    def col(name: str) -> np.ndarray:
+        return np.array([row[name] for row in rows], dtype=float)
+
+    def mean(values: np.ndarray) -> float:
+        return float(values.mean()) if len(values) else float("nan")
+
+    total, sent = col("total_ms"), col("bytes_sent")
     out: dict[str, Any] = {
-        "n": int(len(df)),
-        "mean_ms": float(df.total_ms.mean()) if len(df) else float("nan"),
-        "p50_ms": float(df.total_ms.quantile(0.5)) if len(df) else float("nan"),
-        "p95_ms": float(df.total_ms.quantile(0.95)) if len(df) else float("nan"),
-        "exit_rate": float(df.exited.mean()) if len(df) else float("nan"),
-        "fallback_rate": float(df.fallback.mean()) if len(df) else float("nan"),
-        "failed": int((df.pred < 0).sum()),
-        "accuracy": float(df.correct.mean()) if len(df) else float("nan"),
-        "bytes_per_request": float(sent.bytes_sent.mean()) if len(sent) else 0.0,
-        "bytes_per_sample": float(df.bytes_sent.mean()) if len(df) else 0.0,
+        "n": n,
+        "mean_ms": mean(total),
+        "p50_ms": float(np.percentile(total, 50)) if n else float("nan"),
+        "p95_ms": float(np.percentile(total, 95)) if n else float("nan"),
+        "exit_rate": mean(col("exited")),
+        "fallback_rate": mean(col("fallback")),
+        "failed": int((col("pred") < 0).sum()),
+        "accuracy": mean(col("correct")),
+        "bytes_per_request": float(sent[sent > 0].mean()) if (sent > 0).any() else 0.0,
+        "bytes_per_sample": float(sent.mean()) if n else 0.0,
     }
     for part in ("device_ms", "exit_ms", "transfer_ms", "server_ms"):
-        out[part] = float(df[part].mean()) if len(df) else float("nan")
-    out.update({k: v for k, v in df.attrs.items() if k != "model_dir"})
+        out[part] = mean(col(part))
+    out.update({k: v for k, v in attrs.items() if k != "model_dir"})
     return out
 
 
@@ -274,6 +333,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait on the server per attempt (> 0)")
     p.add_argument("--retries", type=int, default=2, help="retries per request before the fallback (>= 0)")
     p.add_argument("--data-root", default=None, help="local CIFAR-10 / ImageFolder copy, as for auto.py")
+    p.add_argument("--images", default=None, metavar="NPZ",
+                   help="test samples as a .npz (images uint8 NCHW, labels; runtime.manifest.save_samples): "
+                        "the edge then needs neither torch nor the data set")
+    p.add_argument("--save-images", default=None, metavar="NPZ",
+                   help="on the workstation: write the manifest's test samples (the first --limit) for --images, "
+                        "then exit")
+    p.add_argument("--summary-json", default=None, help="also write the summary (and the run's settings) here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -313,15 +380,30 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (problem := check_args(args)) is not None:
         p.error(problem)
+    if args.save_images:
+        try:
+            manifest = mf.load(args.model_dir)
+            images, labels = _test_split(manifest, None, args.data_root)
+            n = len(images) if args.limit is None else min(args.limit, len(images))
+            print(f"wrote {mf.save_samples(args.save_images, images[:n], labels[:n])}: {n} test samples")
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         secret = wire.read_secret(args.secret_file) if args.secret_file else None
-        df = run_edge(args.model_dir, args.server, bandwidth=_bandwidth(args.bandwidth), rtt=args.rtt,
-                      slowdown=args.slowdown, limit=args.limit, csv=args.csv, secret=secret, tls_ca=args.tls_ca,
-                      timeout=args.timeout, retries=args.retries, data_root=args.data_root, progress=True)
+        rows, attrs = run_rows(args.model_dir, args.server, bandwidth=_bandwidth(args.bandwidth), rtt=args.rtt,
+                               slowdown=args.slowdown, limit=args.limit, csv=args.csv, secret=secret,
+                               tls_ca=args.tls_ca, timeout=args.timeout, retries=args.retries,
+                               data_root=args.data_root, images=args.images, progress=not args.quiet)
     except (ValueError, FileNotFoundError, AuthError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_summary(summarize(df)))
+    summary = summarize(rows, attrs)
+    if args.summary_json:
+        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary_json).write_text(json.dumps({"summary": summary, "attrs": attrs}, indent=1, default=str))
+    print(format_summary(summary))
     return 0
 
 

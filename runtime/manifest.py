@@ -93,6 +93,36 @@ def normalize(images: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:
     return ((images.astype(np.float32) - mean) / std).astype(np.float32)
 
 
+def save_samples(path: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """Test samples for an edge without torch or the data set: uint8 NCHW images and int64 labels (.npz)."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
+        raise ValueError(f"samples need uint8 NCHW images and one label each, got {images.dtype} {images.shape} "
+                         f"and {len(labels)} labels")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=images, labels=labels.astype(np.int64))
+    return path
+
+
+def load_samples(path: str | Path, manifest: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of a save_samples file, checked against the manifest's input shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"samples file {str(path)!r} does not exist (write it with runtime.manifest.save_samples)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images, labels = f["images"], f["labels"]
+    except (KeyError, ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a samples file (images, labels): {e}") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
+        raise ValueError(f"{path}: need uint8 NCHW images and one label each, got {images.dtype} {images.shape} "
+                         f"and {len(labels)} labels")
+    if manifest is not None and list(images.shape[1:]) != list(manifest["input"]["shape"]):
+        raise ValueError(f"{path} holds {list(images.shape[1:])} images but the model takes {manifest['input']['shape']}")
+    return images, labels
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()

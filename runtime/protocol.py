@@ -46,7 +46,9 @@ Payloads by message type:
   that then fails to decode (bad zlib or image, wrong decoded size, a zlib bomb: inflating is capped
   at the expected size) is a non-fatal error of that request.
 - REPLY: dtype FP32, shape (n, classes); payload = float64 server compute ms, n int64 classes,
-  then the float32 logits.
+  then the float32 logits.  An edge server (runtime.relay) appends a 28-byte trailer: b"TIER" and three
+  float64, its own ms, the edge-to-cloud transfer ms and the cloud's ms (which sum to the server ms).
+  A cloud server never sends it, so a two-tier reply is unchanged.
 - ERROR: a utf-8 message.  HELLO, AUTH, AUTH_OK: as above.  PING/PONG: empty.
   SINK: any bytes (for measuring the uplink); the server answers SINK_ACK once it has read them.
 
@@ -81,6 +83,8 @@ PROOF_BYTES = 32  # HMAC-SHA256
 TAG_BYTES = 16  # frame tags: HMAC-SHA256 cut to 128 bits
 MAX_ERROR_CHARS = 1000
 _REPLY_PREFIX = struct.Struct("<d")
+_TIERS = struct.Struct("<4sddd")  # an edge's REPLY trailer: magic, edge ms, edge-to-cloud ms, cloud ms
+TIERS_MAGIC = b"TIER"
 
 
 class MsgType(enum.IntEnum):
@@ -155,6 +159,7 @@ class Reply:
     logits: np.ndarray  # (n, classes) float32
     classes: np.ndarray  # (n,) int64
     server_ms: float
+    tiers: tuple[float, float, float] | None = None  # from an edge server: (edge, edge-to-cloud, cloud) ms
 
 
 def payload_limits(dtype: DType, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -340,12 +345,16 @@ def tensor(frame: Frame) -> np.ndarray:
                             f"{type(e).__name__}: {e}", frame.request_id) from None
 
 
-def reply(request_id: int, logits: np.ndarray, server_ms: float) -> bytes:
+def reply(request_id: int, logits: np.ndarray, server_ms: float,
+          tiers: tuple[float, float, float] | None = None) -> bytes:
+    """A REPLY frame; `tiers` (an edge server's own, edge-to-cloud and cloud ms) adds the trailer."""
     logits = np.ascontiguousarray(logits, dtype="<f4")
     if logits.ndim != 2:
         raise ValueError(f"logits must be (n, classes), got shape {logits.shape}")
     classes = logits.argmax(axis=1).astype("<i8")
     payload = _REPLY_PREFIX.pack(float(server_ms)) + classes.tobytes() + logits.tobytes()
+    if tiers is not None:
+        payload += _TIERS.pack(TIERS_MAGIC, *(float(t) for t in tiers))
     return pack(MsgType.REPLY, request_id, payload, DType.FP32, logits.shape)
 
 
@@ -356,13 +365,17 @@ def parse_reply(frame: Frame) -> Reply:
         raise ProtocolError(f"expected a REPLY with (n, classes) float32 logits, got {frame.type.name} "
                             f"{frame.dtype.name} {frame.shape}", frame.request_id)
     n, c = frame.shape
-    if len(frame.payload) != _REPLY_PREFIX.size + 8 * n + 4 * n * c:
+    size = _REPLY_PREFIX.size + 8 * n + 4 * n * c
+    tiers = None
+    if len(frame.payload) == size + _TIERS.size and frame.payload[size:size + len(TIERS_MAGIC)] == TIERS_MAGIC:
+        tiers = tuple(float(t) for t in _TIERS.unpack_from(frame.payload, size)[1:])
+    elif len(frame.payload) != size:
         raise ProtocolError(f"REPLY payload of {len(frame.payload)} bytes does not fit shape {frame.shape}",
                             frame.request_id)
     (server_ms,) = _REPLY_PREFIX.unpack_from(frame.payload)
     classes = np.frombuffer(frame.payload, dtype="<i8", count=n, offset=_REPLY_PREFIX.size).astype(np.int64)
-    logits = np.frombuffer(frame.payload, dtype="<f4", offset=_REPLY_PREFIX.size + 8 * n).reshape(n, c)
-    return Reply(frame.request_id, logits.astype(np.float32), classes, float(server_ms))
+    logits = np.frombuffer(frame.payload, dtype="<f4", count=n * c, offset=_REPLY_PREFIX.size + 8 * n).reshape(n, c)
+    return Reply(frame.request_id, logits.astype(np.float32), classes, float(server_ms), tiers)  # type: ignore[arg-type]
 
 
 def error(request_id: int, message: str) -> bytes:

@@ -1,0 +1,292 @@
+"""Three tiers deployed for real: the end device, the edge server (runtime.relay) and the cloud server.
+
+A candidate (k, r) with an exit threshold t, a codec and a second cut k2 (search.latency picks it) is
+exported as three directories, each with its own manifest.json (runtime.manifest's format):
+
+- end/:   head.onnx (+ exit), as runtime.export.export_split writes it (its tail.onnx, blocks [k, K), stays
+          beside it: the same directory deploys as a two-tier split);
+- edge/:  edge.onnx = blocks [k, k2) of the pruned candidate (none when k2 = k: the edge relays; the rest of
+          the network when k2 = K: the edge answers), its input the end device's tensor under the codec;
+- cloud/: tail.onnx = blocks [k2, K), its input the fp32 tensor at k2 (the end's codec when k2 = k); absent
+          when k2 = K.  The blocks from k2 > k on are unpruned in shape (pruning trims only block k's input)
+          but are the candidate's own, fine-tuned weights.
+
+Every part is run by ONNX Runtime and compared with PyTorch (runtime.export.check_close).  `deploy_three`
+starts the cloud and the edge server on loopback, shapes both links (runtime.link, at the sender of each
+hop), runs the end device over the test split (runtime.edge) and compares the prediction with the
+measurement per tier: device (head + exit + encoding), end-to-edge transfer, edge compute, edge-to-cloud
+transfer, cloud compute, and the total (mean and p95).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from compress import codec as codecs
+from compress import onnx_io
+from runtime import link as links
+from runtime import manifest as mf
+from runtime.cloud import CloudServer
+from runtime.edge import run_edge, summarize
+from runtime.export import ATOL, RTOL, SAMPLES, check_close, export_split
+from runtime.relay import RelayServer
+from search.latency import predicted_per_sample
+
+END, EDGE, CLOUD = "end", "edge", "cloud"  # the three directories under the export directory
+EDGE_ONNX = "edge.onnx"
+TIER_ROWS = ("device+exit", "end-edge transfer", "edge", "edge-cloud transfer", "cloud", "mean total", "p95 total")
+
+
+def tier_dirs(out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    return {END: out / END, EDGE: out / EDGE, CLOUD: out / CLOUD}
+
+
+def export_tiers(candidate, data, out_dir: str | Path, threshold: float | None, codec: str, k2: int,
+                 predicted: dict[str, Any] | None = None, seed: int = 0, samples: int = SAMPLES,
+                 atol: float = ATOL, rtol: float = RTOL) -> dict[str, dict[str, Any]]:
+    """Write end/, edge/ and cloud/ under `out_dir` (see the module doc); returns their manifests.
+
+    Each part is checked against PyTorch on `samples` test images (ValueError beyond the tolerance).
+    k = K sends nothing: only end/ is written (the device answers every sample).
+    """
+    k, model = candidate.k, candidate.model
+    K = model.K
+    if not (isinstance(k2, int) and k <= k2 <= K):
+        raise ValueError(f"second cut k2={k2!r} must be an integer in k..K = {k}..{K}")
+    dirs = tier_dirs(out_dir)
+    end = export_split(candidate, data, dirs[END], threshold, codec, predicted=predicted, seed=seed,
+                       samples=samples, atol=atol, rtol=rtol)
+    end["tiers"] = {"role": END, "k": k, "k2": k2, "K": K}
+    mf.save(end, dirs[END])
+    out = {END: end}
+    for stale in (EDGE, CLOUD):  # a previous export with another k2 must not linger
+        for name in (mf.NAME, EDGE_ONNX, mf.TAIL):
+            (dirs[stale] / name).unlink(missing_ok=True)
+    if k < K:
+        dirs[EDGE].mkdir(parents=True, exist_ok=True)
+    if k == K:
+        return out
+
+    was_training = model.training
+    try:
+        images, _ = data.arrays("test")
+        x = data.normalize(images[:samples])
+        with torch.no_grad():
+            at_k = candidate.head()(x) if k > 0 else x  # what the edge decodes (fp32 here: codecs are checked apart)
+            at_k2 = model.blocks(k, k2).eval()(at_k)
+            logits = model.blocks(k2, K).eval()(at_k2)
+        diffs: dict[str, float] = {}
+        edge_part = None
+        if k2 > k:
+            names = ("logits",) if k2 == K else ("split",)
+            onnx_io.export(model.blocks(k, k2), at_k[:1], dirs[EDGE] / EDGE_ONNX, output_names=names)
+            got = onnx_io.run(onnx_io.session(dirs[EDGE] / EDGE_ONNX), at_k.numpy())[0]
+            diffs[f"edge.{names[0]}"] = check_close(f"{EDGE_ONNX} output {names[0]!r}", got, at_k2.numpy(), atol, rtol)
+            edge_part = {"file": EDGE_ONNX, "input": "input", "input_shape": list(at_k.shape[1:]),
+                         "output": names[0], "blocks": [k, k2]}
+        forward = None
+        if k2 < K:  # what the edge sends on: the end's payload as it came (a relay), else fp32 at k2
+            sent = mf.wire_codec(k2, K, end["codec"] if k2 == k else "fp32")
+            forward = _split_entry(at_k2, sent)
+        out[EDGE] = _tier_manifest(end, EDGE, k2, at_k, edge_part, forward, predicted, diffs, atol, rtol)
+        mf.save(out[EDGE], dirs[EDGE])
+        if k2 < K:
+            dirs[CLOUD].mkdir(parents=True, exist_ok=True)
+            onnx_io.export(model.blocks(k2, K), at_k2[:1], dirs[CLOUD] / mf.TAIL, output_names=("logits",))
+            got = onnx_io.run(onnx_io.session(dirs[CLOUD] / mf.TAIL), at_k2.numpy())[0]
+            cloud_diffs = {"tail.logits": check_close(f"cloud {mf.TAIL} output 'logits'", got, logits.numpy(), atol, rtol)}
+            tail = {"file": mf.TAIL, "input": "input", "input_shape": list(at_k2.shape[1:]), "output": "logits",
+                    "blocks": [k2, K]}
+            cloud = _tier_manifest(end, CLOUD, k2, at_k2, tail, None, predicted, cloud_diffs, atol, rtol)
+            cloud.update(k=k2, codec=forward["codec"])  # the cloud's split is k2, under what the edge sends
+            cloud["split"] = {kk: v for kk, v in forward.items() if kk != "codec"}
+            mf.save(cloud, dirs[CLOUD])
+            out[CLOUD] = cloud
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _split_entry(tensor: torch.Tensor, sent: str) -> dict[str, Any]:
+    """The manifest's "split" entry of a tensor sent under `sent` (as export_split writes it), plus its codec."""
+    numel = int(np.prod(tensor.shape[1:]))
+    most = codecs.max_payload_bytes(numel, sent)
+    return {"shape": list(tensor.shape[1:]), "wire_dtype": "uint8" if sent == "raw" else sent,
+            "bytes": None if codecs.is_variable(sent) else most, "max_bytes": most, "codec": sent}
+
+
+def _tier_manifest(end: dict[str, Any], role: str, k2: int, received: torch.Tensor, part: dict | None,
+                   forward: dict | None, predicted: dict | None, diffs: dict[str, float], atol: float,
+                   rtol: float) -> dict[str, Any]:
+    """A server tier's manifest: the end's, with this tier's part as the served "tail" and no head or exit."""
+    return {**{key: end[key] for key in ("format", "model", "k", "r", "K", "codec", "data", "input", "split",
+                                         "versions")},
+            "t": None, "exit": False, "head": None, "tail": part,
+            "tiers": {"role": role, "k": end["k"], "k2": k2, "K": end["K"], "forward": forward},
+            "predicted": predicted,
+            "tolerance": {"atol": atol, "rtol": rtol, "samples": int(received.shape[0]), "max_abs_diff": diffs},
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+# -- predicted and measured, per tier -------------------------------------------------------------------
+
+def predicted_tiers(parts: dict[str, Any], exited, end_edge_link_ms: float = 0.0) -> dict[str, float]:
+    """The latency model's per-tier means for exactly these samples (exit decisions `exited`): each sent
+    sample pays every tier, an exited one the device only.  `end_edge_link_ms` is the share of the
+    prediction's link_overhead_ms on the first hop (the edge profile's link overhead at (k, r, codec));
+    the rest is the edge-to-cloud hop's framing.  The tiers sum to the total."""
+    p = predicted_per_sample(parts, exited)
+    sent = 1.0 - p["exit_rate"]
+    first = min(float(end_edge_link_ms), p["link_overhead_ms"])
+    tiers = {"device+exit": p["mean_device_exit_ms"],
+             "end-edge transfer": sent * (p["transfer_ms"] + first),
+             "edge": sent * (p["edge_ms"] + p["edge_overhead_ms"]),
+             "edge-cloud transfer": sent * (p["edge_transfer_ms"] + p["link_overhead_ms"] - first),
+             "cloud": sent * (p["server_ms"] + p["server_overhead_ms"]),
+             "mean total": p["total_ms"], "p95 total": p["p95_ms"]}
+    return {**tiers, "exit_rate": p["exit_rate"]}
+
+
+def measured_tiers(df: pd.DataFrame) -> dict[str, float]:
+    """Per-tier means over all samples (0 where a tier did not run), from runtime.edge's rows with the
+    edge server's reply trailer; edge + edge-cloud + cloud is what the end device saw as server_ms."""
+    if not len(df):
+        return dict.fromkeys(TIER_ROWS, float("nan"))
+    return {"device+exit": float((df.device_ms + df.exit_ms).mean()),
+            "end-edge transfer": float(df.transfer_ms.mean()),
+            "edge": float(df.edge_ms.mean()), "edge-cloud transfer": float(df.edge_transfer_ms.mean()),
+            "cloud": float(df.cloud_ms.mean()),
+            "mean total": float(df.total_ms.mean()), "p95 total": float(np.percentile(df.total_ms, 95))}
+
+
+def deploy_three(candidate, data, out_dir: str | Path, threshold: float | None, codec: str, k2: int,
+                 parts: dict[str, Any] | None = None, *, seed: int = 0, limit: int | None = None,
+                 bandwidth: float | None = 10.0, rtt: float = 5.0, edge_cloud_bandwidth: float | None = 100.0,
+                 edge_cloud_rtt: float = 10.0, slowdown: float = 1.0, edge_slowdown: float = 1.0,
+                 edge_threads: int = 1, server_threads: int = 1, end_edge_link_ms: float = 0.0,
+                 secret: bytes | None = None, cloud_timeout: float = 2.0, cloud_retries: int = 1,
+                 csv: str | Path | None = None, progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Export the three parts of (candidate, t, codec, k2), serve the cloud and the edge on 127.0.0.1, run the
+    end device over the first `limit` test samples; (per-sample rows, summary).
+
+    `bandwidth`/`rtt` shape the end-to-edge link (at the end device), `edge_cloud_bandwidth`/`edge_cloud_rtt`
+    the edge-to-cloud link (at the edge); `slowdown` and `edge_slowdown` emulate the end device and the
+    edge box (their profiles' factors).  With `parts` (a Breakdown's dict for this k2), the summary holds
+    `tiers`: {row: {"predicted", "measured"}} for the rows of TIER_ROWS, the prediction made for exactly
+    the samples sent, and `agreement`, the share of samples answered as the candidate's evaluation says.
+    The summary also holds runtime.edge.summarize's keys and both servers' stats.
+    """
+    test = candidate.evaluations.get("test")
+    exited = answer = predicted = None
+    if test is not None:
+        n = len(test.label) if limit is None else min(int(limit), len(test.label))
+        exited, answer = (a[:n] for a in test.answers(threshold, codec))
+        if parts is not None:
+            if parts.get("k2") not in (None, k2):
+                raise ValueError(f"the prediction is for k2={parts['k2']}, the deployment for k2={k2}")
+            predicted = {**predicted_tiers(parts, exited, end_edge_link_ms),
+                         "accuracy": float((answer == test.label[:n]).mean())}
+    manifests = export_tiers(candidate, data, out_dir, threshold, codec, k2, predicted=predicted, seed=seed)
+    dirs = tier_dirs(out_dir)
+    k, K = candidate.k, candidate.model.K
+    # the end device must outwait the edge's attempts on the cloud, so the edge's ERROR reaches it
+    timeout = max(5.0, (cloud_retries + 1) * cloud_timeout + 2.0)
+    with ExitStack() as stack:
+        cloud = relay = None
+        server = None
+        if k < K:
+            if CLOUD in manifests:
+                cloud = stack.enter_context(CloudServer(dirs[CLOUD], "127.0.0.1", 0, threads=server_threads,
+                                                        secret=secret))
+            relay = stack.enter_context(RelayServer(
+                dirs[EDGE], None if cloud is None else ("127.0.0.1", cloud.port),
+                link=links.Link(edge_cloud_bandwidth, edge_cloud_rtt), slowdown=edge_slowdown,
+                cloud_timeout=cloud_timeout, cloud_retries=cloud_retries, host="127.0.0.1", port=0,
+                threads=edge_threads, secret=secret))
+            server = ("127.0.0.1", relay.port)
+        df = run_edge(dirs[END], server, bandwidth=bandwidth, rtt=rtt, slowdown=slowdown, limit=limit, csv=csv,
+                      secret=secret, timeout=timeout, data=data, progress=progress)
+        summary = summarize(df)
+        summary["edge_stats"] = dict(relay.stats) if relay is not None else None
+        summary["cloud_stats"] = dict(cloud.stats) if cloud is not None else None
+    summary.update(k2=k2, edge_cloud_bandwidth_mbps=edge_cloud_bandwidth, edge_cloud_rtt_ms=edge_cloud_rtt,
+                   edge_slowdown=edge_slowdown, fallbacks=int(df.fallback.sum()), measured=measured_tiers(df))
+    if predicted is not None:
+        summary["predicted"] = predicted
+        summary["tiers"] = {row: {"predicted": predicted[row], "measured": summary["measured"][row]}
+                            for row in TIER_ROWS}
+    if exited is not None:
+        same = (df.exited.to_numpy() == exited[:len(df)]) & (df.pred.to_numpy() == answer[:len(df)])
+        summary["agreement"] = float(same.mean()) if len(df) else float("nan")
+    return df, summary
+
+
+def format_tiers(summary: dict[str, Any], promised: dict[str, float] | None = None) -> str:
+    """The per-tier table of a deploy_three summary: promised (if given), predicted, measured, difference."""
+    promised = promised or {}
+    lines = [f"{'ms per request':<20}{'promised':>10}{'predicted':>10}{'measured':>10}{'vs pred':>9}"]
+    for row in TIER_ROWS:
+        cell = summary.get("tiers", {}).get(row, {"predicted": float("nan"), "measured": summary["measured"][row]})
+        p, m, pr = cell["predicted"], cell["measured"], promised.get(row)
+        vs = f"{100 * (m / p - 1):>+8.1f}%" if p and p > 0.05 else f"{'':>9}"  # no ratio of a tier the model calls ~0
+        lines.append(f"{row:<20}{(f'{pr:.3f}' if pr is not None else ''):>10}{p:>10.3f}{m:>10.3f}{vs}")
+    return "\n".join(lines)
+
+
+def tiers_line(k: int, k2: int | None, K: int) -> str:
+    """Which tier runs which blocks (as results.report prints it)."""
+    if k == K or k2 is None:
+        return f"end device blocks 0..{K - 1} (nothing sent)"
+    edge = ("relays the tensor" if k2 == k else f"runs blocks {k}..{k2 - 1}" + (" and answers" if k2 == K else ""))
+    return (f"end device blocks 0..{k - 1}, edge {edge}" + ("" if k2 == K else f", cloud blocks {k2}..{K - 1}"))
+
+
+def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progress: bool = False) -> dict[str, Any]:
+    """`auto.py --deploy --edge_device ...`: deploy the search's answer on three tiers and print the table."""
+    import json
+
+    problem, best = ctx.problem, result["best"]
+    k, r, K = int(best["k"]), float(best["r"]), problem.device.K
+    k2 = K if k == K else int(best["k2"])
+    edge = problem.edge
+    parts = {**result["predicted"], "k2": k2}
+    quota = problem.device.meta.get("cpu_quota")
+    if quota:  # runtime.deploy runs a quota'd device as its own process; the three-tier deploy does not yet
+        print(f"note: the device profile was measured under a {quota.get('fraction')} CPU quota; the three-tier "
+              "deploy runs the end device without it (only --slowdown)")
+    _, summary = deploy_three(
+        cand, ctx.pool.data, out, best["t"], best["codec"], k2, parts, seed=ctx.spec.seed, limit=limit,
+        bandwidth=problem.network.bandwidth_mbps, rtt=problem.network.rtt_ms,
+        edge_cloud_bandwidth=edge.network.bandwidth_mbps, edge_cloud_rtt=edge.network.rtt_ms,
+        slowdown=float(problem.device.meta.get("slowdown", 1.0)),
+        edge_slowdown=float(edge.profile.meta.get("slowdown", 1.0)),
+        edge_threads=int(edge.profile.meta.get("threads", 1)),
+        server_threads=int(problem.server.meta.get("threads", 1)),
+        end_edge_link_ms=edge.profile.overhead(k, r, best["codec"])["link_overhead_ms"] if k < K else 0.0,
+        csv=out / "end.csv", progress=progress)
+    print(f"\n== deployed on three tiers over loopback (end-edge {problem.network}, edge-cloud {edge.network}, "
+          f"edge {edge.profile.device}), {summary['n']} test samples")
+    print(f"tiers: {tiers_line(k, k2, K)}")
+    print("predicted: the latency model for exactly these samples' exit decisions; promised: the search's, "
+          "from the selection split")
+    promised = {"mean total": best["expected_ms"]}  # at the promised (bounded) exit rate
+    if ctx.spec.objective == "p95":
+        promised["p95 total"] = best["latency_ms"]
+    print(format_tiers(summary, promised))
+    p = summary.get("predicted", {})
+    print(f"accuracy {summary['accuracy']:.4f} (predicted {p.get('accuracy', float('nan')):.4f}, promised >= "
+          f"{best['acc_bound']:.4f}); exit rate {summary['exit_rate']:.3f} (predicted "
+          f"{p.get('exit_rate', float('nan')):.3f}); {summary.get('agreement', float('nan')):.1%} of samples answered "
+          f"as evaluated; {summary['fallbacks']} fallbacks; {summary['bytes_per_request']:.0f} bytes per request")
+    within = abs(summary["mean_ms"] / p["mean total"] - 1) <= 0.10 if p else None
+    print(f"mean within 10% of the prediction: {'yes' if within else 'NO'}")
+    summary.update(promised_mean_ms=best["expected_ms"], within_10pct_of_prediction=within)
+    (out / "deploy.json").write_text(json.dumps({"predicted": p, "measured": summary}, indent=2, default=str))
+    return summary
