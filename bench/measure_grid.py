@@ -28,10 +28,12 @@ def main() -> None:
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--finetune-epochs", type=int, default=None)
+    ap.add_argument("--ratios", default=None, help="a comma-separated subset of the profile's ratio grid (default: all)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     out = Path(args.out or f"runs/landscapes/{args.model}-{args.dataset}")
     spec = RunSpec(model=args.model, dataset=args.dataset, finetune_epochs=args.finetune_epochs,
+                   ratios=[float(r) for r in args.ratios.split(",")] if args.ratios else None,
                    run_dir=str(out / "run")).resolved()
     ctx = context(spec)
     rows, started = {}, time.perf_counter()

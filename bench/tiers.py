@@ -9,14 +9,21 @@ over the same measured candidates (replayed from a measurements file, every thre
 - 2-tier direct: no edge at all, the end device's link goes straight to the cloud (today's scene);
 - ours: the product's search (auto.py's Objective and planner, 40 trials) on the 3-tier scene.
 
-Latencies are predictions of the latency model from the shipped (measured, or named-emulated) profiles;
-nothing here is deployed (the 3-tier runtime is not built yet).
+Latencies in that table are predictions of the latency model from the shipped (measured, or
+named-emulated) profiles.  With --deploy, a few scenes are then run through the product itself
+(auto.py --edge_device ... --exhaustive --deploy: the search over the cached candidates, the baselines,
+and the answer deployed on three tiers over loopback with both links shaped), and the per-tier
+predicted and measured latencies are reported beside the promise.
 
-    python bench/tiers.py --measured docs/benchmarks/landscapes/resnet18-digits/measurements.csv --report docs/tiers.md
+    python bench/measure_grid.py --model resnet18 --ratios 0,0.3,0.6 --out runs/landscapes/resnet18-fashion-3r
+    python bench/tiers.py --measured runs/landscapes/resnet18-fashion-3r/measurements.csv \
+        --deploy 1:10,20:10,100:1,100:100 --report docs/tiers.md
 """
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -91,10 +98,16 @@ def main() -> None:
     ap.add_argument("--rtt", type=float, default=5.0, help="round-trip time of each link, ms")
     ap.add_argument("--out", default="runs/bench/tiers.csv")
     ap.add_argument("--report", default=None)
+    ap.add_argument("--deploy", default="", metavar="UP:ON,...",
+                    help="deploy the product's answer for these (end-edge:edge-cloud Mbit/s) scenes of the measured "
+                         "landscape, on the first device at the first drop")
+    ap.add_argument("--dataset", default="fashion-mnist", help="the measured landscape's data set (for --deploy)")
+    ap.add_argument("--deploy-limit", type=int, default=1000, help="test samples per deployment")
+    ap.add_argument("--deploy-dir", default="runs/bench/tiers-deploy")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
-    records = []
+    records, deploy_at = [], None
     work = Path(tempfile.mkdtemp(prefix="tiers-"))
     for device in args.devices.split(","):
         lands = [measured(Path(args.measured), args.model, device)] if args.measured else []
@@ -106,6 +119,8 @@ def main() -> None:
                               keep_exits=True)
             sel = land.arrays[(land.K, 0.0)]["selection"]
             base = float(np.mean(sel["final"]["fp32"] == sel["label"]))
+            if land.kind == "measured" and deploy_at is None:  # --deploy: the first device at the first drop
+                deploy_at = (round(base - float(args.drops.split(",")[0]), 4), sorted({r for _, r in land.arrays}))
             for drop in map(float, args.drops.split(",")):
                 for up in map(float, args.end_edge.split(",")):
                     for on in map(float, args.edge_cloud.split(",")):
@@ -118,12 +133,60 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
-    if args.report:
-        Path(args.report).write_text(report(df, " ".join(["python", *sys.argv]), time.perf_counter() - started))
     print(df.to_string(index=False))
+    dep = None
+    if args.deploy and args.measured:
+        device, (A0, ratios) = args.devices.split(",")[0], deploy_at
+        dep = pd.DataFrame([deployed(args, device, A0, *map(float, scene.split(":")), ratios)
+                            for scene in args.deploy.split(",")])
+        dep.to_csv(out.with_name(out.stem + "-deployed.csv"), index=False)
+        print(dep.to_string(index=False))
+    if args.report:
+        Path(args.report).write_text(report(df, " ".join(["python", *sys.argv]), time.perf_counter() - started, dep))
 
 
-def report(df: pd.DataFrame, command: str, seconds: float) -> str:
+DEPLOY_ROWS = ("device+exit", "end-edge transfer", "edge", "edge-cloud transfer", "cloud", "mean total")
+
+
+def deployed(args, device: str, A0: float, up: float, on: float, ratios: list[float]) -> dict:
+    """One scene through auto.py (a separate process, as a user runs it): its answer, its baselines and its
+    three-tier deployment; the candidates come from the cache the measured landscape filled."""
+    run_dir = Path(args.deploy_dir) / f"{args.model}-{device}-{up:g}-{on:g}-A0{A0:g}"
+    argv = [sys.executable, str(Path(__file__).resolve().parent.parent / "auto.py"), "--model", args.model,
+            "--dataset", args.dataset, "--end_device", device, "--edge_device", args.edge, "--bandwidth", f"{up:g}",
+            "--rtt", f"{args.rtt:g}", "--edge_cloud_bandwidth", f"{on:g}", "--edge_cloud_rtt", f"{args.rtt:g}",
+            "--A0", f"{A0:g}", "--ratios", ",".join(f"{r:g}" for r in ratios), "--exhaustive", "--no-progress",
+            "--deploy", "--deploy-limit", str(args.deploy_limit), "--run-dir", str(run_dir)]
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "stdout.txt").write_text(proc.stdout + proc.stderr)
+    row: dict = {"device": device, "A0": A0, "end_edge_mbps": up, "edge_cloud_mbps": on, "exit_code": proc.returncode,
+                 "seconds": round(time.perf_counter() - started, 1)}
+    if proc.returncode != 0:
+        print(f"scene {up:g}:{on:g} failed ({proc.returncode}); see {run_dir / 'stdout.txt'}", flush=True)
+        return row
+    best = json.loads((run_dir / "best.json").read_text())
+    b = best["best"]
+    row.update(k=b["k"], r=b["r"], k2=b.get("k2"), t=b["t"], codec=b["codec"], exit_rate=b["exit_rate"],
+               promised_ms=b["expected_ms"], acc_bound=b["acc_bound"])
+    for base in best["baselines"]:
+        if base["method"] in ("best 2-tier: end + edge", "best 2-tier: end + cloud", "split + pruning (CNNPC-like)"):
+            row[base["method"]] = base["latency_ms"] if base.get("feasible") else np.nan
+    measured = json.loads((run_dir / "deploy" / "deploy.json").read_text())["measured"]
+    for name in DEPLOY_ROWS:
+        cell = measured.get("tiers", {}).get(name, {})
+        row[f"{name} predicted"], row[f"{name} measured"] = cell.get("predicted"), cell.get("measured")
+    row.update(n=measured["n"], test_acc=measured["accuracy"], agreement=measured.get("agreement"),
+               fallbacks=measured.get("fallbacks"),
+               vs_prediction=measured["mean_ms"] / row["mean total predicted"] - 1,
+               vs_promise=measured["mean_ms"] / b["expected_ms"] - 1)
+    print(f"scene {up:g}:{on:g}: k={row['k']} r={row['r']} k2={row['k2']}, measured {measured['mean_ms']:.3f} ms, "
+          f"predicted {row['mean total predicted']:.3f}, promised {b['expected_ms']:.3f}", flush=True)
+    return row
+
+
+def report(df: pd.DataFrame, command: str, seconds: float, dep: pd.DataFrame | None = None) -> str:
     from datetime import datetime, timezone
 
     joint = df[df.method == "3-tier joint"]
@@ -144,6 +207,12 @@ def report(df: pd.DataFrame, command: str, seconds: float) -> str:
             lines.append(f"- {name}: median {g.median():.3g}x the 3-tier joint optimum's latency, worst "
                          f"{g.max():.3g}x; better than it in {(g < 1 - 1e-9).sum()} scenes, infeasible in "
                          f"{g.isna().sum()}")
+    if dep is not None and len(dep):
+        lines += ["", "## Deployed on three tiers", "",
+                  "auto.py's own answer per scene (its search and baselines over the cached candidates), deployed "
+                  "over loopback with both links shaped; ms per request, predicted for exactly the test samples "
+                  "sent, measured by the end device (the edge and cloud parts from the reply's tier trailer):", "",
+                  _markdown(dep.drop(columns=["exit_code"], errors="ignore"))]
     return "\n".join(lines) + "\n"
 
 

@@ -17,8 +17,10 @@ Per test sample, one row (all times in ms, measured with perf_counter):
 - total_ms: wall time of the whole sample, about the sum of the parts.
 
 Faults (runtime.client): a failed request is retried with exponential back-off; if every attempt
-fails the device answers alone: fallback=True, the exit's prediction when the split has an exit, else
-pred = -1 (counted wrong).  Every sample gets exactly one row.
+fails and a direct server is configured (`--direct HOST:PORT`: in three tiers, the cloud reached without
+the edge, serving this directory's own tail, blocks [k, K)), the request goes there (direct=True);
+otherwise, or if that fails too, the device answers alone: fallback=True, the exit's prediction when the
+split has an exit, else pred = -1 (counted wrong).  Every sample gets exactly one row.
 
 On a device with only numpy and onnxruntime (and the files of runtime.EDGE_FILES): pass the test
 samples as a file (`--images samples.npz`, written on the workstation with --save-images or
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 COLUMNS = ["index", "device_ms", "exit_ms", "transfer_ms", "server_ms", "total_ms", "exited", "fallback",
-           "bytes_sent", "pred", "label", "correct", "attempts", "error"]
+           "direct", "bytes_sent", "pred", "label", "correct", "attempts", "error"]
 # through an edge server (runtime.relay), its reply splits server_ms: its own ms, edge-to-cloud, cloud (else 0)
 TIER_COLUMNS = ["edge_ms", "edge_transfer_ms", "cloud_ms"]
 COLUMNS += TIER_COLUMNS
@@ -81,6 +83,7 @@ def run_rows(model_dir: str | Path, server: str | tuple[str, int] | None = None,
              limit: int | None = None, csv: str | Path | None = None, secret: bytes | None = None,
              tls_ca: str | None = None, timeout: float = 5.0, retries: int = 2, backoff: float = 0.05,
              max_backoff: float = 2.0, data=None, data_root: str | None = None, images: str | Path | None = None,
+             direct: str | tuple[str, int] | None = None,
              on_sample: Callable[[dict[str, Any]], None] | None = None,
              progress: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run the device side; (one row per sample, the run's settings).  Needs no pandas.
@@ -89,7 +92,9 @@ def run_rows(model_dir: str | Path, server: str | tuple[str, int] | None = None,
     leaves it unshaped) and records the result.  The samples come from `images` (a .npz of
     runtime.manifest.save_samples), else `data` (already loaded DataSplits), else the data set the
     manifest names (compress.data, which needs torch).
-    `on_sample(row)` sees every finished row (tests use it to kill the server mid-run).
+    `direct` is a second server for the same tensor (this directory's tail), tried when `server` fails;
+    it shares the link's shaping.  `on_sample(row)` sees every finished row (tests use it to kill the
+    server mid-run).
     A refused shared secret raises AuthError: that is a configuration error, not a network fault.
     """
     manifest = mf.load(model_dir)
@@ -117,24 +122,30 @@ def run_rows(model_dir: str | Path, server: str | tuple[str, int] | None = None,
                              "bandwidth_measured": False, "rtt_ms": float(rtt), "slowdown": float(slowdown),
                              "k": k, "K": K, "r": manifest["r"], "t": t, "codec": manifest["codec"],
                              "predicted": manifest.get("predicted")}
-    remote = None
+    remote = second = None
     if needs_server:
-        host, port = parse_address(server)  # type: ignore[arg-type]
-        attrs["server"] = f"{host}:{port}"
         shaped = None if bandwidth in (None, "auto") else float(bandwidth)  # type: ignore[arg-type]
-        client = Client(host, port, secret, tls_ca, timeout, links.Link(shaped, float(rtt)))
         attrs["bandwidth_mbps"] = shaped
-        try:
-            client.connect()  # connect up front, so the first sample does not pay the handshake
-            if bandwidth == "auto":
-                mbps, measured_rtt = links.measure(client)
-                attrs.update(bandwidth_mbps=mbps, bandwidth_measured=True, measured_rtt_ms=measured_rtt)
-        except AuthError:
-            raise
-        except (OSError, ProtocolError, RemoteError) as e:
-            client.close()
-            attrs["connect_error"] = str(e)  # the samples will retry and fall back on their own
-        remote = Remote(client, retries, backoff, max_backoff)
+
+        def connect(address, key: str, measure: bool = False) -> Remote:
+            host, port = parse_address(address)
+            attrs[key] = f"{host}:{port}"
+            client = Client(host, port, secret, tls_ca, timeout, links.Link(shaped, float(rtt)))
+            try:
+                client.connect()  # connect up front, so the first sample does not pay the handshake
+                if measure:
+                    mbps, measured_rtt = links.measure(client)
+                    attrs.update(bandwidth_mbps=mbps, bandwidth_measured=True, measured_rtt_ms=measured_rtt)
+            except AuthError:
+                raise
+            except (OSError, ProtocolError, RemoteError) as e:
+                client.close()
+                attrs[f"{key}_connect_error"] = str(e)  # the samples will retry and fall back on their own
+            return Remote(client, retries, backoff, max_backoff)
+
+        remote = connect(server, "server", measure=bandwidth == "auto")
+        if direct is not None:
+            second = connect(direct, "direct")
 
     rows = []
     iterator = range(n)
@@ -146,13 +157,14 @@ def run_rows(model_dir: str | Path, server: str | tuple[str, int] | None = None,
             pass
     try:
         for i in iterator:
-            row = device.answer(i, samples[i:i + 1], int(labels[i]), remote)
+            row = device.answer(i, samples[i:i + 1], int(labels[i]), remote, second)
             rows.append(row)
             if on_sample is not None:
                 on_sample(row)
     finally:
-        if remote is not None:
-            remote.client.close()
+        for r in (remote, second):
+            if r is not None:
+                r.client.close()
     if csv is not None:
         write_csv(rows, csv)
     return rows, attrs
@@ -185,11 +197,13 @@ class Device:
             shape = (1, *manifest["input"]["shape"])
             self.head.run(None, {self.input: np.zeros(shape, np.float32)})  # first run allocates: not a sample's time
 
-    def answer(self, index: int, image: np.ndarray, label: int, remote: Remote | None) -> dict[str, Any]:
-        """One sample, start to answer, as a CSV row."""
+    def answer(self, index: int, image: np.ndarray, label: int, remote: Remote | None,
+               direct: Remote | None = None) -> dict[str, Any]:
+        """One sample, start to answer, as a CSV row (`direct`: the server tried when `remote` fails)."""
         start = time.perf_counter()
         row: dict[str, Any] = {"index": index, "exit_ms": 0.0, "transfer_ms": 0.0, "server_ms": 0.0,
-                               "exited": False, "fallback": False, "bytes_sent": 0, "label": label, "attempts": 0,
+                               "exited": False, "fallback": False, "direct": False, "bytes_sent": 0, "label": label,
+                               "attempts": 0,
                                "error": "", **dict.fromkeys(TIER_COLUMNS, 0.0)}
         exit_pred = -1
         x: np.ndarray = image
@@ -214,6 +228,11 @@ class Device:
         tensor = wire.encode(x, self.codec)
         device_end = time.perf_counter()
         reply, attempts, error = remote.infer(tensor)
+        if reply is None and direct is not None:
+            reply, more, direct_error = direct.infer(tensor)
+            attempts += more
+            row["direct"] = reply is not None
+            error = error if reply is not None else f"{error}; direct: {direct_error}"
         done = time.perf_counter()
         row.update(device_ms=(device_end - start) * 1e3, attempts=attempts, error=error)
         if reply is None:  # the device answers alone: the exit's guess, or nothing (-1) without an exit
@@ -289,6 +308,7 @@ def summarize(df: "pd.DataFrame | Iterable[Mapping[str, Any]]", attrs: Mapping[s
         "p95_ms": float(np.percentile(total, 95)) if n else float("nan"),
         "exit_rate": mean(col("exited")),
         "fallback_rate": mean(col("fallback")),
+        "direct_rate": mean(col("direct")) if all("direct" in row for row in rows) else 0.0,
         "failed": int((col("pred") < 0).sum()),
         "accuracy": mean(col("correct")),
         "bytes_per_request": float(sent[sent > 0].mean()) if (sent > 0).any() else 0.0,
@@ -305,7 +325,8 @@ def format_summary(s: dict[str, Any]) -> str:
              f"latency ms: mean {s['mean_ms']:.2f}  p50 {s['p50_ms']:.2f}  p95 {s['p95_ms']:.2f}",
              f"  mean parts: device {s['device_ms']:.2f}  exit {s['exit_ms']:.2f}  transfer {s['transfer_ms']:.2f}"
              f"  server {s['server_ms']:.2f}",
-             f"exit rate {s['exit_rate']:.3f}  fallback rate {s['fallback_rate']:.3f}  failed {s['failed']}"
+             f"exit rate {s['exit_rate']:.3f}  fallback rate {s['fallback_rate']:.3f}"
+             + (f"  direct rate {s['direct_rate']:.3f}" if s.get("direct_rate") else "") + f"  failed {s['failed']}"
              f"  accuracy {s['accuracy']:.4f}",
              f"bytes per request {s['bytes_per_request']:.0f}  (per sample {s['bytes_per_sample']:.0f})"]
     if s.get("bandwidth_measured"):
@@ -333,6 +354,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait on the server per attempt (> 0)")
     p.add_argument("--retries", type=int, default=2, help="retries per request before the fallback (>= 0)")
     p.add_argument("--data-root", default=None, help="local CIFAR-10 / ImageFolder copy, as for auto.py")
+    p.add_argument("--direct", default=None, metavar="HOST:PORT",
+                   help="three tiers: a cloud server of this directory's own tail (python -m runtime.cloud --model-dir "
+                        "DIR), tried when --server (the edge) fails, before the device answers alone")
     p.add_argument("--images", default=None, metavar="NPZ",
                    help="test samples as a .npz (images uint8 NCHW, labels; runtime.manifest.save_samples): "
                         "the edge then needs neither torch nor the data set")
@@ -370,6 +394,8 @@ def check_args(args: argparse.Namespace) -> str | None:
         return f"--slowdown must be >= 1, got {args.slowdown}"
     try:
         _bandwidth(args.bandwidth)
+        if args.direct is not None:
+            parse_address(args.direct)
     except ValueError as e:
         return str(e)
     return None
@@ -395,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         rows, attrs = run_rows(args.model_dir, args.server, bandwidth=_bandwidth(args.bandwidth), rtt=args.rtt,
                                slowdown=args.slowdown, limit=args.limit, csv=args.csv, secret=secret,
                                tls_ca=args.tls_ca, timeout=args.timeout, retries=args.retries,
-                               data_root=args.data_root, images=args.images, progress=not args.quiet)
+                               data_root=args.data_root, images=args.images, direct=args.direct,
+                               progress=not args.quiet)
     except (ValueError, FileNotFoundError, AuthError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

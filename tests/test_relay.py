@@ -297,6 +297,37 @@ def test_a_tier_dies_mid_run(candidate, digits32, tmp_path, secret_file, victim)
         assert not failed.error.str.contains("cloud failed").any()
 
 
+def test_edge_down_the_end_device_goes_to_the_cloud_directly(candidate, digits32, tmp_path, secret_file):
+    """With --direct (a cloud server of the end directory's own tail, blocks [k, K)), the samples sent after
+    the edge dies are answered by the whole network through the direct server, not by the exit."""
+    t = _threshold(candidate)
+    export_tiers(candidate, digits32, tmp_path, t, "int8", 4)
+    dirs = tier_dirs(tmp_path)
+    cloud, relay, relay_at = _servers(dirs, secret_file)
+    direct, direct_at = _start(["runtime.cloud", "--model-dir", str(dirs[END]), "--host", "127.0.0.1", "--port", "0",
+                                "--secret-file", str(secret_file)])
+    try:
+        def kill(row):
+            if row["index"] == KILL_AFTER:
+                relay.kill()
+                relay.wait()
+
+        df = run_edge(dirs[END], relay_at, limit=N, data=digits32, secret=secret_file.read_bytes().strip(),
+                      timeout=5.0, retries=0, on_sample=kill, direct=direct_at)
+    finally:
+        for proc in (relay, cloud, direct):
+            _stop(proc)
+    test = candidate.evaluations["test"]
+    exited, answer = (a[:N] for a in test.answers(t, "int8"))
+    after = np.arange(N) > KILL_AFTER
+    assert df["index"].tolist() == list(range(N))
+    assert not df.fallback.any()
+    np.testing.assert_array_equal(df.direct, after & ~exited)
+    assert df.direct.sum() > 0
+    np.testing.assert_array_equal(df.pred, answer)  # the direct server's answers are the network's own
+    assert (df.edge_ms[df.direct] == 0).all() and (df.server_ms[df.direct] > 0).all()
+
+
 # -- two network namespaces, two tc-shaped links ----------------------------------------------------
 
 def _netns_problem() -> str | None:
