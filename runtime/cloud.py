@@ -640,9 +640,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser()
-    args = p.parse_args(argv)
+def check_cli_settings(p, args) -> None:
+    """check_settings on the parsed command line (runtime.relay shares it); exits with the parser's usage."""
     try:
         check_settings(port=args.port, threads=args.threads, max_frame=args.max_frame, max_clients=args.max_clients,
                        max_pending=args.max_pending, idle_timeout=args.idle_timeout,
@@ -651,6 +650,12 @@ def main(argv: list[str] | None = None) -> int:
                        batch_samples=args.batch_samples)
     except ValueError as e:
         p.error(str(e))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    check_cli_settings(p, args)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         secret = wire.read_secret(args.secret_file) if args.secret_file else None

@@ -42,7 +42,7 @@ from runtime import link as links
 from runtime import manifest as mf
 from runtime import protocol as wire
 from runtime.client import AuthError, Client, Remote, parse_address
-from runtime.cloud import CloudServer, check_settings
+from runtime.cloud import CloudServer, check_cli_settings
 from runtime.cloud import parser as cloud_parser
 from runtime.edge import _slow
 from runtime.protocol import Frame
@@ -205,14 +205,7 @@ def check_args(args) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    try:
-        check_settings(port=args.port, threads=args.threads, max_frame=args.max_frame, max_clients=args.max_clients,
-                       max_pending=args.max_pending, idle_timeout=args.idle_timeout,
-                       handshake_timeout=args.handshake_timeout, frame_timeout=args.frame_timeout,
-                       memory_budget=args.memory_budget, scheduler=args.scheduler, workers=args.workers,
-                       batch_samples=args.batch_samples)
-    except ValueError as e:
-        p.error(str(e))
+    check_cli_settings(p, args)
     if (problem := check_args(args)) is not None:
         p.error(problem)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")

@@ -124,8 +124,8 @@ def test_reply_trailer_roundtrip_and_plain_reply_unchanged():
 
 # -- loopback, in-process servers -------------------------------------------------------------------
 
-class RecordingCloud(CloudServer):
-    """A real cloud server that also keeps every request payload it answers."""
+class Recording:
+    """A real server that also keeps every request payload it answers."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -137,15 +137,12 @@ class RecordingCloud(CloudServer):
         return super()._answer(frame)
 
 
-class RecordingRelay(RelayServer):
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.payloads: list[bytes] = []
+class RecordingCloud(Recording, CloudServer):
+    pass
 
-    def _answer(self, frame):
-        if frame.type == wire.MsgType.REQUEST:
-            self.payloads.append(bytes(frame.payload))
-        return super()._answer(frame)
+
+class RecordingRelay(Recording, RelayServer):
+    pass
 
 
 @pytest.mark.parametrize("k2", [K_SPLIT, 4])
