@@ -59,6 +59,8 @@ def regrid(doc: dict, ratios: list[float], keep_exits: bool = False) -> dict:
         for k in range(int(doc["meta"]["K"]) + 1):
             src = {round(float(x["r"]), 4): x for x in doc["latency"] if x["part"] == part and int(x["k"]) == k}
             xs = sorted(src)
+            if not xs:  # no such part at this split (an exit at k = 0 or K)
+                continue
             for r in ratios:
                 row = {key: float(np.interp(r, xs, [src[x][key] for x in xs]))
                        for key in ("mean_ms", "median_ms", "p10_ms", "p90_ms") if key in src[xs[0]]}
@@ -153,6 +155,9 @@ def measured(csv: Path, model: str, device: str = "emulated-10x", size: int = 32
     df = pd.read_csv(csv)
     arrays = {(int(row.k), round(float(row.r), 4)): _npz(csv.parent / row.arrays) for row in df.itertuples()}
     dev, srv = load_doc(device, model, size), load_doc("server", model, size)
+    ratios = sorted({r for _, r in arrays})
+    if ratios != [round(float(r), 4) for r in dev["meta"]["ratios"]]:  # a grid measured on part of the ratios
+        dev, srv = regrid(dev, ratios, keep_exits=True), regrid(srv, ratios, keep_exits=True)
     K = int(dev["meta"]["K"])
     codecs = {k: IMAGES if k == 0 else FEATURES if k < K else ["fp32"] for k in range(K + 1)}
     return Landscape(f"measured {model} {csv.parent.name} {device}", dev, srv, arrays, "measured", codecs, csv)

@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--synthetic", type=int, default=0, metavar="SEEDS",
                     help="also this many synthetic landscapes per device (bench/landscapes.py: no exits, 10 ratios)")
     ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--input-size", type=int, default=32, help="input size of the synthetic landscapes' profiles")
     ap.add_argument("--devices", default="emulated-10x,emulated-50x")
     ap.add_argument("--edge", default="emulated-edge-4x")
     ap.add_argument("--end-edge", default="1,20,100", help="end-to-edge bandwidths, Mbit/s (CNNPC fixes 20)")
@@ -100,18 +101,28 @@ def main() -> None:
     ap.add_argument("--report", default=None)
     ap.add_argument("--deploy", default="", metavar="UP:ON,...",
                     help="deploy the product's answer for these (end-edge:edge-cloud Mbit/s) scenes of the measured "
-                         "landscape, on the first device at the first drop")
+                         "landscape, on every device at the first drop")
     ap.add_argument("--dataset", default="fashion-mnist", help="the measured landscape's data set (for --deploy)")
     ap.add_argument("--deploy-limit", type=int, default=1000, help="test samples per deployment")
     ap.add_argument("--deploy-dir", default="runs/bench/tiers-deploy")
+    ap.add_argument("--from-csv", action="store_true", help="only rewrite --report from --out and its -deployed.csv")
+    ap.add_argument("--profiles-now", action="store_true",
+                    help="deploy with host and server profiles timed on this machine now (and the emulations made "
+                         "from them as the shipped ones are), so the deployed check compares like with like")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
+    if args.from_csv:
+        out = Path(args.out)
+        deployed_csv = out.with_name(out.stem + "-deployed.csv")
+        dep = pd.read_csv(deployed_csv) if deployed_csv.is_file() else None
+        Path(args.report).write_text(report(pd.read_csv(out), " ".join(["python", *sys.argv]), 0.0, dep))
+        return
     records, deploy_at = [], None
     work = Path(tempfile.mkdtemp(prefix="tiers-"))
     for device in args.devices.split(","):
         lands = [measured(Path(args.measured), args.model, device)] if args.measured else []
-        lands += [synthetic(args.model, seed, 10, device=device) for seed in range(args.synthetic)]
+        lands += [synthetic(args.model, seed, 10, device=device, size=args.input_size) for seed in range(args.synthetic)]
         for land in lands:
             csv = land.csv or to_csv(land, work / f"{abs(hash(land.name))}.csv")
             rows = measurements.load(csv, land.K, land.ratios, need_n=True)
@@ -119,14 +130,16 @@ def main() -> None:
                               keep_exits=True)
             sel = land.arrays[(land.K, 0.0)]["selection"]
             base = float(np.mean(sel["final"]["fp32"] == sel["label"]))
-            if land.kind == "measured" and deploy_at is None:  # --deploy: the first device at the first drop
-                deploy_at = (round(base - float(args.drops.split(",")[0]), 4), sorted({r for _, r in land.arrays}))
+            if land.kind == "measured" and deploy_at is None:  # --deploy: at the first drop
+                deploy_at = (round(base - float(args.drops.split(",")[0]), 4), sorted({r for _, r in land.arrays}),
+                             int(land.device["meta"]["input_size"]))
             for drop in map(float, args.drops.split(",")):
                 for up in map(float, args.end_edge.split(",")):
                     for on in map(float, args.edge_cloud.split(",")):
                         A0 = round(base - drop, 4)
                         for r in scene_rows(land, rows, edge_doc, A0, up, on, args.rtt, 0):
-                            records.append({"landscape": land.kind, "device": device, "A0": A0,
+                            size = land.device["meta"]["input_size"]
+                            records.append({"landscape": f"{land.kind} {size}px", "device": device, "A0": A0,
                                             "end_edge_mbps": up, "edge_cloud_mbps": on, **r})
             print(f"{land.name}: {len(records)} rows", flush=True)
     df = pd.DataFrame(records)
@@ -136,9 +149,10 @@ def main() -> None:
     print(df.to_string(index=False))
     dep = None
     if args.deploy and args.measured:
-        device, (A0, ratios) = args.devices.split(",")[0], deploy_at
-        dep = pd.DataFrame([deployed(args, device, A0, *map(float, scene.split(":")), ratios)
-                            for scene in args.deploy.split(",")])
+        A0, ratios, size = deploy_at
+        paths = profiles_now(args.model, size, ratios, Path(args.deploy_dir) / "profiles") if args.profiles_now else {}
+        dep = pd.DataFrame([deployed(args, device, A0, *map(float, scene.split(":")), ratios, paths)
+                            for device in args.devices.split(",") for scene in args.deploy.split(",")])
         dep.to_csv(out.with_name(out.stem + "-deployed.csv"), index=False)
         print(dep.to_string(index=False))
     if args.report:
@@ -148,12 +162,38 @@ def main() -> None:
 DEPLOY_ROWS = ("device+exit", "end-edge transfer", "edge", "edge-cloud transfer", "cloud", "mean total")
 
 
-def deployed(args, device: str, A0: float, up: float, on: float, ratios: list[float]) -> dict:
+def profiles_now(model: str, size: int, ratios: list[float], root: Path) -> dict[str, str]:
+    """Profiles of this machine timed now (host: 1 thread, server: 2, each with its overhead) and the emulated
+    end devices and edge made from them as the shipped ones are: {shipped name: profile path}."""
+    started = time.perf_counter()
+
+    def profiles(*argv: str) -> None:
+        cmd = [sys.executable, "-m", "profiles", "--root", str(root), *argv]
+        got = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
+        if got.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[2:])} failed: {got.stderr.strip()[-500:]}")
+
+    common = ["--model", model, "--input-size", str(size), "--ratios", ",".join(f"{r:g}" for r in ratios), "--overhead"]
+    profiles("measure", "--device", "host", "--role", "device", "--threads", "1", *common)
+    profiles("measure", "--device", "server", "--role", "server", "--threads", "2", *common)
+    for name, source, factor in (("emulated-10x", "host", 10), ("emulated-50x", "host", 50),
+                                 ("emulated-edge-4x", "server", 4)):
+        profiles("emulate", "--from", source, "--factor", str(factor), "--name", name, "--input-size", str(size))
+    print(f"profiles of this machine timed in {time.perf_counter() - started:.0f} s -> {root}", flush=True)
+    return {name: str(root / name / f"{model}-{size}px.json")
+            for name in ("host", "server", "emulated-10x", "emulated-50x", "emulated-edge-4x")}
+
+
+def deployed(args, device: str, A0: float, up: float, on: float, ratios: list[float],
+             paths: dict[str, str] | None = None) -> dict:
     """One scene through auto.py (a separate process, as a user runs it): its answer, its baselines and its
-    three-tier deployment; the candidates come from the cache the measured landscape filled."""
+    three-tier deployment; the candidates come from the cache the measured landscape filled.  `paths` maps
+    profile names to the files to use instead of the shipped ones."""
+    paths = paths or {}
     run_dir = Path(args.deploy_dir) / f"{args.model}-{device}-{up:g}-{on:g}-A0{A0:g}"
     argv = [sys.executable, str(Path(__file__).resolve().parent.parent / "auto.py"), "--model", args.model,
-            "--dataset", args.dataset, "--end_device", device, "--edge_device", args.edge, "--bandwidth", f"{up:g}",
+            "--dataset", args.dataset, "--end_device", paths.get(device, device), "--server",
+            paths.get("server", "server"), "--edge_device", paths.get(args.edge, args.edge), "--bandwidth", f"{up:g}",
             "--rtt", f"{args.rtt:g}", "--edge_cloud_bandwidth", f"{on:g}", "--edge_cloud_rtt", f"{args.rtt:g}",
             "--A0", f"{A0:g}", "--ratios", ",".join(f"{r:g}" for r in ratios), "--exhaustive", "--no-progress",
             "--deploy", "--deploy-limit", str(args.deploy_limit), "--run-dir", str(run_dir)]
@@ -161,7 +201,7 @@ def deployed(args, device: str, A0: float, up: float, on: float, ratios: list[fl
     proc = subprocess.run(argv, capture_output=True, text=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "stdout.txt").write_text(proc.stdout + proc.stderr)
-    row: dict = {"device": device, "A0": A0, "end_edge_mbps": up, "edge_cloud_mbps": on, "exit_code": proc.returncode,
+    row: dict = {"device": device + (" (timed now)" if device in paths else ""), "A0": A0, "end_edge_mbps": up, "edge_cloud_mbps": on, "exit_code": proc.returncode,
                  "seconds": round(time.perf_counter() - started, 1)}
     if proc.returncode != 0:
         print(f"scene {up:g}:{on:g} failed ({proc.returncode}); see {run_dir / 'stdout.txt'}", flush=True)
@@ -200,6 +240,12 @@ def report(df: pd.DataFrame, command: str, seconds: float, dep: pd.DataFrame | N
              _markdown(piv), "",
              "What the 3-tier joint optimum uses: " + ", ".join(f"{k} {v}" for k, v in uses.value_counts().items())
              + f" (of {len(joint)} scenes).", ""]
+    two = piv[["2-tier end+edge", "2-tier end+cloud (relayed)"]].min(axis=1)
+    gain = 1 - piv["3-tier joint"] / two
+    lines.append(f"The 3-tier joint optimum is below the best 2-tier answer (end+edge or end+cloud relayed, whichever "
+                 f"is faster) in {(gain > 1e-9).sum()} of {len(piv)} scenes" + (f", by up to {100 * gain.max():.1f}%"
+                                                                               if (gain > 1e-9).any() else "") + ".")
+    lines.append("")
     for name in ("2-tier end+edge", "2-tier end+cloud (relayed)", "2-tier direct (no edge)", "CNNPC-like 3-tier",
                  "ours (search, 40 trials)"):
         g = df[df.method == name].vs_joint
@@ -212,7 +258,15 @@ def report(df: pd.DataFrame, command: str, seconds: float, dep: pd.DataFrame | N
                   "auto.py's own answer per scene (its search and baselines over the cached candidates), deployed "
                   "over loopback with both links shaped; ms per request, predicted for exactly the test samples "
                   "sent, measured by the end device (the edge and cloud parts from the reply's tier trailer):", "",
-                  _markdown(dep.drop(columns=["exit_code"], errors="ignore"))]
+                  _markdown(dep.drop(columns=["exit_code"], errors="ignore")), ""]
+        ok = dep.dropna(subset=["vs_prediction"])
+        if len(ok):
+            lines.append(f"Deployed mean against the prediction: median {100 * ok.vs_prediction.median():+.1f}%, worst "
+                         f"{100 * ok.vs_prediction.abs().max():.1f}% off; against the promise: median "
+                         f"{100 * ok.vs_promise.median():+.1f}%; the edge tier measured/predicted: median "
+                         f"{(ok['edge measured'] / ok['edge predicted']).median():.2f}x; summed over the scenes, measured/predicted "
+                         + ", ".join(f"{row} {ok[f'{row} measured'].sum() / ok[f'{row} predicted'].sum():.2f}x"
+                                     for row in DEPLOY_ROWS if ok[f"{row} predicted"].sum() > 0) + ".")
     return "\n".join(lines) + "\n"
 
 
