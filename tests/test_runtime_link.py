@@ -112,15 +112,27 @@ def test_emulated_slowdown_scales_the_model_call_only(tmp_path, monkeypatch, dig
 
     export_split(Candidate(random_resnet18.K, 0.0, random_resnet18, None, {}, {}), digits32, tmp_path,
                  threshold=None, codec="fp32")
-    seen = []
+    seen, spans = [], []
     real_slow, real_normalize = edge._slow, mf.normalize
-    monkeypatch.setattr(edge, "_slow", lambda compute_s, f: seen.append((compute_s, f)) or real_slow(compute_s, f))
-    monkeypatch.setattr(mf, "normalize", lambda *a: (time.sleep(0.02), real_normalize(*a))[1])
+
+    def spy_slow(compute_s, f):  # when the timed model call started, how long it took, the factor
+        seen.append((time.perf_counter() - compute_s, compute_s, f))
+        return real_slow(compute_s, f)
+
+    def slow_normalize(*a):
+        start = time.perf_counter()
+        time.sleep(0.02)
+        out = real_normalize(*a)
+        spans.append((start, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(edge, "_slow", spy_slow)
+    monkeypatch.setattr(mf, "normalize", slow_normalize)
     df = edge.run_edge(tmp_path, None, slowdown=4.0, limit=3, data=digits32)
-    assert len(seen) == 3 and all(f == 4.0 for _, f in seen)
-    for (compute_s, _), device_ms in zip(seen, df.device_ms):
-        assert compute_s < 0.02  # the 20 ms normalisation is not part of the slowed time
-        assert device_ms >= 20.0 + 4 * compute_s * 1e3 - 0.5  # ... but it is paid once, unscaled
+    assert len(seen) == 3 == len(spans) and all(f == 4.0 for *_, f in seen)
+    for (started, compute_s, _), (n0, n1), device_ms in zip(seen, spans, df.device_ms):
+        assert started >= n1  # the slowed time starts after the normalisation: it is not multiplied
+        assert device_ms >= (n1 - n0) * 1e3 + 4 * compute_s * 1e3 - 0.5  # ... but it is paid once, unscaled
 
 
 class TickingClock(FakeClock):
