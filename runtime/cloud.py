@@ -640,44 +640,49 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_cli_settings(p, args) -> None:
-    """check_settings on the parsed command line (runtime.relay shares it); exits with the parser's usage."""
+SERVER_FLAGS = ("host", "port", "threads", "tls_cert", "tls_key", "max_frame", "max_clients", "idle_timeout",
+                "handshake_timeout", "frame_timeout", "max_pending", "memory_budget", "scheduler", "workers",
+                "batch_samples")
+
+
+def server_options(p, args) -> dict[str, Any]:
+    """CloudServer's keyword arguments from the parsed command line, checked (runtime.relay shares them);
+    exits with the parser's usage on a bad value."""
+    options = {name: getattr(args, name) for name in SERVER_FLAGS}
     try:
-        check_settings(port=args.port, threads=args.threads, max_frame=args.max_frame, max_clients=args.max_clients,
-                       max_pending=args.max_pending, idle_timeout=args.idle_timeout,
-                       handshake_timeout=args.handshake_timeout, frame_timeout=args.frame_timeout,
-                       memory_budget=args.memory_budget, scheduler=args.scheduler, workers=args.workers,
-                       batch_samples=args.batch_samples)
+        check_settings(**{k: v for k, v in options.items() if k not in ("host", "tls_cert", "tls_key")})
     except ValueError as e:
         p.error(str(e))
+    return options
+
+
+def serve_until_signalled(server: "CloudServer") -> None:
+    """Serve until SIGINT or SIGTERM, then stop the server."""
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(0.5):
+        pass
+    server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    check_cli_settings(p, args)
+    options = server_options(p, args)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         secret = wire.read_secret(args.secret_file) if args.secret_file else None
-        server = CloudServer(args.model_dir, args.host, args.port, args.threads, secret, args.tls_cert,
-                             args.tls_key, args.max_frame, args.max_clients, args.idle_timeout,
-                             handshake_timeout=args.handshake_timeout, frame_timeout=args.frame_timeout,
-                             max_pending=args.max_pending, memory_budget=args.memory_budget,
-                             scheduler=args.scheduler, workers=args.workers, batch_samples=args.batch_samples).start()
+        server = CloudServer(args.model_dir, secret=secret, **options).start()
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
     m = server.manifest
     print(f"listening on {server.address} ({m['model']['arch']} k={m['k']}/{m['K']} r={m['r']} "
           f"{'tls' if args.tls_cert else 'plain'}{', auth' if secret else ''}; scheduler {args.scheduler}"
           f"{f' x{server.workers}' if args.scheduler == 'fair' else ''}, memory budget {server.budget.limit} bytes)",
           flush=True)
-    while not done.wait(0.5):
-        pass
-    server.stop()
+    serve_until_signalled(server)
     print(f"stopped after {server.stats['requests']} requests", flush=True)
     return 0
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import sys
 import threading
 import time
@@ -42,7 +41,7 @@ from runtime import link as links
 from runtime import manifest as mf
 from runtime import protocol as wire
 from runtime.client import AuthError, Client, Remote, parse_address
-from runtime.cloud import CloudServer, check_cli_settings
+from runtime.cloud import CloudServer, serve_until_signalled, server_options
 from runtime.cloud import parser as cloud_parser
 from runtime.edge import _slow
 from runtime.protocol import Frame
@@ -205,7 +204,7 @@ def check_args(args) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    check_cli_settings(p, args)
+    options = server_options(p, args)
     if (problem := check_args(args)) is not None:
         p.error(problem)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -214,27 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         cloud_secret = wire.read_secret(args.cloud_secret_file) if args.cloud_secret_file else None
         server = RelayServer(args.model_dir, args.cloud, link=links.Link(args.cloud_bandwidth, args.cloud_rtt),
                              slowdown=args.slowdown, cloud_secret=cloud_secret, cloud_tls_ca=args.cloud_tls_ca,
-                             cloud_timeout=args.cloud_timeout, cloud_retries=args.cloud_retries,
-                             host=args.host, port=args.port, threads=args.threads, secret=secret,
-                             tls_cert=args.tls_cert, tls_key=args.tls_key, max_frame=args.max_frame,
-                             max_clients=args.max_clients, idle_timeout=args.idle_timeout,
-                             handshake_timeout=args.handshake_timeout, frame_timeout=args.frame_timeout,
-                             max_pending=args.max_pending, memory_budget=args.memory_budget,
-                             scheduler=args.scheduler, workers=args.workers, batch_samples=args.batch_samples).start()
+                             cloud_timeout=args.cloud_timeout, cloud_retries=args.cloud_retries, secret=secret,
+                             **options).start()
     except (ValueError, OSError, AuthError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
     m = server.manifest
     role = ("relays k={k} unchanged" if server.relay else "runs blocks {k}..{last}").format(k=m["k"], last=server.k2 - 1)
     where = "and answers (no cloud)" if server.answers else f"-> cloud {server.cloud_address}"
     print(f"listening on {server.address} ({m['model']['arch']} edge: {role} {where}; "
           f"{'tls' if args.tls_cert else 'plain'}{', auth' if secret else ''})", flush=True)
-    while not done.wait(0.5):
-        pass
-    server.stop()
+    serve_until_signalled(server)
     print(f"stopped after {server.stats['requests']} requests ({server.stats['forwarded']} forwarded, "
           f"{server.stats['cloud_failures']} cloud failures)", flush=True)
     return 0
