@@ -97,14 +97,15 @@ class SplitModel(nn.Sequential):
 
     def head(self, k: int) -> nn.Sequential:
         self._check_k(k)
-        return nn.Sequential(OrderedDict(list(self._modules.items())[:k])).train(self.training)
+        return self.blocks(0, k)
 
     def tail(self, k: int) -> nn.Sequential:
         self._check_k(k)
-        return nn.Sequential(OrderedDict(list(self._modules.items())[k:])).train(self.training)
+        return self.blocks(k, self.K)
 
     def blocks(self, a: int, b: int) -> nn.Sequential:
-        """Blocks [a, b): the edge's part of a three-tier split (head(k) is blocks(0, k), tail(k) blocks(k, K))."""
+        """Blocks [a, b), sharing this model's modules: head(k) is blocks(0, k), tail(k) blocks(k, K), and the
+        edge's part of a three-tier split blocks(k, k2)."""
         self._check_k(a)
         self._check_k(b)
         if a > b:

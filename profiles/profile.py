@@ -361,13 +361,10 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 def save_json(doc: dict[str, Any], path: str | Path) -> Path:
     """Write a profile (validated first, so a broken table never reaches disk)."""
+    from profiles.runner import write_json  # here: onnxruntime loads only when a profile is written
+
     Profile(doc, str(path))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a file
-    return path
+    return write_json(doc, path)
 
 
 def _is_path(text: str) -> bool:

@@ -48,9 +48,7 @@ def measure(model: str, input_size: int, device: str, role: str = "device", thre
 
     if role not in ("device", "server"):
         raise ValueError(f"role must be 'device' or 'server', got {role!r}")
-    if threads < 1 or repeats < 1 or warmup < 0 or min_ms < 0:
-        raise ValueError(f"need threads >= 1, repeats >= 1, warmup >= 0 and min_ms >= 0 "
-                         f"(got {threads}, {repeats}, {warmup}, {min_ms})")
+    runner.check_timing(threads, repeats, warmup, min_ms)  # before the export, which takes a while
     load_before = os.getloadavg()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp:

@@ -245,13 +245,18 @@ def method(bundle: dict[str, Any], threads: int, repeats: int, warmup: int, min_
             f"{bundle.get('method', '')}")
 
 
+def check_timing(threads: int, repeats: int, warmup: int, min_ms: float) -> None:
+    """One-line ValueError for timing settings no profile can be made with."""
+    if threads < 1 or repeats < 1 or warmup < 0 or min_ms < 0:
+        raise ValueError(f"need threads >= 1, repeats >= 1, warmup >= 0 and min_ms >= 0 "
+                         f"(got {threads}, {repeats}, {warmup}, {min_ms})")
+
+
 def profile_doc(bundle_dir: str | Path, device: str | None = None, threads: int = 1, repeats: int = DEFAULT_REPEATS,
                 warmup: int = DEFAULT_WARMUP, min_ms: float = DEFAULT_MIN_MS, progress: bool = False,
                 bundle: dict[str, Any] | None = None) -> dict[str, Any]:
     """Time every part of the bundle and return the profile document (profiles.profile's format)."""
-    if threads < 1 or repeats < 1 or warmup < 0 or min_ms < 0:
-        raise ValueError(f"need threads >= 1, repeats >= 1, warmup >= 0 and min_ms >= 0 "
-                         f"(got {threads}, {repeats}, {warmup}, {min_ms})")
+    check_timing(threads, repeats, warmup, min_ms)
     bundle = bundle or load_bundle(bundle_dir)
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     start = time.perf_counter()
@@ -289,7 +294,7 @@ def profile_doc(bundle_dir: str | Path, device: str | None = None, threads: int 
 
 
 def write_json(doc: dict[str, Any], path: str | Path) -> Path:
-    """Write atomically, in the shipped profiles' layout."""
+    """Write atomically (a reader never sees half a file), in the shipped profiles' layout."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from runtime import manifest as mf
@@ -118,15 +119,31 @@ def deploy_candidate(candidate, data, out_dir: str | Path, threshold: float | No
     summary then holds `predicted` (mean parts, total_ms, p95_ms, exit_rate, accuracy) and `agreement`,
     the share of samples whose exit decision and answer the deployment reproduced exactly.
     """
-    test = candidate.evaluations.get("test")
-    predicted = exited = answer = None
-    if parts is not None and test is not None:
-        n = len(test.label) if limit is None else min(int(limit), len(test.label))
-        exited, answer = (a[:n] for a in test.answers(threshold, codec))
-        predicted = {**predicted_per_sample(parts, exited), "accuracy": float((answer == test.label[:n]).mean())}
+    evaluated = evaluated_answers(candidate, threshold, codec, limit)
+    predicted = None
+    if parts is not None and evaluated is not None:
+        exited, answer, label = evaluated
+        predicted = {**predicted_per_sample(parts, exited), "accuracy": float((answer == label).mean())}
     export_split(candidate, data, out_dir, threshold, codec, predicted=predicted, seed=seed)
     df, summary = deploy(out_dir, data, limit=limit, **kwargs)
-    if exited is not None:
-        same = (df.exited.to_numpy() == exited[:len(df)]) & (df.pred.to_numpy() == answer[:len(df)])
-        summary["agreement"] = float(same.mean()) if len(df) else float("nan")
+    if parts is not None and evaluated is not None:
+        summary["agreement"] = agreement(df, *evaluated[:2])
     return df, summary
+
+
+def evaluated_answers(candidate, threshold: float | None, codec: str,
+                      limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(exited, answer, label) of the first `limit` test samples as the candidate's evaluation has them,
+    the per-sample truth a deployment is predicted from and checked against; None without a test split."""
+    test = candidate.evaluations.get("test")
+    if test is None:
+        return None
+    n = len(test.label) if limit is None else min(int(limit), len(test.label))
+    exited, answer = (a[:n] for a in test.answers(threshold, codec))
+    return exited, answer, test.label[:n]
+
+
+def agreement(df: pd.DataFrame, exited: np.ndarray, answer: np.ndarray) -> float:
+    """The share of deployed samples whose exit decision and answer are the evaluation's."""
+    same = (df.exited.to_numpy() == exited[:len(df)]) & (df.pred.to_numpy() == answer[:len(df)])
+    return float(same.mean()) if len(df) else float("nan")

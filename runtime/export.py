@@ -54,6 +54,17 @@ def check_close(part: str, got: np.ndarray, ref: np.ndarray, atol: float = ATOL,
     return diff
 
 
+def export_checked(module: nn.Module, x: torch.Tensor, path: Path, names: tuple[str, ...],
+                   refs: tuple[torch.Tensor, ...], atol: float = ATOL, rtol: float = RTOL,
+                   where: str = "") -> dict[str, float]:
+    """Export `module` to `path` (example x[:1]), run it with ONNX Runtime on `x` and compare each output with
+    PyTorch's `refs`: {"<file stem>.<output>": max abs difference}; ValueError beyond the tolerance."""
+    onnx_io.export(module, x[:1], path, output_names=names)
+    got = onnx_io.run(onnx_io.session(path), x.numpy())
+    return {f"{path.stem}.{name}": check_close(f"{where}{path.name} output {name!r}", g, r.numpy(), atol, rtol)
+            for name, g, r in zip(names, got, refs)}
+
+
 def export_split(candidate: Candidate, data: DataSplits, out_dir: str | Path, threshold: float | None,
                  codec: str, predicted: dict[str, Any] | None = None, seed: int = 0, samples: int = SAMPLES,
                  atol: float = ATOL, rtol: float = RTOL) -> dict[str, Any]:
@@ -94,17 +105,12 @@ def export_split(candidate: Candidate, data: DataSplits, out_dir: str | Path, th
         if k > 0:
             names = ("exit", "split") if use_exit else ("logits",) if k == K else ("split",)
             module = _HeadWithExit(head, exit_branch) if use_exit else head
-            onnx_io.export(module, x[:1], out / mf.HEAD, output_names=names)
-            got = onnx_io.run(onnx_io.session(out / mf.HEAD), x.numpy())
             refs = (exit_logits, feats) if use_exit else (feats,)
-            for name, g, r in zip(names, got, refs):
-                diffs[f"head.{name}"] = check_close(f"head.onnx output {name!r}", g, r.numpy(), atol, rtol)
+            diffs.update(export_checked(module, x, out / mf.HEAD, names, refs, atol, rtol))
             head_entry = {"file": mf.HEAD, "input": "input", "input_shape": list(x.shape[1:]),
                           "outputs": list(names)}
         if k < K:
-            onnx_io.export(tail, feats[:1], out / mf.TAIL, output_names=("logits",))
-            got = onnx_io.run(onnx_io.session(out / mf.TAIL), feats.numpy())
-            diffs["tail.logits"] = check_close("tail.onnx output 'logits'", got[0], logits.numpy(), atol, rtol)
+            diffs.update(export_checked(tail, feats, out / mf.TAIL, ("logits",), (logits,), atol, rtol))
             tail_entry = {"file": mf.TAIL, "input": "input", "input_shape": list(feats.shape[1:]),
                           "output": "logits"}
     finally:

@@ -96,13 +96,17 @@ def normalize(images: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:
 def save_samples(path: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
     """Test samples for an edge without torch or the data set: uint8 NCHW images and int64 labels (.npz)."""
     images, labels = np.asarray(images), np.asarray(labels)
-    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
-        raise ValueError(f"samples need uint8 NCHW images and one label each, got {images.dtype} {images.shape} "
-                         f"and {len(labels)} labels")
+    _check_samples(images, labels, "samples")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, images=images, labels=labels.astype(np.int64))
     return path
+
+
+def _check_samples(images: np.ndarray, labels: np.ndarray, where: str) -> None:
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
+        raise ValueError(f"{where}: need uint8 NCHW images and one label each, got {images.dtype} {images.shape} "
+                         f"and {len(labels)} labels")
 
 
 def load_samples(path: str | Path, manifest: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -115,9 +119,7 @@ def load_samples(path: str | Path, manifest: dict[str, Any] | None = None) -> tu
             images, labels = f["images"], f["labels"]
     except (KeyError, ValueError, OSError) as e:
         raise ValueError(f"{path} is not a samples file (images, labels): {e}") from None
-    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
-        raise ValueError(f"{path}: need uint8 NCHW images and one label each, got {images.dtype} {images.shape} "
-                         f"and {len(labels)} labels")
+    _check_samples(images, labels, str(path))
     if manifest is not None and list(images.shape[1:]) != list(manifest["input"]["shape"]):
         raise ValueError(f"{path} holds {list(images.shape[1:])} images but the model takes {manifest['input']['shape']}")
     return images, labels

@@ -29,12 +29,12 @@ import pandas as pd
 import torch
 
 from compress import codec as codecs
-from compress import onnx_io
 from runtime import link as links
 from runtime import manifest as mf
 from runtime.cloud import CloudServer
+from runtime.deploy import agreement, evaluated_answers
 from runtime.edge import run_edge, summarize
-from runtime.export import ATOL, RTOL, SAMPLES, check_close, export_split
+from runtime.export import ATOL, RTOL, SAMPLES, export_checked, export_split
 from runtime.relay import RelayServer
 from search.latency import predicted_per_sample
 
@@ -86,9 +86,7 @@ def export_tiers(candidate, data, out_dir: str | Path, threshold: float | None, 
         edge_part = None
         if k2 > k:
             names = ("logits",) if k2 == K else ("split",)
-            onnx_io.export(model.blocks(k, k2), at_k[:1], dirs[EDGE] / EDGE_ONNX, output_names=names)
-            got = onnx_io.run(onnx_io.session(dirs[EDGE] / EDGE_ONNX), at_k.numpy())[0]
-            diffs[f"edge.{names[0]}"] = check_close(f"{EDGE_ONNX} output {names[0]!r}", got, at_k2.numpy(), atol, rtol)
+            diffs.update(export_checked(model.blocks(k, k2), at_k, dirs[EDGE] / EDGE_ONNX, names, (at_k2,), atol, rtol))
             edge_part = {"file": EDGE_ONNX, "input": "input", "input_shape": list(at_k.shape[1:]),
                          "output": names[0], "blocks": [k, k2]}
         forward = None
@@ -99,9 +97,8 @@ def export_tiers(candidate, data, out_dir: str | Path, threshold: float | None, 
         mf.save(out[EDGE], dirs[EDGE])
         if k2 < K:
             dirs[CLOUD].mkdir(parents=True, exist_ok=True)
-            onnx_io.export(model.blocks(k2, K), at_k2[:1], dirs[CLOUD] / mf.TAIL, output_names=("logits",))
-            got = onnx_io.run(onnx_io.session(dirs[CLOUD] / mf.TAIL), at_k2.numpy())[0]
-            cloud_diffs = {"tail.logits": check_close(f"cloud {mf.TAIL} output 'logits'", got, logits.numpy(), atol, rtol)}
+            cloud_diffs = export_checked(model.blocks(k2, K), at_k2, dirs[CLOUD] / mf.TAIL, ("logits",), (logits,),
+                                         atol, rtol, where="cloud ")
             tail = {"file": mf.TAIL, "input": "input", "input_shape": list(at_k2.shape[1:]), "output": "logits",
                     "blocks": [k2, K]}
             cloud = _tier_manifest(end, CLOUD, k2, at_k2, tail, None, predicted, cloud_diffs, atol, rtol)
@@ -183,16 +180,13 @@ def deploy_three(candidate, data, out_dir: str | Path, threshold: float | None, 
     the samples sent, and `agreement`, the share of samples answered as the candidate's evaluation says.
     The summary also holds runtime.edge.summarize's keys and both servers' stats.
     """
-    test = candidate.evaluations.get("test")
-    exited = answer = predicted = None
-    if test is not None:
-        n = len(test.label) if limit is None else min(int(limit), len(test.label))
-        exited, answer = (a[:n] for a in test.answers(threshold, codec))
-        if parts is not None:
-            if parts.get("k2") not in (None, k2):
-                raise ValueError(f"the prediction is for k2={parts['k2']}, the deployment for k2={k2}")
-            predicted = {**predicted_tiers(parts, exited, end_edge_link_ms),
-                         "accuracy": float((answer == test.label[:n]).mean())}
+    evaluated = evaluated_answers(candidate, threshold, codec, limit)
+    predicted = None
+    if evaluated is not None and parts is not None:
+        if parts.get("k2") not in (None, k2):
+            raise ValueError(f"the prediction is for k2={parts['k2']}, the deployment for k2={k2}")
+        exited, answer, label = evaluated
+        predicted = {**predicted_tiers(parts, exited, end_edge_link_ms), "accuracy": float((answer == label).mean())}
     manifests = export_tiers(candidate, data, out_dir, threshold, codec, k2, predicted=predicted, seed=seed)
     dirs = tier_dirs(out_dir)
     k, K = candidate.k, candidate.model.K
@@ -222,9 +216,8 @@ def deploy_three(candidate, data, out_dir: str | Path, threshold: float | None, 
         summary["predicted"] = predicted
         summary["tiers"] = {row: {"predicted": predicted[row], "measured": summary["measured"][row]}
                             for row in TIER_ROWS}
-    if exited is not None:
-        same = (df.exited.to_numpy() == exited[:len(df)]) & (df.pred.to_numpy() == answer[:len(df)])
-        summary["agreement"] = float(same.mean()) if len(df) else float("nan")
+    if evaluated is not None:
+        summary["agreement"] = agreement(df, *evaluated[:2])
     return df, summary
 
 
