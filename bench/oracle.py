@@ -1,7 +1,7 @@
 """An exhaustive reference written from the raw inputs, sharing no code with search/ nor profiles/.
 
 It reads profile JSON documents and per-sample arrays, and applies the contract of docs/DESIGN (the
-latency formula with the measured runtime overheads, Wilson bounds, the fixed-sequence threshold test,
+latency formula with the measured runtime overheads and warm device times after an on-device answer, Wilson bounds, the fixed-sequence threshold test,
 the Bonferroni share over the candidates) by itself, so a bug in the product's latency model or bounds
 moves the product's answer and not this one.  Scope: the mean objective, fixed-size codecs (fp32, fp16,
 int8, raw) and the variable ones through their per-sample bytes.
@@ -35,6 +35,9 @@ class Tables:
         for doc in (device, server):
             for row in doc["latency"]:
                 self.ms[(row["part"], int(row["k"]), round(float(row["r"]), 4))] = float(row.get("mean_ms", row["median_ms"]))
+        # back to back (warm) device times where measured, else the cold ones
+        self.warm = {(row["part"], int(row["k"]), round(float(row["r"]), 4)): float(row.get("warm_ms", row.get("mean_ms", row["median_ms"])))
+                     for row in device["latency"]}
         self.bytes = {(int(b["k"]), round(float(b["r"]), 4), b["codec"]): int(b["bytes"]) for b in device["bytes"]}
         self.numel = {(int(b["k"]), round(float(b["r"]), 4)): math.prod(b["shape"]) for b in device["bytes"]}
         self.over = {}
@@ -72,9 +75,12 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
     K = t.K
     head = t.ms.get(("head", k, r), 0.0)
     exit_ms = t.ms[("exit", k, r)] if with_exit else 0.0
+    if k == K:  # every request follows one the device answered: warm
+        return t.warm[("head", k, r)] + t.overhead("device_overhead_ms", k, r, codec)
     path = head + exit_ms + t.overhead("device_overhead_ms", k, r, codec)
-    if k == K:
-        return path
+    if with_exit:  # a request after an exited one (share 1 - sent) runs warm
+        warm = t.warm[("head", k, r)] + t.warm[("exit", k, r)]
+        path -= (1.0 - sent_share) * max(head + exit_ms - warm, 0.0)
     if mean_bytes is None:
         mean_bytes = t.bytes[(k, r, "fp32" if codec == "raw" else codec)]
     up = t.overhead("encode_ms", k, r, codec) + _send(mean_bytes, bandwidth, rtt)

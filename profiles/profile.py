@@ -4,7 +4,7 @@ A profile is one JSON file per (device, model, input size) at
 ``profiles/data/<device>/<model>-<input_size>px.json``::
 
     {"meta": {...how, where and when it was measured...},
-     "latency": [{"part", "k", "r", "mean_ms", "median_ms", "p10_ms", "p90_ms", "n"}, ...],
+     "latency": [{"part", "k", "r", "mean_ms", "median_ms", "p10_ms", "p90_ms", "n", "warm_ms"}, ...],
      "bytes": [{"k", "r", "codec", "bytes", "shape"}, ...],
      "overhead": [{"k", "r", "codec", <the role's two overhead keys>, "n"}, ...]}   (optional)
 
@@ -27,7 +27,13 @@ ONNX graphs; `meta["overhead"]` says how, where and when.  All values are median
   the runtime's transfer_ms at zero rtt) and ``server_overhead_ms`` (decoding, checks, normalisation at
   k = 0, packing the reply; the server's reported server_ms minus tail.onnx).
 
-A row holds only its role's two keys; `Profile.overhead(k, r, codec)` returns all four, 0.0 for the
+A latency row's optional ``warm_ms`` is the mean of the same part run back to back (no idle wait, caches
+warm), where the other statistics time each run cold (memory touched and an idle gap before it).  The
+latency model charges the end device the warm time for a request that follows one the device answered
+itself and the cold time otherwise (search.latency).  Rows without it (older files, 224 px) use the cold
+time for both.
+
+An overhead row holds only its role's two keys; `Profile.overhead(k, r, codec)` returns all four, 0.0 for the
 other role's.  Codecs: k = 0 takes the input codecs (raw, png, jpeg*, webp*; a feature codec there means
 raw, as in the runtime), 0 < k < K the feature codecs (fp32, fp16, int8, int8-zlib), and k = K sends
 nothing (one row with codec null).  Rows need not cover every ratio: a (k, codec) measured at some
@@ -126,6 +132,8 @@ class Profile:
         # expected latency is a mean: rows measured with one use it, older rows their median
         self._ms = {(row["part"], int(row["k"]), rkey(row["r"])): float(row.get("mean_ms", row["median_ms"]))
                     for row in doc["latency"]}
+        self._warm = {(row["part"], int(row["k"]), rkey(row["r"])): float(row["warm_ms"])
+                      for row in doc["latency"] if row.get("warm_ms") is not None}
         self._bytes = {(int(row["k"]), rkey(row["r"]), row["codec"]): int(row["bytes"]) for row in doc["bytes"]}
         self._shapes = {(int(row["k"]), rkey(row["r"])): tuple(row["shape"]) for row in doc["bytes"]}
         self._ratios = [rkey(r) for r in self.meta["ratios"]]  # looked up on every prediction: kept once
@@ -149,14 +157,16 @@ class Profile:
     slowdown = property(lambda self: float(self.meta["slowdown"]))
     ratios = property(lambda self: list(self._ratios))
     has_overhead = property(lambda self: bool(self._overhead), doc="True when the profile has an overhead section")
+    has_warm = property(lambda self: bool(self._warm), doc="True when the latency rows hold warm (back-to-back) times")
 
     def __repr__(self) -> str:
         return (f"Profile({self.device!r}, role={self.role}, {self.model} {self.input_size}px, K={self.K}, "
                 f"{len(self.ratios)} ratios, slowdown={self.slowdown:g})")
 
-    def ms(self, part: str, k: int, r: float) -> float:
+    def ms(self, part: str, k: int, r: float, warm: bool = False) -> float:
         """Milliseconds of `part` at split k, ratio r (the mean; the median in profiles measured without one).
 
+        `warm`: run back to back (the row's warm_ms; the cold time where the row has none).
         k = 0 runs no head, k = K no tail, and a split without an exit runs no exit: all 0 ms.
         """
         if part not in PARTS:
@@ -169,7 +179,8 @@ class Profile:
             if has_exit(k, self.K):
                 raise ValueError(f"profile {self.source} has no exit rows: the search there runs without exits")
             return 0.0
-        return self._ms[(part, int(k), rkey(r))]
+        key = (part, int(k), rkey(r))
+        return self._warm.get(key, self._ms[key]) if warm else self._ms[key]
 
     def ratios_at(self, k: int) -> list[float]:
         """The ratios split k was measured at (the whole grid unless the profile has per-split grids)."""
@@ -295,8 +306,9 @@ class Profile:
         wrong = [p for p in set(self.latency.part) if p not in parts_for(self.role)]
         if wrong:
             raise ValueError(f"{self.source}: a {self.role} profile cannot hold {', '.join(sorted(wrong))} rows")
-        values = self.latency[["median_ms", "p10_ms", "p90_ms"]].to_numpy(dtype=float)
-        if not (values >= 0).all() or not all(math.isfinite(v) for v in values.ravel()):
+        values = self.latency[["median_ms", "p10_ms", "p90_ms"]].to_numpy(dtype=float).ravel().tolist()
+        values += list(self._warm.values())
+        if not all(math.isfinite(v) and v >= 0 for v in values):
             raise ValueError(f"{self.source}: latency values must be finite and >= 0")
 
 

@@ -94,7 +94,7 @@ def scaled(doc: dict[str, Any], factor: float, name: str, source: str) -> dict[s
         meta["overhead"]["copied_from"] = (f"{first!r} unscaled (the runtime's slowdown spins for model compute "
                                            f"only)")
     for row in doc["latency"]:
-        for key in ("mean_ms", "median_ms", "p10_ms", "p90_ms"):
+        for key in ("mean_ms", "median_ms", "p10_ms", "p90_ms", "warm_ms"):
             if key not in row:
                 continue
             row[key] = round(row[key] * factor, 4)

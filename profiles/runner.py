@@ -44,7 +44,7 @@ DEFAULT_WARMUP = 5
 DEFAULT_MIN_MS = 200.0  # timed milliseconds per part at least (see time_session)
 MAX_RUNS = 5000
 STAT_KEYS = ("mean_ms", "median_ms", "p10_ms", "p90_ms")
-NOTHING = {"mean_ms": 0.0, "median_ms": 0.0, "p10_ms": 0.0, "p90_ms": 0.0, "n": 0}  # a part that runs no layer
+NOTHING = {"mean_ms": 0.0, "median_ms": 0.0, "p10_ms": 0.0, "p90_ms": 0.0, "n": 0, "warm_ms": 0.0}  # a part that runs no layer
 
 # Idle time before each timed run.  Measured (mobilenet_v2 32 px, emulated-10x, deployed): with it the
 # prediction was 3.6% above the deployed mean at k = 3 and 21% above device only; timed busy (no gap) it
@@ -122,7 +122,8 @@ def marginal(fused: dict, head: dict) -> dict:
     """The exit's cost as the runtime pays it: one graph with the head (head.onnx), minus the head alone.
     Timed as a graph of its own, the exit also paid a second session call (measured: mobilenet_v2 k=2,
     head + exit 0.053 ms apart against 0.034 ms fused)."""
-    out = {key: round(max(fused[key] - head[key], 0.0), 4) for key in STAT_KEYS}
+    keys = STAT_KEYS + (("warm_ms",) if "warm_ms" in fused and "warm_ms" in head else ())
+    out = {key: round(max(fused[key] - head[key], 0.0), 4) for key in keys}
     return {**out, "n": fused["n"]}
 
 
@@ -190,8 +191,10 @@ def time_parts(bundle_dir: str | Path, part_ids: Iterable[str], threads: int = 1
         with tempfile.TemporaryDirectory(prefix="part-") as tmp:
             sess = session(materialize(bundle_dir, part, tmp), threads)
             try:
-                out[pid] = time_session(sess, example(part["input_shape"]), repeats, warmup, min_ms, cold=True,
-                                        gap_s=COLD_GAP_S)
+                x = example(part["input_shape"])
+                out[pid] = time_session(sess, x, repeats, warmup, min_ms, cold=True, gap_s=COLD_GAP_S)
+                # back to back: what a request costs right after one the device answered itself
+                out[pid]["warm_ms"] = time_session(sess, x, repeats, warmup, min_ms)["mean_ms"]
             finally:
                 del sess
     return out
@@ -241,7 +244,9 @@ def method(bundle: dict[str, Any], threads: int, repeats: int, warmup: int, min_
             f"tensor's mean and std); a row is the mean (median, p10, p90) of n timed session.run calls after "
             f"{warmup} warm-up runs, each timed run cold as in deployment ({COLD_FLUSH_BYTES >> 20} MiB of "
             f"memory touched and {COLD_GAP_S * 1e3:g} ms idle before it), n = at least {repeats} and enough for "
-            f"{min_ms:g} ms of timed runs (at most {MAX_COLD_RUNS}); the latency model uses the mean. "
+            f"{min_ms:g} ms of timed runs (at most {MAX_COLD_RUNS}); the latency model uses the mean. warm_ms is the "
+            f"mean of the same part run back to back (no memory touched, no idle gap), timed the same way after "
+            f"the cold runs. "
             f"{bundle.get('method', '')}")
 
 

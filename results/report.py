@@ -238,8 +238,10 @@ def print_summary(result: dict, problem, out: Path) -> None:
                   ("" if b["k2"] == K else f", the cloud runs blocks {b['k2']}..{K - 1}"))
             edge = (f" + edge {b['edge_ms']:.3f} + edge runtime {b['edge_overhead_ms']:.3f} + edge-cloud transfer "
                     f"{b['edge_transfer_ms']:.3f}")
+        warm = b.get("warm_saving_ms", 0.0)
+        warm = f" - {b['exit_rate']:.3f} after an on-device answer x warm {warm:.3f}" if warm else ""
         print(f"  promised latency {b['latency_ms']:.3f} ms ({problem.objective}); mean = device {b['device_ms']:.3f}"
-              f" + exit {b['exit_ms']:.3f} + runtime {b['device_overhead_ms']:.3f} + {sent:.3f} sent x (encode "
+              f" + exit {b['exit_ms']:.3f} + runtime {b['device_overhead_ms']:.3f}{warm} + {sent:.3f} sent x (encode "
               f"{b['encode_ms']:.3f} + transfer {b['transfer_ms']:.3f} + link {b['link_overhead_ms']:.3f}{edge} + "
               f"server {b['server_ms']:.3f} + server runtime {b['server_overhead_ms']:.3f}) = {b['expected_ms']:.3f} ms")
         acc_claim = (f"accuracy >= {pr['acc_bound']:.4f} with confidence {problem.confidence:g}" if problem.confidence

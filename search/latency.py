@@ -1,9 +1,15 @@
 """The latency model: end-to-end latency of a candidate (k, r, codec, exit rate) from profiles.
 
-    exit path  E = T_D(head k, r) + T_D(exit k, r) + O_D                  (every request)
-    sent part  S = encode + T_N(bytes) + link + T_C(tail k, r) + O_C    (only the requests sent)
+    exit path  E = T_D(head k, r) + T_D(exit k, r) + O_D - p_exit * W     (every request)
+    sent part  S = encode + T_N(bytes) + link + T_C(tail k, r) + O_C        (only the requests sent)
     mean       T = E + (1 - p_exit) * S
     quantile q T_q = E if the share sent (1 - p_exit) <= 1 - q, else the q-quantile of E + S over the sent
+
+Requests come back to back (the next starts when the previous is answered), as a deployment runs them.
+The device's T_D rows are cold (each run after other work and an idle wait: the device waited for the
+reply of a sent request); a request that follows one the device answered itself runs warm, W ms faster
+(W = cold - warm head and exit, the profile's warm_ms; 0 without warm rows).  Samples exit independently,
+so a share p_exit of requests follows an on-device answer; at k = K every request does (warm rows).
 
 With an edge tier (`Edge`: a server-role profile of the edge box and its link to the cloud), a sent request
 goes to the edge, which runs blocks [k, k2) and sends on to the cloud, which runs the rest:
@@ -63,10 +69,16 @@ class Breakdown:
     edge_overhead_ms: float = 0.0  # the edge's own read, decode and reply when it computes
     edge_transfer_ms: float = 0.0  # edge to cloud: rtt + 8 bytes / bandwidth (0 when k2 = K)
     edge_bytes: float = 0.0  # what the edge sends on
+    warm_saving_ms: float = 0.0  # head + exit time saved after an on-device answer (run back to back, warm)
 
     @property
     def exit_path_ms(self) -> float:
-        return self.device_ms + self.exit_ms + self.device_overhead_ms
+        return float(self.exit_path_at(self.exit_rate))
+
+    def exit_path_at(self, exit_rates) -> np.ndarray:
+        """The device's part of every request at these exit rates: a share p_exit of requests follow an
+        on-device answer and run warm."""
+        return self.device_ms + self.exit_ms + self.device_overhead_ms - np.asarray(exit_rates, float) * self.warm_saving_ms
 
     @property
     def sent_ms(self) -> float:
@@ -81,18 +93,19 @@ class Breakdown:
     def expected_at(self, exit_rates) -> np.ndarray:
         """Expected latency for many exit rates at once (same split, same costs)."""
         p = np.asarray(exit_rates, dtype=float)
-        return self.exit_path_ms + (1.0 - p) * self.sent_ms
+        return self.exit_path_at(p) + (1.0 - p) * self.sent_ms
 
     def quantile_at(self, q: float, exit_rates, sent_extra_ms=None) -> np.ndarray:
         """The q-quantile of per-request latency for many exit rates: the exit path while the share sent
         is at most 1 - q, else the sent path (at the matching quantile of `sent_extra_ms`, the per-sample
         deviations of a variable-size codec's transfer from its mean, if given)."""
         sent = 1.0 - np.asarray(exit_rates, dtype=float)
-        full = np.full(sent.shape, self.exit_path_ms + self.sent_ms)
+        path = self.exit_path_at(1.0 - sent)  # averaged over what came before (warm or cold)
+        full = path + self.sent_ms
         if sent_extra_ms is not None and len(sent_extra_ms):
             level = np.clip((q - (1.0 - sent)) / np.maximum(sent, 1e-12), 0.0, 1.0)
             full = full + np.quantile(np.asarray(sent_extra_ms, dtype=float), level, method="inverted_cdf")
-        return np.where(sent <= 1.0 - q + 1e-12, self.exit_path_ms, full)
+        return np.where(sent <= 1.0 - q + 1e-12, path, full)
 
     def objective_at(self, objective: str, exit_rates, sent_extra_ms=None) -> np.ndarray:
         q = OBJECTIVES[check_objective(objective)]
@@ -106,7 +119,7 @@ class Breakdown:
 
 
 PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms") + OVERHEADS + ("edge_ms", "edge_overhead_ms",
-                                                                           "edge_transfer_ms")
+                                                                           "edge_transfer_ms", "warm_saving_ms")
 EDGE_PARTS = ("k2", "edge_ms", "edge_overhead_ms", "edge_transfer_ms", "edge_bytes")  # a 3-tier breakdown's own
 TIERS = ("all", "relay", "edge")  # every k2; k2 = k only (end and cloud); k2 = K only (end and edge)
 
@@ -142,17 +155,22 @@ def predicted_at(parts: dict, exit_rate: float) -> dict[str, float]:
 
 
 def predicted_per_sample(parts: dict, exited) -> dict[str, float]:
-    """The prediction for a known set of samples (a deployment's): each sample costs the exit path
-    (head + exit + device overhead) if the exit answers it, else the full path. Gives the parts, the total,
-    the p95, and the mean of each side over the samples (`mean_*`, what a measured run's per-part means
-    compare with: device+exit holds what the edge measures as device time, encoding included)."""
+    """The prediction for a known sequence of samples (a deployment's, in the order sent): each sample
+    costs the exit path (head + exit + device overhead; warm after a sample the device answered, cold
+    otherwise) and, unless the exit answers it, the sent part. Gives the parts, the total, the p95, and the
+    mean of each side over the samples (`mean_*`, what a measured run's per-part means compare with:
+    device+exit holds what the edge measures as device time, encoding included)."""
     exited = np.asarray(exited, dtype=bool)
     out = predicted_at(parts, float(exited.mean()) if exited.size else 0.0)
     b = Breakdown(**{p: out[p] for p in PARTS}, bytes=float(parts.get("bytes", 0.0)), exit_rate=out["exit_rate"])
-    per_sample = np.where(exited, b.exit_path_ms, b.exit_path_ms + b.sent_ms)
+    after_answer = np.concatenate([[False], exited[:-1]]) if exited.size else exited
+    path = b.exit_path_at(after_answer.astype(float))
+    per_sample = np.where(exited, path, path + b.sent_ms)
+    if exited.size:
+        out["total_ms"] = float(per_sample.mean())
     out["p95_ms"] = float(np.quantile(per_sample, 0.95)) if exited.size else float("nan")
     sent = 1.0 - out["exit_rate"]
-    out.update(mean_device_exit_ms=b.exit_path_ms + sent * b.encode_ms,
+    out.update(mean_device_exit_ms=(float(path.mean()) if exited.size else b.exit_path_ms) + sent * b.encode_ms,
                mean_transfer_ms=sent * (b.transfer_ms + b.link_overhead_ms),
                mean_server_ms=sent * (b.server_ms + b.server_overhead_ms))
     return out
@@ -191,9 +209,12 @@ def predict(device: Profile, server: Profile, network: Network, k: int, r: float
     if k == device.K:
         n_bytes = 0
     exit_ms = device.ms("exit", k, r) if exit_rate is not None else 0.0
-    b = Breakdown(device_ms=device.ms("head", k, r), exit_ms=exit_ms, transfer_ms=network.transfer_ms(n_bytes),
+    head_ms, saving = device.ms("head", k, r, warm=k == device.K), 0.0  # k = K: every request back to back
+    if exit_rate is not None and 0 < k < device.K:
+        saving = max(head_ms + exit_ms - device.ms("head", k, r, warm=True) - device.ms("exit", k, r, warm=True), 0.0)
+    b = Breakdown(device_ms=head_ms, exit_ms=exit_ms, transfer_ms=network.transfer_ms(n_bytes),
                   server_ms=server.ms("tail", k, r), bytes=float(n_bytes), exit_rate=rate, k=k, r=r, codec=codec,
-                  **_overheads(device, server, k, r, codec))
+                  warm_saving_ms=saving, **_overheads(device, server, k, r, codec))
     if edge is None or k == device.K:
         return b
     return min((_via_edge(b, device, server, edge, k2) for k2 in edge.second_cuts(k, device.K)),
@@ -240,7 +261,9 @@ def lower_bound_ms(device: Profile, server: Profile, network: Network, k: int, r
                    edge=edge)
     if not device.exit_at(k):
         return none.expected_ms
-    return none.exit_path_ms + min(device.ms("exit", k, r), none.sent_ms)
+    # the expected latency is linear in the exit rate: its least is at p = 1 (all warm) or without an exit
+    warm = none.exit_path_ms - none.device_ms + device.ms("head", k, r, warm=True)
+    return min(warm + device.ms("exit", k, r, warm=True), none.expected_ms)
 
 
 def predict_all(device: Profile, server: Profile, network: Network, codec: str = "fp32") -> pd.DataFrame:

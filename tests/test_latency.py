@@ -174,3 +174,40 @@ def test_prediction_for_known_samples(host, server):
     assert p["mean_device_exit_ms"] == pytest.approx(exit_path)
     assert p["mean_transfer_ms"] == pytest.approx(0.25 * parts["transfer_ms"])
     assert p["mean_server_ms"] == pytest.approx(0.25 * parts["server_ms"])
+
+
+def _warm(profile: Profile, rows: dict) -> Profile:
+    """A copy with round cold and warm times: {(part, k, r): (cold, warm)}."""
+    doc = copy.deepcopy(profile.doc)
+    for row in doc["latency"]:
+        row.pop("warm_ms", None)
+        key = (row["part"], row["k"], row["r"])
+        if key in rows:
+            row["mean_ms"] = row["median_ms"] = row["p10_ms"] = row["p90_ms"] = rows[key][0]
+            row["warm_ms"] = rows[key][1]
+    return Profile(doc, "edited")
+
+
+def test_a_request_after_an_on_device_answer_runs_warm(host, server):
+    """Hand-checked: head 1.0 cold / 0.6 warm, exit 0.2 / 0.1, so W = 0.5 ms saved after each exit."""
+    K = host.K
+    dev = _warm(host, {("head", 2, 0.0): (1.0, 0.6), ("exit", 2, 0.0): (0.2, 0.1), ("head", K, 0.0): (4.0, 3.0)})
+    srv = _with(server, "tail", 2, 0.0, 2.0)
+    net = Network(10, 5)
+    b = predict(dev, srv, net, 2, 0.0, "fp32", exit_rate=0.8)
+    sent = 5 + 8 * dev.tensor_bytes(2, 0.0, "fp32") / 10e3 + 2.0
+    assert b.warm_saving_ms == pytest.approx(0.5)
+    assert b.expected_ms == pytest.approx(1.2 - 0.8 * 0.5 + 0.2 * sent)
+    # device only: every request follows an on-device answer
+    assert predict(dev, srv, net, K, 0.0).expected_ms == pytest.approx(3.0)
+    # without an exit every request was sent before: all cold
+    assert predict(dev, srv, net, 2, 0.0, "fp32", None).expected_ms == pytest.approx(1.0 + sent)
+    # the bound stays below every threshold's latency, warm included
+    assert lower_bound_ms(dev, srv, net, 2, 0.0, "fp32") <= min(b.expected_ms, 0.7 + 1e-9)
+    # a known sequence: the first and each sample after a send run cold, those after an exit warm
+    parts = b.as_dict()
+    got = predicted_per_sample(parts, [True, True, False, True])
+    assert got["total_ms"] == pytest.approx((1.2 + 0.7 + (0.7 + sent) + 1.2) / 4)
+    # a profile without warm rows predicts as before (cold for every request)
+    cold = _warm(host, {("head", 2, 0.0): (1.0, 1.0), ("exit", 2, 0.0): (0.2, 0.2)})
+    assert predict(cold, srv, net, 2, 0.0, "fp32", 0.8).warm_saving_ms == 0.0

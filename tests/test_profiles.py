@@ -93,7 +93,7 @@ def test_meta_records_how_it_was_measured(root, dev):
     assert (meta["repeats"], meta["warmup"], meta["num_classes"]) == (3, 1, 10)
     # pandas-readable as the contract promises
     assert list(pd.DataFrame(_doc(root)["latency"]).columns) == ["part", "k", "r", "mean_ms", "median_ms", "p10_ms",
-                                                                  "p90_ms", "n"]
+                                                                  "p90_ms", "n", "warm_ms"]
 
 
 def test_bytes_table(dev, srv):
