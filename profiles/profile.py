@@ -157,7 +157,6 @@ class Profile:
     slowdown = property(lambda self: float(self.meta["slowdown"]))
     ratios = property(lambda self: list(self._ratios))
     has_overhead = property(lambda self: bool(self._overhead), doc="True when the profile has an overhead section")
-    has_warm = property(lambda self: bool(self._warm), doc="True when the latency rows hold warm (back-to-back) times")
 
     def __repr__(self) -> str:
         return (f"Profile({self.device!r}, role={self.role}, {self.model} {self.input_size}px, K={self.K}, "

@@ -44,7 +44,7 @@ DEFAULT_WARMUP = 5
 DEFAULT_MIN_MS = 200.0  # timed milliseconds per part at least (see time_session)
 MAX_RUNS = 5000
 STAT_KEYS = ("mean_ms", "median_ms", "p10_ms", "p90_ms")
-NOTHING = {"mean_ms": 0.0, "median_ms": 0.0, "p10_ms": 0.0, "p90_ms": 0.0, "n": 0, "warm_ms": 0.0}  # a part that runs no layer
+NOTHING = {"mean_ms": 0.0, "median_ms": 0.0, "p10_ms": 0.0, "p90_ms": 0.0, "n": 0}  # a part that runs no layer
 
 # Idle time before each timed run.  Measured (mobilenet_v2 32 px, emulated-10x, deployed): with it the
 # prediction was 3.6% above the deployed mean at k = 3 and 21% above device only; timed busy (no gap) it
@@ -179,8 +179,9 @@ def example(shape: list[int], seed: int = 0) -> np.ndarray:
 def time_parts(bundle_dir: str | Path, part_ids: Iterable[str], threads: int = 1, repeats: int = DEFAULT_REPEATS,
                warmup: int = DEFAULT_WARMUP, min_ms: float = DEFAULT_MIN_MS,
                progress: Callable[[int, int, str], None] | None = None,
-               bundle: dict[str, Any] | None = None) -> dict[str, dict]:
-    """Time each named part of a bundle whole, in a fresh session, cold (see time_session): {id: stats}."""
+               bundle: dict[str, Any] | None = None, warm: bool = False) -> dict[str, dict]:
+    """Time each named part of a bundle whole, in a fresh session, cold (see time_session): {id: stats};
+    with `warm`, also back to back (stats["warm_ms"]: what the end device pays after answering itself)."""
     bundle = bundle or load_bundle(bundle_dir)
     ids = list(dict.fromkeys(part_ids))
     out: dict[str, dict] = {}
@@ -193,8 +194,8 @@ def time_parts(bundle_dir: str | Path, part_ids: Iterable[str], threads: int = 1
             try:
                 x = example(part["input_shape"])
                 out[pid] = time_session(sess, x, repeats, warmup, min_ms, cold=True, gap_s=COLD_GAP_S)
-                # back to back: what a request costs right after one the device answered itself
-                out[pid]["warm_ms"] = time_session(sess, x, repeats, warmup, min_ms)["mean_ms"]
+                if warm:
+                    out[pid]["warm_ms"] = time_session(sess, x, repeats, warmup, min_ms)["mean_ms"]
             finally:
                 del sess
     return out
@@ -244,8 +245,8 @@ def method(bundle: dict[str, Any], threads: int, repeats: int, warmup: int, min_
             f"tensor's mean and std); a row is the mean (median, p10, p90) of n timed session.run calls after "
             f"{warmup} warm-up runs, each timed run cold as in deployment ({COLD_FLUSH_BYTES >> 20} MiB of "
             f"memory touched and {COLD_GAP_S * 1e3:g} ms idle before it), n = at least {repeats} and enough for "
-            f"{min_ms:g} ms of timed runs (at most {MAX_COLD_RUNS}); the latency model uses the mean. warm_ms is the "
-            f"mean of the same part run back to back (no memory touched, no idle gap), timed the same way after "
+            f"{min_ms:g} ms of timed runs (at most {MAX_COLD_RUNS}); the latency model uses the mean. A device part's "
+            f"warm_ms is the mean of the same part run back to back (no memory touched, no idle gap), timed the same way after "
             f"the cold runs. "
             f"{bundle.get('method', '')}")
 
@@ -275,7 +276,7 @@ def profile_doc(bundle_dir: str | Path, device: str | None = None, threads: int 
             print(f"[{i + 1}/{n}] {pid}", file=sys.stderr, flush=True)
 
     stats = time_parts(bundle_dir, needed_parts(bundle), threads, repeats, warmup, min_ms,
-                       show if progress else None, bundle)
+                       show if progress else None, bundle, warm=bundle["role"] == "device")
     if progress and tty:
         print(file=sys.stderr)
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)

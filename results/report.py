@@ -238,8 +238,8 @@ def print_summary(result: dict, problem, out: Path) -> None:
                   ("" if b["k2"] == K else f", the cloud runs blocks {b['k2']}..{K - 1}"))
             edge = (f" + edge {b['edge_ms']:.3f} + edge runtime {b['edge_overhead_ms']:.3f} + edge-cloud transfer "
                     f"{b['edge_transfer_ms']:.3f}")
-        warm = b.get("warm_saving_ms", 0.0)
-        warm = f" - {b['exit_rate']:.3f} after an on-device answer x warm {warm:.3f}" if warm else ""
+        saving = b.get("warm_saving_ms", 0.0)
+        warm = f" - {b['exit_rate']:.3f} after an on-device answer x warm {saving:.3f}" if saving else ""
         print(f"  promised latency {b['latency_ms']:.3f} ms ({problem.objective}); mean = device {b['device_ms']:.3f}"
               f" + exit {b['exit_ms']:.3f} + runtime {b['device_overhead_ms']:.3f}{warm} + {sent:.3f} sent x (encode "
               f"{b['encode_ms']:.3f} + transfer {b['transfer_ms']:.3f} + link {b['link_overhead_ms']:.3f}{edge} + "

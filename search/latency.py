@@ -262,8 +262,8 @@ def lower_bound_ms(device: Profile, server: Profile, network: Network, k: int, r
     if not device.exit_at(k):
         return none.expected_ms
     # the expected latency is linear in the exit rate: its least is at p = 1 (all warm) or without an exit
-    warm = none.exit_path_ms - none.device_ms + device.ms("head", k, r, warm=True)
-    return min(warm + device.ms("exit", k, r, warm=True), none.expected_ms)
+    all_warm = none.device_overhead_ms + device.ms("head", k, r, warm=True) + device.ms("exit", k, r, warm=True)
+    return min(all_warm, none.expected_ms)
 
 
 def predict_all(device: Profile, server: Profile, network: Network, codec: str = "fp32") -> pd.DataFrame:
