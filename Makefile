@@ -54,5 +54,5 @@ bench: $(STAMP) $(FASHION)
 
 bench-quick: $(STAMP) $(FASHION)
 	$(BIN)/python bench/promises.py --models resnet18 --devices host,emulated-10x --bandwidths 10 --drops 1 \
-	    --deploy-limit 50 --out runs/bench/quick
+	    --deploy-limit 300 --out runs/bench/quick
 	$(BIN)/python bench/promises_report.py --run runs/bench/quick --out runs/bench/quick/benchmarks.md

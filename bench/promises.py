@@ -117,7 +117,7 @@ def deploy_answers(ctx, df: pd.DataFrame, out: Path, limit: int, rtt: float) -> 
         if key not in done:
             dev = load_profile(s.device, ctx.spec.model, ctx.spec.input_size)
             where = out / "deploy" / ctx.spec.model / "-".join(map(str, key))
-            parts = {p: float(s[p]) for p in PARTS} | {"bytes": float(s["bytes"])}
+            parts = {p: float(s[p]) for p in PARTS + ("bytes",) if p in s and pd.notna(s[p])}  # 2-tier: no edge parts
             _, m = deploy_candidate(ctx.pool.candidate(key[2], key[3]), ctx.pool.data, where, t, s.codec, parts,
                                     bandwidth=s.bandwidth_mbps, rtt=rtt, slowdown=float(dev.meta.get("slowdown", 1.0)),
                                     server_threads=int(server.meta.get("threads", 1)), limit=limit,

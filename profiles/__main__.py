@@ -19,7 +19,8 @@ from pathlib import Path
 DEFAULT_MODELS = ("mobilenet_v2", "resnet18")
 # The shipped devices: (name, role, intra-op threads) measured here, plus emulated slow devices.
 DEFAULT_DEVICES = (("host", "device", 1), ("server", "server", 2))
-DEFAULT_EMULATED = (("emulated-10x", "host", 10.0), ("emulated-50x", "host", 50.0))
+DEFAULT_EMULATED = (("emulated-10x", "host", 10.0), ("emulated-50x", "host", 50.0),
+                    ("emulated-edge-4x", "server", 4.0))  # the edge tier's box (server role)
 
 
 def _ratios(text: str) -> list[float]:
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         min_ms=args.min_ms)
                         print(f"wrote {path} ({profiler.read_json(path)['meta']['seconds']} s)")
                         _overhead(device, model, size, args.root)
-            for name, source, factor in DEFAULT_EMULATED:  # copies the host's overhead rows unscaled
+            for name, source, factor in DEFAULT_EMULATED:  # copies the source's overhead rows unscaled
                 for path in profiler.emulate(source, factor, name, args.root, args.input_size):
                     print(f"wrote {path}")
         elif args.command == "validate":

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from compress.onnx_io import session
+from compress.onnx_io import session, warm_up
 from runtime import link as links
 from runtime import manifest as mf
 from runtime import protocol as wire
@@ -195,7 +195,7 @@ class Device:
         if self.head is not None:
             self.input = self.head.get_inputs()[0].name
             shape = (1, *manifest["input"]["shape"])
-            self.head.run(None, {self.input: np.zeros(shape, np.float32)})  # first run allocates: not a sample's time
+            warm_up(self.head, shape)  # as the profile: the first runs are not a sample's time
 
     def answer(self, index: int, image: np.ndarray, label: int, remote: Remote | None,
                direct: Remote | None = None) -> dict[str, Any]:
