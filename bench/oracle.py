@@ -1,7 +1,8 @@
 """An exhaustive reference written from the raw inputs, sharing no code with search/ nor profiles/.
 
 It reads profile JSON documents and per-sample arrays, and applies the contract of docs/DESIGN (the
-latency formula with the measured runtime overheads and warm device times after an on-device answer, Wilson bounds, the fixed-sequence threshold test,
+latency formula with the measured runtime overheads, warm device times after an on-device answer and the
+measured idle curves, Wilson bounds, the fixed-sequence threshold test,
 the Bonferroni share over the candidates) by itself, so a bug in the product's latency model or bounds
 moves the product's answer and not this one.  Scope: the mean objective, fixed-size codecs (fp32, fp16,
 int8, raw) and the variable ones through their per-sample bytes.
@@ -49,6 +50,20 @@ class Tables:
                         self.over.setdefault((key, part), []).append((self.numel[(key[0], round(float(row["r"]), 4))],
                                                                       float(row[part])))
         self.exits = any(row["part"] == "exit" for row in device["latency"])
+        self.idle = {"device": device["meta"].get("idle"), "server": server["meta"].get("idle")}
+
+    def slower(self, side: str, gap_ms: float) -> float:
+        """The measured idle curve of `side` at `gap_ms`: 1 up to the rows' own 1 ms gap, a running
+        maximum of the measured factors (at least 1) between the points, the last one beyond."""
+        curve = self.idle[side]
+        if not curve:
+            return 1.0
+        points = [(1.0, 1.0)]
+        for g, f in sorted(zip(curve["gap_ms"], curve["factor"])):
+            if g > 1.0:
+                points.append((float(g), max(points[-1][1], float(f))))
+        xs, ys = zip(*points)
+        return float(np.interp(gap_ms, xs, ys))
 
     def overhead(self, part: str, k: int, r: float, codec: str | None) -> float:
         """Measured at some ratios, linear in the split tensor's element count between them, flat outside."""
@@ -71,31 +86,44 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
     """Mean per-request latency (ms) of one deployment, the share of requests sent being `sent_share`.
 
     `edge` = (Tables of the device and the edge profile, edge-to-cloud bandwidth, rtt): the sent request
-    goes to the edge, which relays it, runs some blocks and sends on, or runs the rest, whichever is fastest."""
+    goes to the edge, which relays it, runs some blocks and sends on, or runs the rest, whichever is fastest.
+    Cold device parts are slowed by the device's idle curve at the time it waits for a reply, the cloud's
+    tail by the server's at the time from its reply to the next request (every request sent)."""
     K = t.K
     head = t.ms.get(("head", k, r), 0.0)
     exit_ms = t.ms[("exit", k, r)] if with_exit else 0.0
+    dev_over = t.overhead("device_overhead_ms", k, r, codec)
     if k == K:  # every request follows one the device answered: warm
-        return t.warm[("head", k, r)] + t.overhead("device_overhead_ms", k, r, codec)
-    path = head + exit_ms + t.overhead("device_overhead_ms", k, r, codec)
-    if with_exit:  # a request after an exited one (share 1 - sent) runs warm
-        warm = t.warm[("head", k, r)] + t.warm[("exit", k, r)]
-        path -= (1.0 - sent_share) * max(head + exit_ms - warm, 0.0)
+        return t.warm[("head", k, r)] + dev_over
     if mean_bytes is None:
         mean_bytes = t.bytes[(k, r, "fp32" if codec == "raw" else codec)]
-    up = t.overhead("encode_ms", k, r, codec) + _send(mean_bytes, bandwidth, rtt)
-    cloud = t.ms[("tail", k, r)] + t.overhead("server_overhead_ms", k, r, codec) + t.overhead("link_overhead_ms", k, r, codec)
+    encode = t.overhead("encode_ms", k, r, codec)
+    # each way of serving a sent request: (the way there and back, the cloud's runtime, the cloud's tail)
+    cloud = (t.overhead("server_overhead_ms", k, r, codec), t.ms[("tail", k, r)])
+    link = t.overhead("link_overhead_ms", k, r, codec)
     if edge is None:
-        return path + sent_share * (up + cloud)
-    e, bw2, rtt2 = edge
-    options = [_send(mean_bytes, bw2, rtt2) + cloud]  # relayed as it came
-    for k2 in range(k + 1, K + 1):
-        mid = max(e.ms[("tail", k, r)] - (e.ms[("tail", k2, 0.0)] if k2 < K else 0.0), 0.0)
-        rest = 0.0 if k2 == K else (_send(t.bytes[(k2, 0.0, "fp32")], bw2, rtt2) + t.ms[("tail", k2, 0.0)]
-                                    + t.overhead("server_overhead_ms", k2, 0.0, "fp32")
-                                    + t.overhead("link_overhead_ms", k2, 0.0, "fp32"))
-        options.append(mid + e.overhead("server_overhead_ms", k, r, codec) + rest)
-    return path + sent_share * (up + e.overhead("link_overhead_ms", k, r, codec) + min(options))
+        ways = [(_send(mean_bytes, bandwidth, rtt) + link, *cloud)]
+    else:
+        e, bw2, rtt2 = edge
+        up = _send(mean_bytes, bandwidth, rtt) + e.overhead("link_overhead_ms", k, r, codec)
+        ways = [(up + _send(mean_bytes, bw2, rtt2) + link, *cloud)]  # relayed as it came
+        for k2 in range(k + 1, K + 1):
+            mid = max(e.ms[("tail", k, r)] - (e.ms[("tail", k2, 0.0)] if k2 < K else 0.0), 0.0)
+            mid += e.overhead("server_overhead_ms", k, r, codec)
+            if k2 == K:
+                ways.append((up + mid, 0.0, 0.0))
+            else:
+                ways.append((up + mid + _send(t.bytes[(k2, 0.0, "fp32")], bw2, rtt2)
+                             + t.overhead("link_overhead_ms", k2, 0.0, "fp32"),
+                             t.overhead("server_overhead_ms", k2, 0.0, "fp32"), t.ms[("tail", k2, 0.0)]))
+    way, cloud_runtime, cloud_tail = min(ways, key=sum)
+    cold = (head + exit_ms) * t.slower("device", way + cloud_runtime + cloud_tail)
+    cloud_tail *= t.slower("server", cold + dev_over + encode + way)
+    path = cold + dev_over
+    if with_exit:  # a request after an exited one (share 1 - sent) runs warm
+        warm = t.warm[("head", k, r)] + t.warm[("exit", k, r)]
+        path -= (1.0 - sent_share) * max(cold - warm, 0.0)
+    return path + sent_share * (encode + way + cloud_runtime + cloud_tail)
 
 
 def optimum(device: dict, server: dict, candidates: dict, A0: float, bandwidth: float, rtt: float,

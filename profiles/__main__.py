@@ -3,6 +3,7 @@
     python -m profiles measure --model resnet18 --input-size 224 --device host --role device --threads 1
     python -m profiles emulate --from host --factor 10 --name emulated-10x [--input-size 32]
     python -m profiles overhead --model resnet18 --input-size 32 --device host   # adds the overhead section
+    python -m profiles idle --model resnet18 --input-size 32 --device host   # adds the idle curve only
     python -m profiles defaults --input-size 224          # host, server, emulated-10x/-50x, both models
     python -m profiles validate --model resnet18 --input-size 32 --device host --server server --csv out.csv
     python -m profiles list
@@ -76,8 +77,15 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--every-ratio", action="store_true",
                    help="measure every ratio instead of the grid's two ends (interpolated in between)")
 
+    i = sub.add_parser("idle", help="measure how much slower a cold call runs after longer idle gaps and add the "
+                                    "curve to an existing profile (an emulated profile copies its source's)")
+    i.add_argument("--model", required=True)
+    i.add_argument("--input-size", type=int, required=True)
+    i.add_argument("--device", required=True, help="device name (its folder under the root) or a profile .json path")
+    i.add_argument("--calls", type=int, default=40, help="timed calls per gap")
+
     d = sub.add_parser("defaults", help="measure the shipped set: host (1 thread), server (2 threads), emulated-10x "
-                                        "and -50x, each with its overhead section")
+                                        "and -50x, each with its overhead section and idle curve")
     d.add_argument("--input-size", type=int, action="append", required=True, help="repeatable")
     d.add_argument("--models", default=",".join(DEFAULT_MODELS))
     d.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
@@ -141,6 +149,17 @@ def _overhead(device: str, model: str, input_size: int, root, **kwargs) -> Path:
     meta = overhead.read_json(path)["meta"]["overhead"]
     how = f"copied from {meta['copied_from']}" if "copied_from" in meta else f"{meta['seconds']} s"
     print(f"wrote the overhead section of {path} ({how})")
+    return path
+
+
+def _idle(device: str, model: str, input_size: int, root, **kwargs) -> Path:
+    from profiles import idle
+    from profiles.profile import _is_path
+
+    path = idle.add_to_file(device, model, input_size, root, path=device if _is_path(device) else None, **kwargs)
+    curve = idle.read_json(path)["meta"]["idle"]
+    print(f"wrote the idle curve of {path}: " + ", ".join(f"x{f:.2f} after {g:g} ms" for g, f in
+                                                          zip(curve["gap_ms"], curve["factor"])))
     return path
 
 
@@ -208,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "overhead":
             _overhead(args.device, args.model, args.input_size, args.root, repeats=args.repeats,
                       warmup=args.warmup, min_ms=args.min_ms, every_ratio=args.every_ratio)
+        elif args.command == "idle":
+            _idle(args.device, args.model, args.input_size, args.root, calls=args.calls)
         elif args.command == "defaults":
             for size in args.input_size:
                 for model in args.models.split(","):
@@ -217,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         min_ms=args.min_ms)
                         print(f"wrote {path} ({profiler.read_json(path)['meta']['seconds']} s)")
                         _overhead(device, model, size, args.root)
+                        _idle(device, model, size, args.root)
             for name, source, factor in DEFAULT_EMULATED:  # copies the source's overhead rows unscaled
                 for path in profiler.emulate(source, factor, name, args.root, args.input_size):
                     print(f"wrote {path}")

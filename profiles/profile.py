@@ -33,6 +33,10 @@ latency model charges the end device the warm time for a request that follows on
 itself and the cold time otherwise (search.latency).  Rows without it (older files, 224 px) use the cold
 time for both.
 
+The optional ``meta["idle"]`` is the machine's idle curve (profiles.idle): how much slower a cold call runs
+after idling 2, 5, ... 100 ms than after the rows' own 1 ms (``gap_ms``, ``factor``).  The latency model
+prices a cold part after the wait its side really has (`Profile.idle_factor`); without it, a factor of 1.
+
 An overhead row holds only its role's two keys; `Profile.overhead(k, r, codec)` returns all four, 0.0 for the
 other role's.  Codecs: k = 0 takes the input codecs (raw, png, jpeg*, webp*; a feature codec there means
 raw, as in the runtime), 0 < k < K the feature codecs (fp32, fp16, int8, int8-zlib), and k = K sends
@@ -68,6 +72,7 @@ META_KEYS = ("device", "role", "cpu", "host", "threads", "slowdown", "emulates",
              "model", "input_size", "num_classes", "K", "ratios", "repeats", "warmup", "seconds")
 LATENCY_KEYS = ("part", "k", "r", "median_ms", "p10_ms", "p90_ms", "n")
 BYTES_KEYS = ("k", "r", "codec", "bytes", "shape")
+ROW_GAP_MS = 1.0  # the idle gap before each timed cold run of a latency row (profiles.runner.COLD_GAP_S)
 OVERHEAD_PARTS = ("device_overhead_ms", "encode_ms", "link_overhead_ms", "server_overhead_ms")
 ROLE_OVERHEAD = {"device": ("device_overhead_ms", "encode_ms"), "server": ("link_overhead_ms", "server_overhead_ms")}
 
@@ -157,6 +162,20 @@ class Profile:
     slowdown = property(lambda self: float(self.meta["slowdown"]))
     ratios = property(lambda self: list(self._ratios))
     has_overhead = property(lambda self: bool(self._overhead), doc="True when the profile has an overhead section")
+
+    def idle_factor(self, gap_ms: float) -> float:
+        """How much slower a cold part runs after `gap_ms` of idle than its row (timed after 1 ms), from the
+        profile's idle curve (profiles.idle): 1.0 without one and up to the rows' own gap, linear between
+        the measured gaps, flat beyond the last, never decreasing (a noisy dip is no speed-up to count on)."""
+        curve = self.meta.get("idle")
+        if not curve:
+            return 1.0
+        xs, ys = [ROW_GAP_MS], [1.0]
+        for gap, factor in zip(curve["gap_ms"], curve["factor"]):
+            if gap > ROW_GAP_MS:
+                xs.append(float(gap))
+                ys.append(max(ys[-1], float(factor)))
+        return _interp(float(gap_ms), xs, ys)
 
     def __repr__(self) -> str:
         return (f"Profile({self.device!r}, role={self.role}, {self.model} {self.input_size}px, K={self.K}, "
@@ -321,6 +340,18 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float:
     return ys[-1]
 
 
+def _check_idle(curve: Any, source: str) -> None:
+    if not isinstance(curve, dict) or not isinstance(curve.get("gap_ms"), list) or not isinstance(curve.get("factor"), list):
+        raise ValueError(f"{source}: malformed profile, meta['idle'] needs gap_ms and factor lists")
+    gaps, factors = curve["gap_ms"], curve["factor"]
+    if len(gaps) != len(factors) or not gaps:
+        raise ValueError(f"{source}: meta['idle'] gap_ms and factor must be non-empty lists of the same length")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in [*gaps, *factors]):
+        raise ValueError(f"{source}: meta['idle'] values must be finite numbers > 0")
+    if list(gaps) != sorted(set(gaps)):
+        raise ValueError(f"{source}: meta['idle'] gap_ms must be strictly increasing")
+
+
 def _check_doc(doc: Any, source: str) -> None:
     """One-line errors for a file that is not a profile, naming what is missing."""
     if not isinstance(doc, dict):
@@ -343,6 +374,8 @@ def _check_doc(doc: Any, source: str) -> None:
             lacking = [k for k in keys if not isinstance(row, dict) or k not in row]
             if lacking:
                 raise ValueError(f"{source}: malformed profile, {table} row {i} lacks {', '.join(lacking)}")
+    if meta.get("idle") is not None:
+        _check_idle(meta["idle"], source)
     rows = doc.get("overhead")
     if rows is None:
         return

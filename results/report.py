@@ -238,6 +238,11 @@ def print_summary(result: dict, problem, out: Path) -> None:
                   ("" if b["k2"] == K else f", the cloud runs blocks {b['k2']}..{K - 1}"))
             edge = (f" + edge {b['edge_ms']:.3f} + edge runtime {b['edge_overhead_ms']:.3f} + edge-cloud transfer "
                     f"{b['edge_transfer_ms']:.3f}")
+        idle = [f"{side} x{b[key]:.2f} after idling" for side, key in (("device and exit", "device_idle_factor"),
+                                                                     ("server", "server_idle_factor"))
+                if b.get(key, 1.0) > 1.0]
+        if idle:
+            print(f"  cold parts priced after the idle gap each side waits (the profiles' idle curves): {', '.join(idle)}")
         saving = b.get("warm_saving_ms", 0.0)
         warm = f" - {b['exit_rate']:.3f} after an on-device answer x warm {saving:.3f}" if saving else ""
         print(f"  promised latency {b['latency_ms']:.3f} ms ({problem.objective}); mean = device {b['device_ms']:.3f}"

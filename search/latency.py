@@ -10,6 +10,10 @@ The device's T_D rows are cold (each run after other work and an idle wait: the 
 reply of a sent request); a request that follows one the device answered itself runs warm, W ms faster
 (W = cold - warm head and exit, the profile's warm_ms; 0 without warm rows).  Samples exit independently,
 so a share p_exit of requests follows an on-device answer; at k = K every request does (warm rows).
+A cold part also pays for the length of the wait before it (`Profile.idle_factor`, the profile's measured
+idle curve): the device's head and exit x f_D(S - encode), the time it waits for a reply; the server's
+tail x f_C(E_cold + encode + the way up), the time from its reply to the next request when every request
+is sent (exits only lengthen it, so this is the shorter wait).  The edge box's own curve is not applied.
 
 With an edge tier (`Edge`: a server-role profile of the edge box and its link to the cloud), a sent request
 goes to the edge, which runs blocks [k, k2) and sends on to the cloud, which runs the rest:
@@ -70,6 +74,8 @@ class Breakdown:
     edge_transfer_ms: float = 0.0  # edge to cloud: rtt + 8 bytes / bandwidth (0 when k2 = K)
     edge_bytes: float = 0.0  # what the edge sends on
     warm_saving_ms: float = 0.0  # head + exit time saved after an on-device answer (run back to back, warm)
+    device_idle_factor: float = 1.0  # device_ms and exit_ms are the cold rows x this (the device idled for the reply)
+    server_idle_factor: float = 1.0  # server_ms is the tail's row x this (the server idled for the next request)
 
     @property
     def exit_path_ms(self) -> float:
@@ -209,16 +215,33 @@ def predict(device: Profile, server: Profile, network: Network, k: int, r: float
     if k == device.K:
         n_bytes = 0
     exit_ms = device.ms("exit", k, r) if exit_rate is not None else 0.0
-    head_ms, saving = device.ms("head", k, r, warm=k == device.K), 0.0  # k = K: every request back to back
-    if exit_rate is not None and 0 < k < device.K:
-        saving = max(head_ms + exit_ms - device.ms("head", k, r, warm=True) - device.ms("exit", k, r, warm=True), 0.0)
+    head_ms = device.ms("head", k, r, warm=k == device.K)  # k = K: every request back to back
     b = Breakdown(device_ms=head_ms, exit_ms=exit_ms, transfer_ms=network.transfer_ms(n_bytes),
                   server_ms=server.ms("tail", k, r), bytes=float(n_bytes), exit_rate=rate, k=k, r=r, codec=codec,
-                  warm_saving_ms=saving, **_overheads(device, server, k, r, codec))
-    if edge is None or k == device.K:
+                  **_overheads(device, server, k, r, codec))
+    if k == device.K:
         return b
-    return min((_via_edge(b, device, server, edge, k2) for k2 in edge.second_cuts(k, device.K)),
-               key=lambda x: x.sent_ms)
+    if edge is not None:
+        b = min((_via_edge(b, device, server, edge, k2) for k2 in edge.second_cuts(k, device.K)),
+                key=lambda x: x.sent_ms)
+    with_exit = exit_rate is not None and 0 < k
+    warm = device.ms("head", k, r, warm=True) + device.ms("exit", k, r, warm=True) if with_exit else None
+    return _after_idle(b, device, server, warm)
+
+
+def _after_idle(b: Breakdown, device: Profile, server: Profile, warm_ms: float | None) -> Breakdown:
+    """`b` with its cold parts priced after the idle gap each side really waits (Profile.idle_factor).
+
+    The device waits for the reply of a sent request (the sent part, its own encoding aside) before its
+    next head; the server, from its reply to the next request (the device's path and the way up, when
+    every request is sent: exits only lengthen the wait, so this is the shorter, cheaper gap).  `warm_ms`
+    (head + exit back to back, with an exit) gives the saving of a request after an on-device answer."""
+    f_dev = device.idle_factor(b.sent_ms - b.encode_ms)
+    cold = (b.device_ms + b.exit_ms) * f_dev
+    f_srv = server.idle_factor(cold + b.device_overhead_ms + b.sent_ms - b.server_ms - b.server_overhead_ms)
+    saving = max(cold - warm_ms, 0.0) if warm_ms is not None else 0.0
+    return replace(b, device_ms=b.device_ms * f_dev, exit_ms=b.exit_ms * f_dev, server_ms=b.server_ms * f_srv,
+                   warm_saving_ms=saving, device_idle_factor=f_dev, server_idle_factor=f_srv)
 
 
 def _via_edge(b: Breakdown, device: Profile, server: Profile, edge: Edge, k2: int) -> Breakdown:

@@ -15,9 +15,27 @@ MODEL, SIZE = "resnet18", 32
 
 def _compute_only(profile: Profile) -> Profile:
     """The profile without its runtime-overhead rows: the DESIGN formula of the model's compute alone."""
-    doc = copy.deepcopy(profile.doc)
+    doc = copy.deepcopy(_cold(profile).doc)
     doc.pop("overhead", None)
     doc["meta"].pop("overhead", None)
+    return Profile(doc, profile.source)
+
+
+def _cold(profile: Profile) -> Profile:
+    """Every request priced from the cold rows alone: no warm times, no idle curve (tests of their own
+    below add them by hand)."""
+    doc = copy.deepcopy(_no_idle(profile).doc)
+    for row in doc["latency"]:
+        row.pop("warm_ms", None)
+    return Profile(doc, profile.source)
+
+
+def _no_idle(profile: Profile, curve: dict | None = None) -> Profile:
+    """A copy without the measured idle curve (or with `curve` instead)."""
+    doc = copy.deepcopy(profile.doc)
+    doc["meta"].pop("idle", None)
+    if curve is not None:
+        doc["meta"]["idle"] = curve
     return Profile(doc, profile.source)
 
 
@@ -33,7 +51,7 @@ def server():
 
 def test_runtime_overheads_add_to_every_request_and_to_each_send():
     """With the measured overheads: O_D on every request, encode + link + server runtime on each send."""
-    host, server = load_profile("host", MODEL, SIZE), load_profile("server", MODEL, SIZE)
+    host, server = _cold(load_profile("host", MODEL, SIZE)), _cold(load_profile("server", MODEL, SIZE))
     assert host.has_overhead and server.has_overhead
     bare = predict(_compute_only(host), _compute_only(server), Network(10, 5), 2, 0.5, "int8", exit_rate=0.25)
     b = predict(host, server, Network(10, 5), 2, 0.5, "int8", exit_rate=0.25)
@@ -211,3 +229,39 @@ def test_a_request_after_an_on_device_answer_runs_warm(host, server):
     # a profile without warm rows predicts as before (cold for every request)
     cold = _warm(host, {("head", 2, 0.0): (1.0, 1.0), ("exit", 2, 0.0): (0.2, 0.2)})
     assert predict(cold, srv, net, 2, 0.0, "fp32", 0.8).warm_saving_ms == 0.0
+
+
+def test_cold_parts_slow_down_by_the_idle_curve_at_the_gap_each_side_waits(host, server):
+    """Hand-checked: the device waits transfer + tail for each reply, the server the device's cold path and
+    the transfer for the next request; each cold part is its row x its side's curve at that gap."""
+    dev = _no_idle(_warm(host, {("head", 2, 0.0): (1.0, 0.6), ("exit", 2, 0.0): (0.2, 0.1)}),
+                   {"gap_ms": [1.0, 10.0, 40.0], "factor": [1.0, 1.5, 3.0]})
+    srv = _no_idle(_with(server, "tail", 2, 0.0, 2.0), {"gap_ms": [1.0, 10.0], "factor": [1.0, 2.0]})
+    net = Network(10, 5)
+    transfer = 5 + 8 * dev.tensor_bytes(2, 0.0, "fp32") / 10e3
+    wait = transfer + 2.0  # 20.1 ms at resnet18 k = 2 fp32: between the curve's 10 and 40 ms points
+    f_dev = 1.5 + (wait - 10.0) / 30.0 * 1.5
+    b = predict(dev, srv, net, 2, 0.0, "fp32", exit_rate=0.8)
+    assert b.device_idle_factor == pytest.approx(f_dev) and b.server_idle_factor == pytest.approx(2.0)
+    assert (b.device_ms, b.exit_ms, b.server_ms) == pytest.approx((f_dev, 0.2 * f_dev, 4.0))
+    assert b.warm_saving_ms == pytest.approx(1.2 * f_dev - 0.7)  # after an exit: warm, as before
+    assert b.expected_ms == pytest.approx(1.2 * f_dev - 0.8 * (1.2 * f_dev - 0.7) + 0.2 * (transfer + 4.0))
+    assert lower_bound_ms(dev, srv, net, 2, 0.0, "fp32") <= b.expected_ms
+    # a faster link: a shorter wait, a smaller factor; device only never waits
+    assert predict(dev, srv, Network(1000, 1), 2, 0.0, "fp32", 0.8).device_idle_factor < f_dev
+    assert predict(dev, srv, net, dev.K, 0.0).device_idle_factor == 1.0
+    # a noisy dip or a factor below 1 counts as no speed-up; no curve, no slowdown
+    dip = _no_idle(dev, {"gap_ms": [1.0, 5.0, 20.0], "factor": [0.9, 2.0, 1.5]})
+    assert (dip.idle_factor(0.5), dip.idle_factor(3.0), dip.idle_factor(30.0)) == pytest.approx((1.0, 1.5, 2.0))
+    assert predict(_no_idle(dev), _no_idle(srv), net, 2, 0.0, "fp32", 0.8).device_idle_factor == 1.0
+
+
+@pytest.mark.parametrize("curve, what", [({"gap_ms": [1.0, 5.0]}, "gap_ms and factor"),
+                                         ({"gap_ms": [5.0, 1.0], "factor": [1.0, 2.0]}, "increasing"),
+                                         ({"gap_ms": [1.0], "factor": [float("nan")]}, "finite"),
+                                         ({"gap_ms": [1.0, 2.0], "factor": [1.0]}, "same length")])
+def test_a_malformed_idle_curve_is_refused_in_one_line(host, curve, what):
+    doc = copy.deepcopy(host.doc)
+    doc["meta"]["idle"] = curve
+    with pytest.raises(ValueError, match=what):
+        Profile(doc, "edited")

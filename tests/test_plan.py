@@ -20,6 +20,7 @@ from search import bounds
 from search.plan import known, plan
 from search.pool import MeasuredPool
 from search.reference import METHODS, best_of
+from search.latency import predict
 from search.space import Problem, SearchSpace
 
 
@@ -78,11 +79,19 @@ def test_oracle_wilson_matches_the_formula_from_the_literature():
         assert oracle.wilson(x / n, n, c) == pytest.approx(lo, abs=1e-9)
 
 
-@pytest.mark.parametrize("seed_, bandwidth, drop", [(0, 1.0, 0.05), (1, 10.0, 0.15), (2, 100.0, 0.02)])
-def test_product_exhaustive_answer_agrees_with_the_oracle(seed_, bandwidth, drop):
+STEEP_IDLE = {"device": {"gap_ms": [1.0, 5.0, 20.0, 50.0], "factor": [1.0, 1.2, 2.5, 3.0]},
+              "server": {"gap_ms": [1.0, 2.0, 10.0], "factor": [1.1, 0.9, 1.8]}}  # a dip and a factor < 1 too
+
+
+@pytest.mark.parametrize("seed_, bandwidth, drop, idle", [(0, 1.0, 0.05, False), (1, 10.0, 0.15, False),
+                                                          (2, 100.0, 0.02, False), (2, 100.0, 0.02, True)])
+def test_product_exhaustive_answer_agrees_with_the_oracle(seed_, bandwidth, drop, idle):
     """The product's own exhaustive optimum (latency model, bounds, best setting) against the oracle's, on a
-    re-gridded real profile pair (with its measured runtime overheads) and a drawn landscape."""
+    re-gridded real profile pair (with its measured runtime overheads and warm rows; `idle`: with steep
+    idle curves on both sides instead of the measured ones) and a drawn landscape."""
     land = synthetic("resnet18", seed_, n_ratios=6)
+    if idle:
+        land.device["meta"]["idle"], land.server["meta"]["idle"] = STEEP_IDLE["device"], STEEP_IDLE["server"]
     base = float(np.mean(land.arrays[(0, 0.0)]["selection"]["final"]["fp32"] == 0))
     A0 = round(base - drop, 4)
     problem = problem_for(land, A0, bandwidth)
@@ -94,6 +103,27 @@ def test_product_exhaustive_answer_agrees_with_the_oracle(seed_, bandwidth, drop
     assert complete and ref is not None and ours.feasible(problem)
     assert ours.latency_ms == pytest.approx(ref["latency_ms"], rel=1e-6)
     assert ours.acc_bound == pytest.approx(ref["acc_bound"], rel=1e-9)
+
+
+def test_every_candidate_is_priced_as_the_oracle_prices_it_with_warm_rows_and_idle_curves():
+    """Per (k, r, codec, exit rate) on the shipped resnet18 profiles (exits, warm rows, overheads) with steep
+    idle curves on both sides: the product's latency model against the oracle's own formula."""
+    docs = {role: copy.deepcopy(load_doc(role, "resnet18", 32)) for role in ("host", "server")}
+    docs["host"]["meta"]["idle"], docs["server"]["meta"]["idle"] = STEEP_IDLE["device"], STEEP_IDLE["server"]
+    dev, srv = Profile(docs["host"], "host"), Profile(docs["server"], "server")
+    tables = oracle.Tables(docs["host"], docs["server"])
+    slowed = 0
+    for bandwidth in (1.0, 10.0, 100.0):
+        net = Network(bandwidth, 5.0)
+        for k in range(dev.K + 1):
+            for r in (0.0, 0.3, 0.7):
+                for codec in (("raw",) if k == 0 else ("fp32", "int8")):
+                    for p in ([None] if not 0 < k < dev.K else [None, 0.0, 0.6, 1.0]):
+                        b = predict(dev, srv, net, k, r, codec, exit_rate=p)
+                        ref = oracle.latency(tables, k, r, codec, p is not None, 1.0 - (p or 0.0), bandwidth, 5.0, None)
+                        assert b.expected_ms == pytest.approx(ref, rel=1e-9, abs=1e-9), (bandwidth, k, r, codec, p)
+                        slowed += b.device_idle_factor > 1.0 and b.server_idle_factor > 1.0
+    assert slowed > 50  # the curves were in play, on both sides
 
 
 def _rows(land: Landscape) -> dict:

@@ -411,3 +411,21 @@ def test_tensor_bytes_of_raw_and_variable_codecs(dev):
             dev.tensor_bytes(0 if codec != "int8-zlib" else 2, 0.0, codec)
     with pytest.raises(ValueError, match="only at k = 0"):
         dev.tensor_bytes(2, 0.0, "raw")
+
+
+def test_idle_curve_is_measured_for_a_device_and_copied_for_its_emulation(ov_root):
+    """`python -m profiles idle`: a real (short) measurement of the whole model after each idle gap, a
+    ratio to the rows' own 1 ms gap; the emulated device keeps its source's curve (its spin scales the
+    slow call too); a profile without one predicts no slowdown."""
+    for device in ("dev", "dev-10x"):
+        assert cli(["--root", str(ov_root), "idle", "--model", MODEL, "--input-size", str(SIZE), "--device", device,
+                    "--calls", "3"]) == 0
+    dev, emu = (load_profile(d, MODEL, SIZE, root=ov_root) for d in ("dev", "dev-10x"))
+    curve = dev.meta["idle"]
+    assert curve["gap_ms"] == [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0] and len(curve["factor"]) == 7
+    assert all(f > 0 for f in curve["factor"]) and all(m > 0 for m in curve["median_ms"])
+    assert curve["factor"] == pytest.approx([m / curve["reference_ms"] for m in curve["median_ms"]], rel=1e-2)
+    assert emu.meta["idle"]["factor"] == curve["factor"] and emu.meta["idle"]["copied_from"] == "dev"
+    assert dev.idle_factor(0.5) == 1.0 and dev.idle_factor(1e6) == max(1.0, *curve["factor"])
+    assert dev.idle_factor(100.0) >= dev.idle_factor(5.0) >= 1.0  # never decreasing in the gap
+    assert load_profile("srv", MODEL, SIZE, root=ov_root).idle_factor(50.0) == 1.0  # no curve measured
