@@ -161,7 +161,7 @@ def test_profiles_must_match(host, server):
 
 
 def test_emulated_device_is_slower_by_its_factor(host, server):
-    emu = load_profile("emulated-10x", MODEL, SIZE)
+    emu = _cold(load_profile("emulated-10x", MODEL, SIZE))  # as the host fixture: cold rows, no idle curve
     net = Network(10, 5)
     fast, slow = predict(host, server, net, 3, 0.5, "fp32", 0.5), predict(emu, server, net, 3, 0.5, "fp32", 0.5)
     assert slow.device_ms == pytest.approx(10 * fast.device_ms, abs=1e-3)
