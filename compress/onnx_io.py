@@ -48,9 +48,9 @@ WARMUP_RUNS = 5  # as profiles.runner.DEFAULT_WARMUP: a deployed part starts whe
 
 
 def warm_up(sess: ort.InferenceSession, shape: tuple[int, ...], runs: int = WARMUP_RUNS) -> None:
-    """Run `sess` on zeros `runs` times: the first runs allocate and fill caches, which the profile keeps
-    out of its rows (measured: the first deployed request after one warm-up run took 0.4-0.6 ms against
-    0.11 ms steady, enough to move a 50-request mean by 10%)."""
+    """Run `sess` on zeros `runs` times, as the profile does before timing its rows: the first runs
+    allocate.  (Measured: the first deployed request still took 0.34-0.58 ms against 0.11 ms steady after
+    5 warm-up runs, as after 1: the data loading between warm-up and the first sample makes it cold.)"""
     x = np.zeros(shape, np.float32)
     for _ in range(runs):
         run(sess, x)

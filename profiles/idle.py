@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from profiles.profile import Profile, profile_path, read_json, save_json
-from profiles.runner import COLD_FLUSH_BYTES, COLD_GAP_S, session as ort_session
+from profiles.profile import Profile, emulated_source_path, profile_path, read_json, save_json
+from profiles.runner import COLD_GAP_S, session as ort_session, time_session
 
 DEFAULT_GAPS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 DEFAULT_CALLS = 40
@@ -46,26 +43,15 @@ def measure(model: str, input_size: int, threads: int, num_classes: int = 10, ga
         path = Path(tmp) / "model.onnx"
         onnx_io.export(net.tail(0), x, path)
         sess = ort_session(path, threads)
-        feed = {sess.get_inputs()[0].name: x.numpy()}
-        for _ in range(10):
-            sess.run(None, feed)
-        flush = np.zeros(COLD_FLUSH_BYTES, np.uint8)
-        medians = []
-        for gap in (COLD_GAP_S * 1e3, *gaps_ms):
-            times = np.empty(calls)
-            for i in range(calls):
-                flush += 1
-                time.sleep(gap / 1e3)
-                start = time.perf_counter()
-                sess.run(None, feed)
-                times[i] = time.perf_counter() - start
-            medians.append(float(np.median(times)) * 1e3)
+        medians = [time_session(sess, x.numpy(), repeats=calls, warmup=10, min_ms=0, cold=True,
+                                gap_s=gap / 1e3)["median_ms"] for gap in (COLD_GAP_S * 1e3, *gaps_ms)]
     base, rest = medians[0], medians[1:]
     return {"gap_ms": [float(g) for g in gaps_ms], "median_ms": [round(m, 4) for m in rest],
             "factor": [round(m / base, 4) for m in rest], "reference_ms": round(base, 4),
             "part": f"{model} {input_size}px, the whole unpruned model (random weights)", "threads": int(threads),
             "calls": int(calls), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "method": (f"median of {calls} session.run calls after 8 MiB touched and an idle sleep of each gap, "
+            "method": (f"median of {calls} session.run calls (profiles.runner.time_session, cold: 8 MiB touched, "
+                       f"then an idle sleep of each gap), "
                        f"divided by the median after the latency rows' own {COLD_GAP_S * 1e3:g} ms gap")}
 
 
@@ -78,7 +64,7 @@ def add_to_file(device: str, model: str, input_size: int, root: str | Path | Non
     profile = Profile(doc, str(path))
     source = profile.meta.get("emulates")
     if source:
-        src_path = Path(source) if source.endswith(".json") else profile_path(source, model, input_size, root)
+        src_path = emulated_source_path(source, model, input_size, root)
         curve = read_json(src_path)["meta"].get("idle")
         if not curve:
             raise ValueError(f"{src_path} has no idle curve: measure it first (python -m profiles idle --device {source} ...)")

@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
-from profiles.profile import Profile, overhead_codecs, profile_path, read_json, save_json
+from profiles.profile import Profile, emulated_source_path, overhead_codecs, profile_path, read_json, save_json
 
 DEFAULT_REPEATS = 30
 DEFAULT_WARMUP = 5
@@ -377,7 +377,7 @@ def add_to_file(device: str, model: str, input_size: int, root: str | Path | Non
     profile = Profile(doc, str(path))
     if profile.meta.get("emulates"):
         source = profile.meta["emulates"]
-        src_path = Path(source) if source.endswith(".json") else profile_path(source, model, input_size, root)
+        src_path = emulated_source_path(source, model, input_size, root)
         src = read_json(src_path)
         section = section_of(src)
         if section is None:

@@ -109,6 +109,11 @@ def profile_path(device: str, model: str, input_size: int, root: str | Path | No
     return Path(root or DATA_ROOT) / device / f"{model}-{int(input_size)}px.json"
 
 
+def emulated_source_path(source: str, model: str, input_size: int, root: str | Path | None = None) -> Path:
+    """The profile an emulated one was made from (`meta["emulates"]`: a device name or a .json path)."""
+    return Path(source) if source.endswith(".json") else profile_path(source, model, input_size, root)
+
+
 def available_devices(root: str | Path | None = None) -> list[str]:
     """Names of the devices with at least one profile under `root` (the shipped data by default)."""
     root = Path(root or DATA_ROOT)
