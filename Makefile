@@ -29,7 +29,7 @@ $(FASHION):
 data: $(FASHION)
 
 demo: $(STAMP) $(FASHION)
-	$(BIN)/python auto.py --model mobilenet_v2 --end_device emulated-10x --bandwidth 10 --A0 0.84 --time-budget 120
+	$(BIN)/python auto.py --model resnet18 --end_device emulated-10x --bandwidth 10 --A0 0.88 --time-budget 120
 
 test: $(STAMP) $(FASHION)
 	$(BIN)/python -m pytest -q

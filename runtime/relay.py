@@ -118,9 +118,10 @@ class RelayServer(CloudServer):
                 self.remote.client.close()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        run = super()._run
         start = time.perf_counter()
-        out = super()._run(x)
-        _slow(time.perf_counter() - start, self.slowdown)  # an emulated edge box is slower at its model only
+        out = run(x)
+        _slow(time.perf_counter() - start, self.slowdown, rerun=lambda: run(x))  # slower at its model only
         return out
 
     def _infer(self, frame: Frame) -> bytes:

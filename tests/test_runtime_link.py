@@ -115,9 +115,9 @@ def test_emulated_slowdown_scales_the_model_call_only(tmp_path, monkeypatch, dig
     seen, spans = [], []
     real_slow, real_normalize = edge._slow, mf.normalize
 
-    def spy_slow(compute_s, f):  # when the timed model call started, how long it took, the factor
+    def spy_slow(compute_s, f, **kw):  # when the timed model call started, how long it took, the factor
         seen.append((time.perf_counter() - compute_s, compute_s, f))
-        return real_slow(compute_s, f)
+        return real_slow(compute_s, f, **kw)
 
     def slow_normalize(*a):
         start = time.perf_counter()
@@ -152,3 +152,22 @@ def test_slow_spins_the_extra_time_on_its_clock():
     assert clock.slept == [] and clock.now - start == pytest.approx(0.040, abs=5e-6)  # busy, as a slow device is
     before = clock.now
     assert _slow(0.010, 1.0, clock) == 0.0 and clock.now == before  # no emulation: no wait
+
+
+def test_slow_fills_the_extra_time_with_model_runs_and_spins_only_the_rest():
+    """With `rerun`, the busy time is the model again (keeping it in the caches) while a whole run fits;
+    the total is still slowdown x the timed call, and a run that would overshoot is not started."""
+    from runtime.edge import _slow
+
+    clock = TickingClock()
+    runs = []
+
+    def rerun():  # one model run: 3 ms on the clock
+        runs.append(clock.now)
+        clock.now += 0.003
+
+    start = clock.now
+    assert _slow(0.003, 4.5, clock, rerun=rerun) == pytest.approx(0.0105)
+    assert len(runs) == 3  # 9 ms of the 10.5 ms are runs; a fourth would end 1.5 ms late
+    assert clock.now - start == pytest.approx(0.0105, abs=2e-5) and clock.slept == []
+    assert _slow(0.003, 1.0, clock, rerun=rerun) == 0.0 and len(runs) == 3  # no emulation: no run
