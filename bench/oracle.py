@@ -65,6 +65,20 @@ class Tables:
         xs, ys = zip(*points)
         return float(np.interp(gap_ms, xs, ys))
 
+    def slower_between_sends(self, gap_ms: float, step_ms: float, sent_share: float) -> float:
+        """The server's mean slow-down over the waits before a sent request: `gap_ms` after a send, plus
+        `step_ms` for each request answered on the device in between (the j-th with chance s (1 - s)^j)."""
+        curve = self.idle["server"]
+        flat = max([1.0, *curve["gap_ms"]]) if curve else 0.0
+        total, left, j = 0.0, 1.0, 0
+        while True:
+            g = gap_ms + j * step_ms
+            if g >= flat or step_ms <= 0 or left < 1e-15:
+                return total + left * self.slower("server", g)
+            total += left * sent_share * self.slower("server", g)
+            left *= 1.0 - sent_share
+            j += 1
+
     def overhead(self, part: str, k: int, r: float, codec: str | None) -> float:
         """Measured at some ratios, linear in the split tensor's element count between them, flat outside."""
         codec = None if k == self.K else ("raw" if k == 0 and codec not in (
@@ -88,7 +102,7 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
     `edge` = (Tables of the device and the edge profile, edge-to-cloud bandwidth, rtt): the sent request
     goes to the edge, which relays it, runs some blocks and sends on, or runs the rest, whichever is fastest.
     Cold device parts are slowed by the device's idle curve at the time it waits for a reply, the cloud's
-    tail by the server's at the time from its reply to the next request (every request sent)."""
+    tail by the server's, averaged over the times from its reply to the next sent request."""
     K = t.K
     head = t.ms.get(("head", k, r), 0.0)
     exit_ms = t.ms[("exit", k, r)] if with_exit else 0.0
@@ -118,11 +132,13 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
                              t.overhead("server_overhead_ms", k2, 0.0, "fp32"), t.ms[("tail", k2, 0.0)]))
     way, cloud_runtime, cloud_tail = min(ways, key=sum)
     cold = (head + exit_ms) * t.slower("device", way + cloud_runtime + cloud_tail)
-    cloud_tail *= t.slower("server", cold + dev_over + encode + way)
+    warm = min(cold, t.warm[("head", k, r)] + t.warm[("exit", k, r)]) if with_exit else cold
+    # exited requests (each after another answer: warm) lengthen the server's wait for the next sent one
+    cloud_tail *= t.slower_between_sends(cold + dev_over + encode + way, warm + dev_over if with_exit else 0.0,
+                                         sent_share)
     path = cold + dev_over
     if with_exit:  # a request after an exited one (share 1 - sent) runs warm
-        warm = t.warm[("head", k, r)] + t.warm[("exit", k, r)]
-        path -= (1.0 - sent_share) * max(cold - warm, 0.0)
+        path -= (1.0 - sent_share) * (cold - warm)
     return path + sent_share * (encode + way + cloud_runtime + cloud_tail)
 
 

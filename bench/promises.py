@@ -106,7 +106,7 @@ def headline(df: pd.DataFrame) -> pd.DataFrame:
 def deploy_answers(ctx, df: pd.DataFrame, out: Path, limit: int, rtt: float) -> pd.DataFrame:
     """Deploy each distinct answer once per (device, bandwidth): measured against prediction and promise."""
     from runtime.deploy import deploy_candidate
-    from search.latency import PARTS
+    from search.latency import PARTS, PRICING
 
     ours = df[(df.method == OURS) & (df.feasible == True)]  # noqa: E712
     server = load_profile(ctx.spec.server, ctx.spec.model, ctx.spec.input_size)
@@ -117,7 +117,8 @@ def deploy_answers(ctx, df: pd.DataFrame, out: Path, limit: int, rtt: float) -> 
         if key not in done:
             dev = load_profile(s.device, ctx.spec.model, ctx.spec.input_size)
             where = out / "deploy" / ctx.spec.model / "-".join(map(str, key))
-            parts = {p: float(s[p]) for p in PARTS + ("bytes",) if p in s and pd.notna(s[p])}  # 2-tier: no edge parts
+            parts = {p: float(s[p]) for p in PARTS + PRICING + ("bytes",) if p in s and pd.notna(s[p])}  # 2-tier
+            parts["server_idle_curve"] = server.idle_curve()
             _, m = deploy_candidate(ctx.pool.candidate(key[2], key[3]), ctx.pool.data, where, t, s.codec, parts,
                                     bandwidth=s.bandwidth_mbps, rtt=rtt, slowdown=float(dev.meta.get("slowdown", 1.0)),
                                     server_threads=int(server.meta.get("threads", 1)), limit=limit,

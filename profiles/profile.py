@@ -172,15 +172,23 @@ class Profile:
         """How much slower a cold part runs after `gap_ms` of idle than its row (timed after 1 ms), from the
         profile's idle curve (profiles.idle): 1.0 without one and up to the rows' own gap, linear between
         the measured gaps, flat beyond the last, never decreasing (a noisy dip is no speed-up to count on)."""
-        curve = self.meta.get("idle")
+        curve = self.idle_curve()
         if not curve:
             return 1.0
-        xs, ys = [ROW_GAP_MS], [1.0]
+        xs, ys = zip(*curve)
+        return _interp(float(gap_ms), list(xs), list(ys))
+
+    def idle_curve(self) -> tuple[tuple[float, float], ...]:
+        """The knots (gap ms, factor) `idle_factor` interpolates: from (the rows' own gap, 1.0), never
+        decreasing; () without an idle curve."""
+        curve = self.meta.get("idle")
+        if not curve:
+            return ()
+        knots = [(ROW_GAP_MS, 1.0)]
         for gap, factor in zip(curve["gap_ms"], curve["factor"]):
             if gap > ROW_GAP_MS:
-                xs.append(float(gap))
-                ys.append(max(ys[-1], float(factor)))
-        return _interp(float(gap_ms), xs, ys)
+                knots.append((float(gap), max(knots[-1][1], float(factor))))
+        return tuple(knots)
 
     def __repr__(self) -> str:
         return (f"Profile({self.device!r}, role={self.role}, {self.model} {self.input_size}px, K={self.K}, "

@@ -146,7 +146,7 @@ def predicted_tiers(parts: dict[str, Any], exited, end_edge_link_ms: float = 0.0
              "end-edge transfer": sent * (p["transfer_ms"] + first),
              "edge": sent * (p["edge_ms"] + p["edge_overhead_ms"]),
              "edge-cloud transfer": sent * (p["edge_transfer_ms"] + p["link_overhead_ms"] - first),
-             "cloud": sent * (p["server_ms"] + p["server_overhead_ms"]),
+             "cloud": p["mean_server_ms"],  # each sent sample priced after its own wait
              "mean total": p["total_ms"], "p95 total": p["p95_ms"]}
     return {**tiers, "exit_rate": p["exit_rate"]}
 

@@ -12,8 +12,14 @@ reply of a sent request); a request that follows one the device answered itself 
 so a share p_exit of requests follows an on-device answer; at k = K every request does (warm rows).
 A cold part also pays for the length of the wait before it (`Profile.idle_factor`, the profile's measured
 idle curve): the device's head and exit x f_D(S - encode), the time it waits for a reply; the server's
-tail x f_C(E_cold + encode + the way up), the time from its reply to the next request when every request
-is sent (exits only lengthen it, so this is the shorter wait).  The edge box's own curve is not applied.
+tail x F_C(p_exit), the mean of f_C over the server's waits from its reply to the next sent request.
+That wait is g0 = E_cold + encode + the way up after j = 0 exits in between, and each exited request
+adds its warm exit path w; samples exit independently, so j is geometric:
+
+    F_C(p) = sum_j (1 - p) p^j f_C(g0 + j w)          (f_C is flat beyond its last gap: a finite sum)
+
+The mean latency is therefore not linear in p_exit; it is never below the line through F_C(0) = f_C(g0),
+which is what `lower_bound_ms` uses.  The edge box's own curve is not applied.
 
 With an edge tier (`Edge`: a server-role profile of the edge box and its link to the cloud), a sent request
 goes to the edge, which runs blocks [k, k2) and sends on to the cloud, which runs the rest:
@@ -75,7 +81,10 @@ class Breakdown:
     edge_bytes: float = 0.0  # what the edge sends on
     warm_saving_ms: float = 0.0  # head + exit time saved after an on-device answer (run back to back, warm)
     device_idle_factor: float = 1.0  # device_ms and exit_ms are the cold rows x this (the device idled for the reply)
-    server_idle_factor: float = 1.0  # server_ms is the tail's row x this (the server idled for the next request)
+    server_idle_factor: float = 1.0  # server_ms is the tail's row x this, F_C at exit_rate (the server idled)
+    server_gap_ms: float = 0.0  # g0: the server's wait for a sent request that follows a sent one
+    exit_gap_ms: float = 0.0  # w: what each exited request in between adds to that wait (its warm exit path)
+    server_idle_curve: tuple = ()  # the server profile's idle curve ((gap ms, factor), ...); () without one
 
     @property
     def exit_path_ms(self) -> float:
@@ -88,9 +97,21 @@ class Breakdown:
 
     @property
     def sent_ms(self) -> float:
-        """What a sent request adds to the exit path."""
+        """What a sent request adds to the exit path (the server priced at this breakdown's exit rate)."""
         return (self.encode_ms + self.transfer_ms + self.link_overhead_ms + self.edge_ms + self.edge_overhead_ms
                 + self.edge_transfer_ms + self.server_ms + self.server_overhead_ms)
+
+    def server_factor_at(self, exit_rates) -> np.ndarray:
+        """F_C: the mean idle factor of the server's tail at these exit rates (the module docstring)."""
+        p = np.asarray(exit_rates, dtype=float)
+        if not self.server_idle_curve:
+            return np.full(p.shape, self.server_idle_factor)
+        return mean_idle_factor(self.server_idle_curve, self.server_gap_ms, self.exit_gap_ms, p)
+
+    def sent_at(self, exit_rates) -> np.ndarray:
+        """What a sent request adds to the exit path at these exit rates (more exits: a colder server)."""
+        row = self.server_ms / self.server_idle_factor
+        return self.sent_ms + row * self.server_factor_at(exit_rates) - self.server_ms
 
     @property
     def expected_ms(self) -> float:
@@ -99,7 +120,7 @@ class Breakdown:
     def expected_at(self, exit_rates) -> np.ndarray:
         """Expected latency for many exit rates at once (same split, same costs)."""
         p = np.asarray(exit_rates, dtype=float)
-        return self.exit_path_at(p) + (1.0 - p) * self.sent_ms
+        return self.exit_path_at(p) + (1.0 - p) * self.sent_at(p)
 
     def quantile_at(self, q: float, exit_rates, sent_extra_ms=None) -> np.ndarray:
         """The q-quantile of per-request latency for many exit rates: the exit path while the share sent
@@ -107,7 +128,7 @@ class Breakdown:
         deviations of a variable-size codec's transfer from its mean, if given)."""
         sent = 1.0 - np.asarray(exit_rates, dtype=float)
         path = self.exit_path_at(1.0 - sent)  # averaged over what came before (warm or cold)
-        full = path + self.sent_ms
+        full = path + self.sent_at(1.0 - sent)
         if sent_extra_ms is not None and len(sent_extra_ms):
             level = np.clip((q - (1.0 - sent)) / np.maximum(sent, 1e-12), 0.0, 1.0)
             full = full + np.quantile(np.asarray(sent_extra_ms, dtype=float), level, method="inverted_cdf")
@@ -118,7 +139,10 @@ class Breakdown:
         return self.expected_at(exit_rates) if q is None else self.quantile_at(q, exit_rates, sent_extra_ms)
 
     def with_exit_rate(self, exit_rate: float) -> "Breakdown":
-        return Breakdown(**{**asdict(self), "exit_rate": float(exit_rate)})
+        """This breakdown at another exit rate: the server's tail repriced for its longer or shorter waits."""
+        f = float(self.server_factor_at(exit_rate))
+        return replace(self, exit_rate=float(exit_rate), server_ms=self.server_ms / self.server_idle_factor * f,
+                       server_idle_factor=f)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "expected_ms": self.expected_ms}
@@ -126,6 +150,22 @@ class Breakdown:
 
 PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms") + OVERHEADS + ("edge_ms", "edge_overhead_ms",
                                                                            "edge_transfer_ms", "warm_saving_ms")
+# what reprices a breakdown at another exit rate (with the server's curve, `server_idle_curve`)
+PRICING = ("exit_rate", "server_idle_factor", "server_gap_ms", "exit_gap_ms")
+
+
+def mean_idle_factor(curve, gap_ms: float, step_ms: float, exit_rates) -> np.ndarray:
+    """F(p) = sum_j (1 - p) p^j f(gap_ms + j step_ms), f piecewise linear through `curve` ((gap, factor)
+    knots, flat beyond both ends): the mean factor over the waits before a sent request when each request
+    exits with probability p, independently (at p = 1 nothing is sent: the last knot's factor)."""
+    p = np.clip(np.asarray(exit_rates, dtype=float), 0.0, 1.0)
+    xs, ys = (np.asarray(v, dtype=float) for v in zip(*curve))
+    if step_ms <= 0:
+        return np.full(p.shape, float(np.interp(gap_ms, xs, ys)))
+    n = max(int(np.ceil((xs[-1] - gap_ms) / step_ms)), 0) + 1  # waits before the curve goes flat
+    j = np.arange(n)
+    weights = (1.0 - p[..., None]) * p[..., None] ** j
+    return weights @ np.interp(gap_ms + j * step_ms, xs, ys) + p ** n * ys[-1]
 EDGE_PARTS = ("k2", "edge_ms", "edge_overhead_ms", "edge_transfer_ms", "edge_bytes")  # a 3-tier breakdown's own
 TIERS = ("all", "relay", "edge")  # every k2; k2 = k only (end and cloud); k2 = K only (end and edge)
 
@@ -153,11 +193,19 @@ class Edge:
         return {"all": list(range(k, K + 1)), "relay": [k], "edge": [K]}[self.tiers]
 
 
+def breakdown_from(parts: dict) -> Breakdown:
+    """A Breakdown back from its parts (a result file's `predicted`, a benchmark row); missing pricing keys
+    (files from before the server's idle curve) leave the server priced as stored."""
+    defaults = {"exit_rate": 0.0, "server_idle_factor": 1.0, "server_gap_ms": 0.0, "exit_gap_ms": 0.0}
+    return Breakdown(**{p: float(parts.get(p, 0.0)) for p in PARTS}, bytes=float(parts.get("bytes", 0.0)),
+                     **{p: float(parts.get(p, defaults[p])) for p in PRICING},
+                     server_idle_curve=tuple(tuple(map(float, knot)) for knot in parts.get("server_idle_curve", ())))
+
+
 def predicted_at(parts: dict, exit_rate: float) -> dict[str, float]:
     """The predicted parts with their expected total at another exit rate (a deployment's test split)."""
-    b = Breakdown(**{p: float(parts.get(p, 0.0)) for p in PARTS}, bytes=float(parts.get("bytes", 0.0)),
-                  exit_rate=float(exit_rate))
-    return {**{p: getattr(b, p) for p in PARTS}, "exit_rate": b.exit_rate, "total_ms": b.expected_ms}
+    b = breakdown_from(parts).with_exit_rate(exit_rate)
+    return {**{p: getattr(b, p) for p in PARTS + PRICING}, "total_ms": b.expected_ms}
 
 
 def predicted_per_sample(parts: dict, exited) -> dict[str, float]:
@@ -168,17 +216,26 @@ def predicted_per_sample(parts: dict, exited) -> dict[str, float]:
     device+exit holds what the edge measures as device time, encoding included)."""
     exited = np.asarray(exited, dtype=bool)
     out = predicted_at(parts, float(exited.mean()) if exited.size else 0.0)
-    b = Breakdown(**{p: out[p] for p in PARTS}, bytes=float(parts.get("bytes", 0.0)), exit_rate=out["exit_rate"])
+    b = breakdown_from({**parts, **out})
     after_answer = np.concatenate([[False], exited[:-1]]) if exited.size else exited
     path = b.exit_path_at(after_answer.astype(float))
-    per_sample = np.where(exited, path, path + b.sent_ms)
+    # the server's tail after the exits since the last send (the first request: after none)
+    server = np.full(exited.shape, b.server_ms)
+    if b.server_idle_curve and exited.size:
+        run = np.zeros(exited.size)
+        for i in range(1, exited.size):
+            run[i] = run[i - 1] + 1 if exited[i - 1] else 0
+        xs, ys = zip(*b.server_idle_curve)
+        server = b.server_ms / b.server_idle_factor * np.interp(b.server_gap_ms + run * b.exit_gap_ms, xs, ys)
+    per_sample = np.where(exited, path, path + b.sent_ms - b.server_ms + server)
     if exited.size:
         out["total_ms"] = float(per_sample.mean())
     out["p95_ms"] = float(np.quantile(per_sample, 0.95)) if exited.size else float("nan")
     sent = 1.0 - out["exit_rate"]
+    mean_server = float(np.where(exited, 0.0, server).mean()) if exited.size else sent * b.server_ms
     out.update(mean_device_exit_ms=(float(path.mean()) if exited.size else b.exit_path_ms) + sent * b.encode_ms,
                mean_transfer_ms=sent * (b.transfer_ms + b.link_overhead_ms),
-               mean_server_ms=sent * (b.server_ms + b.server_overhead_ms))
+               mean_server_ms=mean_server + sent * b.server_overhead_ms)
     return out
 
 
@@ -233,15 +290,19 @@ def _after_idle(b: Breakdown, device: Profile, server: Profile, warm_ms: float |
     """`b` with its cold parts priced after the idle gap each side really waits (Profile.idle_factor).
 
     The device waits for the reply of a sent request (the sent part, its own encoding aside) before its
-    next head; the server, from its reply to the next request (the device's path and the way up, when
-    every request is sent: exits only lengthen the wait, so this is the shorter, cheaper gap).  `warm_ms`
+    next head; the server, from its reply to the next sent request: g0 (the device's path and the way up)
+    plus the warm exit path of each exited request in between, priced at `b.exit_rate` (F_C).  `warm_ms`
     (head + exit back to back, with an exit) gives the saving of a request after an on-device answer."""
     f_dev = device.idle_factor(b.sent_ms - b.encode_ms)
     cold = (b.device_ms + b.exit_ms) * f_dev
-    f_srv = server.idle_factor(cold + b.device_overhead_ms + b.sent_ms - b.server_ms - b.server_overhead_ms)
+    gap = cold + b.device_overhead_ms + b.sent_ms - b.server_ms - b.server_overhead_ms
+    f_srv = server.idle_factor(gap)
     saving = max(cold - warm_ms, 0.0) if warm_ms is not None else 0.0
-    return replace(b, device_ms=b.device_ms * f_dev, exit_ms=b.exit_ms * f_dev, server_ms=b.server_ms * f_srv,
-                   warm_saving_ms=saving, device_idle_factor=f_dev, server_idle_factor=f_srv)
+    step = cold + b.device_overhead_ms - saving if warm_ms is not None else 0.0  # an exited request, warm
+    out = replace(b, device_ms=b.device_ms * f_dev, exit_ms=b.exit_ms * f_dev, server_ms=b.server_ms * f_srv,
+                  warm_saving_ms=saving, device_idle_factor=f_dev, server_idle_factor=f_srv, server_gap_ms=gap,
+                  exit_gap_ms=step, server_idle_curve=server.idle_curve())
+    return out.with_exit_rate(out.exit_rate)
 
 
 def _via_edge(b: Breakdown, device: Profile, server: Profile, edge: Edge, k2: int) -> Breakdown:
@@ -284,7 +345,7 @@ def lower_bound_ms(device: Profile, server: Profile, network: Network, k: int, r
                    edge=edge)
     if not device.exit_at(k):
         return none.expected_ms
-    # the expected latency is linear in the exit rate: its least is at p = 1 (all warm) or without an exit
+    # never below the line through p = 0 and p = 1 (F_C grows with p): its least is all warm or without an exit
     all_warm = none.device_overhead_ms + device.ms("head", k, r, warm=True) + device.ms("exit", k, r, warm=True)
     return min(all_warm, none.expected_ms)
 

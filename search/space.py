@@ -216,7 +216,8 @@ class Score:
                 "test_acc": self.test_acc, "test_exit_rate": self.test_exit_rate,
                 "delivered_ms": self.test_latency_ms, "exit_answers_all": self.sel_exit_rate >= 1.0,
                 **{key: b[key] for key in ("device_ms", "exit_ms", "transfer_ms", "server_ms", "bytes", *OVERHEADS,
-                                            "warm_saving_ms", "device_idle_factor", "server_idle_factor")},
+                                            "warm_saving_ms", "device_idle_factor", "server_idle_factor",
+                                            "server_gap_ms", "exit_gap_ms")},
                 **({key: b[key] for key in EDGE_PARTS} if b["k2"] is not None else {})}
 
 

@@ -44,7 +44,15 @@ def test_deployment_reproduces_the_evaluation(candidate, digits32, tmp_path, cod
     ex = exited[:N].astype(bool)
     after_answer = np.concatenate([[False], ex[:-1]])
     assert parts["warm_saving_ms"] > 0  # the shipped host profile has warm rows
-    per_sample = exit_path - after_answer * parts["warm_saving_ms"] + np.where(ex, 0.0, sent_ms)
+    # and the server's tail after the exits since the last send: its idle curve at a longer wait
+    server, row = load_profile("server", "resnet18", 32), parts["server_ms"] / parts["server_idle_factor"]
+    run, runs = 0, []
+    for e in ex:
+        runs.append(run)
+        run = run + 1 if e else 0
+    tail = [row * server.idle_factor(parts["server_gap_ms"] + j * parts["exit_gap_ms"]) for j in runs]
+    per_sample = (exit_path - after_answer * parts["warm_saving_ms"]
+                  + np.where(ex, 0.0, sent_ms - parts["server_ms"] + np.array(tail)))
     assert p["total_ms"] == pytest.approx(per_sample.mean())
     assert p["total_ms"] < exit_path + sent * sent_ms  # cold for every request would be dearer
     assert s["n"] == N and 0 < p["exit_rate"] < 1

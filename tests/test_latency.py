@@ -256,6 +256,50 @@ def test_cold_parts_slow_down_by_the_idle_curve_at_the_gap_each_side_waits(host,
     assert predict(_no_idle(dev), _no_idle(srv), net, 2, 0.0, "fp32", 0.8).device_idle_factor == 1.0
 
 
+def _simulate(exited, cold: float, warm: float, up_ms: float, tail: float, factor) -> np.ndarray:
+    """Per-request latency of a sequence, step by step: the device runs cold after a send and warm after an
+    answer; the server's wait is the time since its last reply (the way back, every device part since
+    then and the way up); its tail runs `factor(wait)` slower."""
+    out, waited = [], 0.0
+    for i, ex in enumerate(exited):
+        dev = warm if i and exited[i - 1] else cold
+        waited += dev
+        if ex:
+            out.append(dev)
+            continue
+        out.append(dev + up_ms + tail * factor(waited + up_ms))
+        waited = 0.0
+    return np.array(out)
+
+
+def test_exits_between_sends_lengthen_the_servers_wait(host, server):
+    """The tail is priced at the mean of the server's idle curve over its waits between sent requests; a
+    step-by-step simulation (no code shared with the model) gives the same mean at every exit rate."""
+    dev = _warm(host, {("head", 2, 0.0): (1.0, 0.6), ("exit", 2, 0.0): (0.2, 0.1)})
+    srv = _no_idle(_with(server, "tail", 2, 0.0, 2.0), {"gap_ms": [1.0, 41.0], "factor": [1.0, 3.0]})
+    net = Network(1000, 1)
+    up = net.transfer_ms(dev.tensor_bytes(2, 0.0, "fp32"))
+    b = predict(dev, srv, net, 2, 0.0, "fp32", exit_rate=0.0)
+    assert (b.server_gap_ms, b.exit_gap_ms) == pytest.approx((1.2 + up, 0.7))
+    assert b.server_idle_factor == pytest.approx(1.0 + (1.2 + up - 1.0) / 20.0)  # every request sent
+    rng = np.random.default_rng(0)
+    for p in (0.3, 0.8, 0.95):
+        exited = rng.random(100_000) < p
+        sim = _simulate(exited, 1.2, 0.7, up, 2.0, lambda g: float(np.interp(g, [1.0, 41.0], [1.0, 3.0])))
+        assert b.expected_at([p])[0] == pytest.approx(sim.mean(), rel=0.01)
+        assert b.with_exit_rate(p).expected_ms == pytest.approx(b.expected_at([p])[0])
+        # a known sequence: exact, sample by sample
+        assert predicted_per_sample(b.as_dict(), exited)["total_ms"] == pytest.approx(sim.mean(), rel=1e-9)
+    # more exits, a colder server: the tail grows with the exit rate, never below the all-sent price
+    tails = b.with_exit_rate(0.0).server_ms, b.with_exit_rate(0.5).server_ms, b.with_exit_rate(0.9).server_ms
+    assert tails[0] < tails[1] < tails[2] <= 2.0 * 3.0
+    assert lower_bound_ms(dev, srv, net, 2, 0.0, "fp32") <= min(b.expected_at(np.linspace(0, 1, 21)))
+    # hand-checked: gaps g0, g0 + 0.7, ... ; at p = 0.5 the weights are 1/2, 1/4, ...
+    f = [1.0 + (b.server_gap_ms + 0.7 * j - 1.0) / 20.0 for j in range(80)]
+    hand = sum(0.5 ** (j + 1) * min(fj, 3.0) for j, fj in enumerate(f))
+    assert b.server_factor_at(0.5) == pytest.approx(hand)
+
+
 @pytest.mark.parametrize("curve, what", [({"gap_ms": [1.0, 5.0]}, "gap_ms and factor"),
                                          ({"gap_ms": [5.0, 1.0], "factor": [1.0, 2.0]}, "increasing"),
                                          ({"gap_ms": [1.0], "factor": [float("nan")]}, "finite"),
