@@ -103,10 +103,13 @@ def write(run: Path, out: Path, familywise: Path | None = None) -> None:
                     else "") + ".\n")
     if len(dep):
         parts.append("## Deployed over the shaped loopback link\n")
-        parts.append("Each distinct answer deployed once per (device, bandwidth) over the first test samples; "
+        runs = int(dep["runs"].max()) if "runs" in dep else 1
+        parts.append(f"Each distinct answer deployed {runs} time(s) per (device, bandwidth) over the first test "
+                     "samples; the median run is shown (`meas_min_ms`/`meas_max_ms`: the spread of the runs' means); "
                      "`predicted` = the latency model for exactly these samples' exit decisions, `promised` = what "
                      "the search promised from the selection split (mean, at the bounded exit rate).\n")
-        dcols = ["scenario", "confidence", "choice", "n", "promised_ms", "pred_mean_ms", "meas_mean_ms",
+        spread = ["meas_min_ms", "meas_max_ms"] if "meas_min_ms" in dep else []
+        dcols = ["scenario", "confidence", "choice", "n", "promised_ms", "pred_mean_ms", "meas_mean_ms", *spread,
                  "vs_prediction_pct", "vs_promise_pct", "pred_device_ms", "meas_device_ms", "pred_transfer_ms",
                  "meas_transfer_ms", "pred_server_ms", "meas_server_ms", "meas_exit_rate", "agreement"]
         parts.append(_md(dep[dcols]) + "\n")
