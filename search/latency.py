@@ -152,6 +152,8 @@ PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms") + OVERHEADS + ("edg
                                                                            "edge_transfer_ms", "warm_saving_ms")
 # what reprices a breakdown at another exit rate (with the server's curve, `server_idle_curve`)
 PRICING = ("exit_rate", "server_idle_factor", "server_gap_ms", "exit_gap_ms")
+EDGE_PARTS = ("k2", "edge_ms", "edge_overhead_ms", "edge_transfer_ms", "edge_bytes")  # a 3-tier breakdown's own
+TIERS = ("all", "relay", "edge")  # every k2; k2 = k only (end and cloud); k2 = K only (end and edge)
 
 
 def mean_idle_factor(curve, gap_ms: float, step_ms: float, exit_rates) -> np.ndarray:
@@ -166,8 +168,6 @@ def mean_idle_factor(curve, gap_ms: float, step_ms: float, exit_rates) -> np.nda
     j = np.arange(n)
     weights = (1.0 - p[..., None]) * p[..., None] ** j
     return weights @ np.interp(gap_ms + j * step_ms, xs, ys) + p ** n * ys[-1]
-EDGE_PARTS = ("k2", "edge_ms", "edge_overhead_ms", "edge_transfer_ms", "edge_bytes")  # a 3-tier breakdown's own
-TIERS = ("all", "relay", "edge")  # every k2; k2 = k only (end and cloud); k2 = K only (end and edge)
 
 
 @dataclass(frozen=True)
