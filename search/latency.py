@@ -101,6 +101,11 @@ class Breakdown:
         return (self.encode_ms + self.transfer_ms + self.link_overhead_ms + self.edge_ms + self.edge_overhead_ms
                 + self.edge_transfer_ms + self.server_ms + self.server_overhead_ms)
 
+    @property
+    def server_row_ms(self) -> float:
+        """The tail's profile row, before the server's idle factor."""
+        return self.server_ms / self.server_idle_factor
+
     def server_factor_at(self, exit_rates) -> np.ndarray:
         """F_C: the mean idle factor of the server's tail at these exit rates (the module docstring)."""
         p = np.asarray(exit_rates, dtype=float)
@@ -110,8 +115,7 @@ class Breakdown:
 
     def sent_at(self, exit_rates) -> np.ndarray:
         """What a sent request adds to the exit path at these exit rates (more exits: a colder server)."""
-        row = self.server_ms / self.server_idle_factor
-        return self.sent_ms + row * self.server_factor_at(exit_rates) - self.server_ms
+        return self.sent_ms + self.server_row_ms * self.server_factor_at(exit_rates) - self.server_ms
 
     @property
     def expected_ms(self) -> float:
@@ -141,8 +145,7 @@ class Breakdown:
     def with_exit_rate(self, exit_rate: float) -> "Breakdown":
         """This breakdown at another exit rate: the server's tail repriced for its longer or shorter waits."""
         f = float(self.server_factor_at(exit_rate))
-        return replace(self, exit_rate=float(exit_rate), server_ms=self.server_ms / self.server_idle_factor * f,
-                       server_idle_factor=f)
+        return replace(self, exit_rate=float(exit_rate), server_ms=self.server_row_ms * f, server_idle_factor=f)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "expected_ms": self.expected_ms}
@@ -165,9 +168,9 @@ def mean_idle_factor(curve, gap_ms: float, step_ms: float, exit_rates) -> np.nda
     if step_ms <= 0:
         return np.full(p.shape, float(np.interp(gap_ms, xs, ys)))
     n = max(int(np.ceil((xs[-1] - gap_ms) / step_ms)), 0) + 1  # waits before the curve goes flat
-    j = np.arange(n)
-    weights = (1.0 - p[..., None]) * p[..., None] ** j
-    return weights @ np.interp(gap_ms + j * step_ms, xs, ys) + p ** n * ys[-1]
+    f = np.interp(gap_ms + np.arange(n) * step_ms, xs, ys)
+    # a polynomial in p (Horner): no (rates x waits) matrix, thousands of thresholds at a time
+    return (1.0 - p) * np.polyval(f[::-1], p) + p ** n * ys[-1]
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,7 @@ def predicted_per_sample(parts: dict, exited) -> dict[str, float]:
         for i in range(1, exited.size):
             run[i] = run[i - 1] + 1 if exited[i - 1] else 0
         xs, ys = zip(*b.server_idle_curve)
-        server = b.server_ms / b.server_idle_factor * np.interp(b.server_gap_ms + run * b.exit_gap_ms, xs, ys)
+        server = b.server_row_ms * np.interp(b.server_gap_ms + run * b.exit_gap_ms, xs, ys)
     per_sample = np.where(exited, path, path + b.sent_ms - b.server_ms + server)
     if exited.size:
         out["total_ms"] = float(per_sample.mean())
