@@ -47,7 +47,8 @@ profiles: $(STAMP)
 	$(BIN)/python -m profiles validate --model mobilenet_v2 --input-size 32 --device host --server server
 
 # The benchmark suite (docs/benchmarks.md): promise against delivery over devices x bandwidths x A0 x
-# confidence on Fashion-MNIST 32 px, with the answers deployed; 23 min on 2 cores with the base models cached.
+# confidence on Fashion-MNIST 32 px (uplinks 0.1 to 100 Mbit/s), with the answers deployed; 43 min on 2 cores
+# with resnet18's base cached (session 12; mobilenet_v2's base trained in it).
 bench: $(STAMP) $(FASHION)
 	$(BIN)/python bench/promises.py --out runs/bench/promises
 	$(BIN)/python bench/promises_report.py --run runs/bench/promises --out docs/benchmarks.md
