@@ -161,7 +161,7 @@ def main() -> None:
     p.add_argument("--models", default="resnet18,mobilenet_v2")
     p.add_argument("--devices", default="host,emulated-10x,emulated-50x")
     p.add_argument("--bandwidths", default="0.1,1,10,100",
-                   help="end-device uplinks, Mbit/s (0.1: the regime where device only wins)")
+                   help="end-device uplinks, Mbit/s (at 0.1 an answer all on the device can be the fastest)")
     p.add_argument("--drops", default="1,3", help="A0 = the base model's selection accuracy minus these points")
     p.add_argument("--confidences", default="0.95,0")
     p.add_argument("--ratios", default="0,0.5", help="pruning ratios of the candidate grid")

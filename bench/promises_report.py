@@ -64,7 +64,8 @@ def write(run: Path, out: Path, familywise: Path | None = None) -> None:
         shutil.copy(run / name, csv_dir / f"promises-{name}")
     parts = [f"# Benchmarks\n\nWritten by `bench/promises_report.py` on {datetime.now(timezone.utc):%Y-%m-%d} from "
              f"`{meta['command']}` ({meta['seconds'] / 60:.1f} min on this 2-core machine, base models and fine-tunes "
-             f"included unless they were cached: train_seconds below is what a base cost when it was trained). Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}. CSVs in "
+             f"included unless they were cached: train_seconds below is what a base cost when it was trained). "
+             f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}. CSVs in "
              f"`docs/benchmarks/csv/promises-*.csv`.\n",
              "Data: Fashion-MNIST at 32 px (Debian's dataset-fashion-mnist), roles train / val / selection / test "
              "as printed below; profiles: the shipped 32 px `host`, `emulated-10x`, `emulated-50x` (end devices) "
@@ -91,16 +92,16 @@ def write(run: Path, out: Path, familywise: Path | None = None) -> None:
     ok = head[(head.choice != "infeasible")]
     best = ok[ok.confidence == ok.confidence.max()]
     counts = best["best baseline"].value_counts()
-    parts.append("## Regimes (confidence {:g}, bounds per candidate)\n".format(ok.confidence.max()))
+    where_col = ["best baseline runs"] if "best baseline runs" in best else []  # runs before session 12 lack it
+    parts.append(f"## Regimes (confidence {ok.confidence.max():g}, bounds {_bound_kind(run)})\n")
     parts.append("Which baseline is fastest per scenario: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".\n")
-    if "best baseline runs" in best:
+    if where_col:
         where = best["best baseline runs"].value_counts()
         parts.append("Where the fastest baseline runs (on device: the whole network on the end device, pruned or not; "
                      "cloud only: the input sent; split: a cut in between): "
                      + ", ".join(f"{k} {v}" for k, v in where.items()) + ".\n")
     cols = ["scenario", "choice", "A0", "acc_bound", "test_acc", "meets_A0", "promised_ms", "delivered_ms",
-            "test_exit_rate", "sent_bytes", "best baseline"] + [c for c in ("best baseline runs",) if c in best] \
-        + [f"x {m}" for m in BASELINES]
+            "test_exit_rate", "sent_bytes", "best baseline", *where_col] + [f"x {m}" for m in BASELINES]
     parts.append(_md(best[cols]) + "\n")
     parts.append("`x method` = that baseline's promised latency over ours (feasible baselines only; 1 = no gain).\n")
     no_gain = best[[r[[f"x {m}" for m in BASELINES]].dropna().min() <= 1.0001 for _, r in best.iterrows()]]
