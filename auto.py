@@ -89,6 +89,10 @@ def parser() -> argparse.ArgumentParser:
                    help="epoch budget of the base model's training (default 8 on fashion-mnist, else 20; with "
                         "--weights: continue "
                         "training from them for this many epochs, e.g. from a smaller input size)")
+    g.add_argument("--train-images", type=int, default=None,
+                   help="Fashion-MNIST training images (default 12,000; up to 59,000). Measured on 2 cores: "
+                        "resnet18 trained on 48,000 for 6 epochs reached test 0.924 in 10.5 min, the default "
+                        "12,000 x 8 reaches 0.894 in 4.7 min")
     g.add_argument("--exit-epochs", type=int, default=20, help="epochs of each early exit's training")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="training arithmetic; bf16 = autocast + channels_last, about 2x faster on CPUs with AMX")
@@ -168,8 +172,8 @@ def spec_from(args):
                    edge_cloud_rtt=args.edge_cloud_rtt, A0=args.A0, T0=args.T0, metric=args.metric, multi=args.multi,
                    confidence=args.confidence, objective=args.objective, familywise=args.familywise,
                    dataset=args.dataset, data_root=args.data_root, input_size=args.input_size, seed=args.seed,
-                   weights=args.weights, base_epochs=args.base_epochs, finetune_epochs=args.finetune_epochs,
-                   exit_epochs=args.exit_epochs,
+                   weights=args.weights, base_epochs=args.base_epochs, train_images=args.train_images,
+                   finetune_epochs=args.finetune_epochs, exit_epochs=args.exit_epochs,
                    ratios=args.ratios, splits=args.splits, precision=args.precision,
                    codecs=_names(args.codecs),
                    input_codecs=_names(args.input_codecs), trials=args.trials,

@@ -61,6 +61,7 @@ class RunSpec:
     seed: int = 0
     weights: str | None = None
     base_epochs: int | None = None  # None: Recipe().epochs from scratch, none on top of complete --weights
+    train_images: int | None = None  # Fashion-MNIST's training role; None: compress.data.FASHION_SIZES
     finetune_epochs: int | None = None  # None: FINETUNE_EPOCHS of the data set, else FINETUNE.epochs
     exit_epochs: int = EXIT_EPOCHS
     ratios: list[float] | None = None  # default: the profile's grid
@@ -157,7 +158,8 @@ def context(spec: RunSpec, log=print) -> Context:
     db = ProjectDB(spec.storage)
 
     def make_pool() -> CandidatePool:
-        data = datasets.load(spec.dataset, spec.data_root, spec.input_size, spec.seed)
+        sizes = {"train": spec.train_images} if spec.train_images else None
+        data = datasets.load(spec.dataset, spec.data_root, spec.input_size, spec.seed, sizes)
         log(f"data: {data.describe()}")
         base_recipe = None
         if spec.base_epochs is not None or not spec.weights:

@@ -34,6 +34,8 @@ PIECES = ("p@ss@w0rd", "p@ss", "ss@w0rd", "w0rd")  # none of it may be shown
     (["--codecs", "fp32,zip"], "unknown codec 'zip' in --codecs; choose from: fp32, fp16, int8, int8-zlib"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; choose one of: fashion-mnist, digits, cifar10"),
     (["--trials", "0"], "--trials must be at least 1, got 0"),
+    (["--train-images", "50"], "--train-images must be in [100, 59000], got 50"),
+    (["--dataset", "digits", "--train-images", "500"], "--train-images sets Fashion-MNIST's training role; digits"),
     (["--objective", "p50"], "invalid choice: 'p50'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--storage-file", "/nonexistent/splitopt-url"], "--storage-file /nonexistent/splitopt-url: cannot read it"),
@@ -56,6 +58,9 @@ def test_light_names_match_the_modules_that_use_them():
 
     assert tuple(zoo.ZOO) == names.MODELS
     assert data.DATASETS == names.DATASETS and train.PRECISIONS == names.PRECISIONS
+    from search.spec import FASHION_TRAIN_MAX
+
+    assert FASHION_TRAIN_MAX == 60000 - data.FASHION_SIZES["val"]  # the upstream training file less validation
 
 
 # --- 9a: a password with an unencoded '@' never shows -----------------------------------------------
