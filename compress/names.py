@@ -6,6 +6,7 @@ from __future__ import annotations
 MODELS = ("mobilenet_v2", "resnet18", "vgg11_bn", "alexnet")  # compress.zoo.ZOO, in this order
 DATASETS = ("fashion-mnist", "digits", "cifar10", "imagefolder")
 PRECISIONS = ("fp32", "bf16")  # training arithmetic (compress.train)
+FASHION_TRAIN_MAX = 59000  # Fashion-MNIST's upstream training file (60,000) less compress.data's validation role
 
 
 def check_precision(precision: str) -> None:
@@ -16,6 +17,16 @@ def check_precision(precision: str) -> None:
 def check_dataset(name: str) -> None:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def check_train_images(dataset: str, n: int | None) -> None:
+    """`--train-images`: the size of Fashion-MNIST's training role (the other data sets' roles are fixed)."""
+    if n is None:
+        return
+    if dataset != "fashion-mnist":
+        raise ValueError(f"--train-images sets Fashion-MNIST's training role; {dataset} has fixed roles")
+    if not 100 <= n <= FASHION_TRAIN_MAX:
+        raise ValueError(f"--train-images must be in [100, {FASHION_TRAIN_MAX}], got {n}")
 
 
 def check_model(name: str) -> None:

@@ -7,10 +7,8 @@ checks, so a RunSpec built in code gets the same one-line errors.
 from __future__ import annotations
 
 from compress.codec import FEATURE_CODECS, INPUT_CODECS
-from compress.names import check_dataset, check_model, check_precision
+from compress.names import check_dataset, check_model, check_precision, check_train_images
 from results.storage_url import check_url
-
-FASHION_TRAIN_MAX = 59000  # the upstream training file's 60,000 images less the validation role
 
 
 def check_spec(spec) -> None:
@@ -46,12 +44,7 @@ def check_spec(spec) -> None:
         raise ValueError(f"--time-budget must be > 0 seconds, got {spec.time_budget:g}")
     check_precision(spec.precision)
     check_dataset(spec.dataset)
-    train_images = getattr(spec, "train_images", None)
-    if train_images is not None:
-        if spec.dataset != "fashion-mnist":
-            raise ValueError(f"--train-images sets Fashion-MNIST's training role; {spec.dataset} has fixed roles")
-        if not 100 <= train_images <= FASHION_TRAIN_MAX:
-            raise ValueError(f"--train-images must be in [100, {FASHION_TRAIN_MAX}], got {train_images}")
+    check_train_images(spec.dataset, getattr(spec, "train_images", None))
     for flag, given, allowed in (("--codecs", spec.codecs, FEATURE_CODECS),
                                  ("--input-codecs", spec.input_codecs, INPUT_CODECS)):
         if not given:
