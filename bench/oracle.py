@@ -50,6 +50,8 @@ class Tables:
                         self.over.setdefault((key, part), []).append((self.numel[(key[0], round(float(row["r"]), 4))],
                                                                       float(row[part])))
         self.exits = any(row["part"] == "exit" for row in device["latency"])
+        # a request's header on the wire beyond its payload, as the server's overhead section measured it
+        self.frame = int((server["meta"].get("overhead") or {}).get("frame_bytes", 0))
         self.idle = {"device": device["meta"].get("idle"), "server": server["meta"].get("idle")}
 
     def slower(self, side: str, gap_ms: float) -> float:
@@ -91,8 +93,8 @@ class Tables:
         return round(float(np.interp(self.numel[(k, r)], xs, ys)), 4)
 
 
-def _send(n_bytes: float, bandwidth: float, rtt: float) -> float:
-    return rtt + 8.0 * n_bytes / (1000.0 * bandwidth) if n_bytes > 0 else 0.0
+def _send(n_bytes: float, bandwidth: float, rtt: float, frame: int = 0) -> float:
+    return rtt + 8.0 * (n_bytes + frame) / (1000.0 * bandwidth) if n_bytes > 0 else 0.0
 
 
 def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share: float,
@@ -116,18 +118,18 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
     cloud = (t.overhead("server_overhead_ms", k, r, codec), t.ms[("tail", k, r)])
     link = t.overhead("link_overhead_ms", k, r, codec)
     if edge is None:
-        ways = [(_send(mean_bytes, bandwidth, rtt) + link, *cloud)]
+        ways = [(_send(mean_bytes, bandwidth, rtt, t.frame) + link, *cloud)]
     else:
         e, bw2, rtt2 = edge
-        up = _send(mean_bytes, bandwidth, rtt) + e.overhead("link_overhead_ms", k, r, codec)
-        ways = [(up + _send(mean_bytes, bw2, rtt2) + link, *cloud)]  # relayed as it came
+        up = _send(mean_bytes, bandwidth, rtt, t.frame) + e.overhead("link_overhead_ms", k, r, codec)
+        ways = [(up + _send(mean_bytes, bw2, rtt2, t.frame) + link, *cloud)]  # relayed as it came
         for k2 in range(k + 1, K + 1):
             mid = max(e.ms[("tail", k, r)] - (e.ms[("tail", k2, 0.0)] if k2 < K else 0.0), 0.0)
             mid += e.overhead("server_overhead_ms", k, r, codec)
             if k2 == K:
                 ways.append((up + mid, 0.0, 0.0))
             else:
-                ways.append((up + mid + _send(t.bytes[(k2, 0.0, "fp32")], bw2, rtt2)
+                ways.append((up + mid + _send(t.bytes[(k2, 0.0, "fp32")], bw2, rtt2, t.frame)
                              + t.overhead("link_overhead_ms", k2, 0.0, "fp32"),
                              t.overhead("server_overhead_ms", k2, 0.0, "fp32"), t.ms[("tail", k2, 0.0)]))
     way, cloud_runtime, cloud_tail = min(ways, key=sum)

@@ -19,6 +19,8 @@ Each number lines up with the runtime's column it adds to:
 - link_overhead_ms: the edge's transfer_ms on an unshaped loopback with zero rtt, i.e. the wall time of
   `Remote.infer` (framing, send, the server reading and validating the frame, the reply back, parsing
   it) minus the server's reported time: the cost beyond the modelled rtt + 8 b / B;
+- frame_bytes (the section's meta, server side): the bytes a request frame carries beyond its payload
+  (the header), which a shaped link serialises with it: T_N counts payload + frame_bytes;
 - server_overhead_ms: the server's reported server_ms (decode, checks, normalisation at k = 0, the
   session lock, packing the reply) minus the trivial tail.onnx run.
 
@@ -242,7 +244,8 @@ def server_side(k: int, K: int, shape: tuple[int, ...], codecs: tuple[str | None
             tail_in = mf.normalize(x, manifest) if k == 0 else x  # only its shape matters to a trivial tail
             model = time_session(server.session, tail_in, repeats, warmup, min_ms)["median_ms"]
         rows.append({"codec": codec, "link_overhead_ms": round(max(_median(got[:, 0]), 0.0), 4),
-                     "server_overhead_ms": round(max(_median(got[:, 1]) - model, 0.0), 4), "n": len(got)})
+                     "server_overhead_ms": round(max(_median(got[:, 1]) - model, 0.0), 4), "n": len(got),
+                     "frame_bytes": len(tensor.frame(1)) - len(tensor.payload)})  # what the wire adds
     return rows
 
 
@@ -292,6 +295,8 @@ def measure(profile: Profile, repeats: int = DEFAULT_REPEATS, warmup: int = DEFA
             else:
                 got = server_side(*args, threads, Path(tmp), repeats, warmup, min_ms)
             rows += [{"k": k, "r": r, **row} for row in got]
+    # the request's framing beyond its payload (the same for every split and codec): the link carries it
+    frames = {row.pop("frame_bytes") for row in rows if "frame_bytes" in row}
     meta = {
         "host": socket.gethostname(), "cpu": cpu_name(), "cpus": os.cpu_count(), "threads": int(threads),
         "versions": versions(("onnxruntime", "onnx", "numpy", "pillow")),
@@ -302,6 +307,8 @@ def measure(profile: Profile, repeats: int = DEFAULT_REPEATS, warmup: int = DEFA
         "seconds": round(time.perf_counter() - start, 2),
         "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in os.getloadavg()],
     }
+    if frames:
+        meta["frame_bytes"] = max(frames)
     if profile.meta.get("cpu_quota"):
         meta["cpu_quota"] = profile.meta["cpu_quota"]
     return {"rows": rows, "meta": meta}

@@ -25,7 +25,8 @@ ONNX graphs; `meta["overhead"]` says how, where and when.  All values are median
 - server profile: ``link_overhead_ms`` (the exchange on an unshaped loopback beyond the modelled
   rtt + 8 b / B: framing, send, the server reading and validating the frame, the reply back, parsing it;
   the runtime's transfer_ms at zero rtt) and ``server_overhead_ms`` (decoding, checks, normalisation at
-  k = 0, packing the reply; the server's reported server_ms minus tail.onnx).
+  k = 0, packing the reply; the server's reported server_ms minus tail.onnx); its meta's ``frame_bytes``
+  is what a request frame adds to the payload on the wire (the header), which the network model counts.
 
 A latency row's optional ``warm_ms`` is the mean of the same part run back to back (no idle wait, caches
 warm), where the other statistics time each run cold (memory touched and an idle gap before it).  The
@@ -167,6 +168,8 @@ class Profile:
     slowdown = property(lambda self: float(self.meta["slowdown"]))
     ratios = property(lambda self: list(self._ratios))
     has_overhead = property(lambda self: bool(self._overhead), doc="True when the profile has an overhead section")
+    frame_bytes = property(lambda self: int((self.meta.get("overhead") or {}).get("frame_bytes", 0)),
+                           doc="bytes a request frame carries beyond its payload (0 when not measured)")
 
     def idle_factor(self, gap_ms: float) -> float:
         """How much slower a cold part runs after `gap_ms` of idle than its row (timed after 1 ms), from the

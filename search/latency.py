@@ -32,7 +32,8 @@ edge (no cloud).  T_E(k..k2) = T_E(tail k, r) - T_E(tail k2, 0), both measured o
 pruning of the end part trims only the input of block k, so the blocks from k2 > k on are unpruned.
 
 O_D, encode, link and O_C are the per-request runtime overheads measured beside the model's compute
-(`Profile.overhead`; 0 for a profile measured without them).  Every number comes from a measured (or
+(`Profile.overhead`; 0 for a profile measured without them).  T_N counts the request's frame header with
+its payload (the server profile's `frame_bytes`: a shaped link serialises both); `bytes` is the payload.  Every number comes from a measured (or
 named-emulated) profile and a Network; a result is a Breakdown, never a bare number.
 `exit_rate=None` means the candidate has no exit branch at all ("no exit" is its own value): the exit
 costs nothing and never answers.  Codecs whose size depends on the sample (int8-zlib, PNG, JPEG, WebP)
@@ -276,7 +277,8 @@ def predict(device: Profile, server: Profile, network: Network, k: int, r: float
         n_bytes = 0
     exit_ms = device.ms("exit", k, r) if exit_rate is not None else 0.0
     head_ms = device.ms("head", k, r, warm=k == device.K)  # k = K: every request back to back
-    b = Breakdown(device_ms=head_ms, exit_ms=exit_ms, transfer_ms=network.transfer_ms(n_bytes),
+    frame = server.frame_bytes  # the request's header, serialised with the payload
+    b = Breakdown(device_ms=head_ms, exit_ms=exit_ms, transfer_ms=network.transfer_ms(n_bytes + frame if n_bytes else 0),
                   server_ms=server.ms("tail", k, r), bytes=float(n_bytes), exit_rate=rate, k=k, r=r, codec=codec,
                   **_overheads(device, server, k, r, codec))
     if k == device.K:
@@ -315,13 +317,13 @@ def _via_edge(b: Breakdown, device: Profile, server: Profile, edge: Edge, k2: in
     to_edge = e.overhead(k, r, b.codec)["link_overhead_ms"]  # the link's framing cost, measured beside the edge
     if k2 == k:  # a relay: the tensor goes on as it came, the cloud runs the (pruned) tail
         return replace(b, link_overhead_ms=to_edge + b.link_overhead_ms, k2=k, edge_bytes=b.bytes,
-                       edge_transfer_ms=edge.network.transfer_ms(b.bytes))
+                       edge_transfer_ms=edge.network.transfer_ms(b.bytes + server.frame_bytes if b.bytes else 0))
     mid = max(e.ms("tail", k, r) - (e.ms("tail", k2, 0.0) if k2 < K else 0.0), 0.0)
     on = device.tensor_bytes(k2, 0.0, "fp32") if k2 < K else 0
     srv = server.overhead(k2, 0.0, "fp32") if k2 < K else {"link_overhead_ms": 0.0, "server_overhead_ms": 0.0}
     return replace(b, link_overhead_ms=to_edge + srv["link_overhead_ms"], k2=k2, edge_ms=mid,
                    edge_overhead_ms=e.overhead(k, r, b.codec)["server_overhead_ms"], edge_bytes=float(on),
-                   edge_transfer_ms=edge.network.transfer_ms(on), server_ms=server.ms("tail", k2, 0.0) if k2 < K else 0.0,
+                   edge_transfer_ms=edge.network.transfer_ms(on + server.frame_bytes if on else 0), server_ms=server.ms("tail", k2, 0.0) if k2 < K else 0.0,
                    server_overhead_ms=srv["server_overhead_ms"])
 
 

@@ -64,6 +64,24 @@ def test_runtime_overheads_add_to_every_request_and_to_each_send():
     assert on_device.encode_ms == on_device.link_overhead_ms == on_device.server_overhead_ms == 0
 
 
+def test_the_frame_header_is_serialised_with_the_payload():
+    """T_N counts the server profile's frame_bytes with the payload; nothing is sent, nothing is counted."""
+    host = _compute_only(load_profile("host", MODEL, SIZE))
+    doc = copy.deepcopy(_compute_only(load_profile("server", MODEL, SIZE)).doc)
+    bare = Profile(copy.deepcopy(doc), "bare")
+    doc["meta"]["overhead"] = {"frame_bytes": 500}
+    framed = Profile(doc, "framed")
+    assert (bare.frame_bytes, framed.frame_bytes) == (0, 500)
+    net = Network(1.0, 5.0)
+    for k, codec in ((0, "raw"), (2, "int8"), (3, "fp32")):
+        payload = host.tensor_bytes(k, 0.5, "fp32" if codec == "raw" else codec)
+        b = predict(host, framed, net, k, 0.5, codec)
+        assert b.bytes == payload  # the payload, as the runtime's bytes_sent counts it
+        assert b.transfer_ms == pytest.approx(5.0 + 8 * (payload + 500) / 1000.0)
+        assert b.transfer_ms - predict(host, bare, net, k, 0.5, codec).transfer_ms == pytest.approx(4.0)
+    assert predict(host, framed, net, host.K, 0.5, "fp32").transfer_ms == 0.0
+
+
 def _with(profile: Profile, part: str, k: int, r: float, ms: float) -> Profile:
     """A copy of a loaded profile with one latency row set to a round number."""
     doc = copy.deepcopy(profile.doc)

@@ -110,6 +110,7 @@ def test_every_candidate_is_priced_as_the_oracle_prices_it_with_warm_rows_and_id
     idle curves on both sides: the product's latency model against the oracle's own formula."""
     docs = {role: copy.deepcopy(load_doc(role, "resnet18", 32)) for role in ("host", "server")}
     docs["host"]["meta"]["idle"], docs["server"]["meta"]["idle"] = STEEP_IDLE["device"], STEEP_IDLE["server"]
+    docs["server"]["meta"]["overhead"]["frame_bytes"] = 1000  # a header that costs 8 ms at 1 Mbit/s
     dev, srv = Profile(docs["host"], "host"), Profile(docs["server"], "server")
     tables = oracle.Tables(docs["host"], docs["server"])
     slowed = 0

@@ -317,6 +317,18 @@ def test_overhead_rows_round_trip(ov_root, tmp_path):
         assert [row["codec"] for row in doc["overhead"] if row["k"] == K] == [None]
 
 
+def test_overhead_records_the_frame_header_the_link_carries(ov_root):
+    """The server side's section records what a request frame adds to its payload on the wire."""
+    import numpy as np
+
+    from runtime import protocol as wire
+
+    x = np.ones((1, 4, 3, 3), np.float32)
+    header = len(wire.request(7, x, "fp32")) - x.nbytes
+    assert _ov(ov_root, "srv").frame_bytes == header > 0
+    assert _ov(ov_root, "dev").frame_bytes == 0  # the device side does not measure the link
+
+
 def test_measured_overhead_orders_as_the_codecs_work(ov_root):
     dev, srv = _ov(ov_root, "dev"), _ov(ov_root, "srv")
     # zlib after the 8-bit code costs more than a plain cast; an image codec more than sending raw bytes

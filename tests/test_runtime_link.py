@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from runtime.link import Link, TokenBucket, measure
+from runtime.link import Link, TokenBucket, measure, wait
 
 
 class FakeClock:
@@ -171,3 +171,12 @@ def test_slow_fills_the_extra_time_with_model_runs_and_spins_only_the_rest():
     assert len(runs) == 3  # 9 ms of the 10.5 ms are runs; a fourth would end 1.5 ms late
     assert clock.now - start == pytest.approx(0.0105, abs=2e-5) and clock.slept == []
     assert _slow(0.003, 1.0, clock, rerun=rerun) == 0.0 and len(runs) == 3  # no emulation: no run
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.0001, 0.0004, 0.002, 0.006])
+def test_wait_never_returns_before_its_end(seconds):
+    """The link's waits spin out what a sleep leaves, so a wait is never short (below and above SPIN_S)."""
+    for _ in range(20):
+        start = time.perf_counter()
+        wait(seconds)
+        assert time.perf_counter() - start >= seconds
