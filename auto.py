@@ -250,6 +250,7 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
     """Export the chosen split, serve it on loopback, run the edge over the test split, compare."""
     from pathlib import Path
 
+    from profiles.profile import foreign_profiles
     from runtime.deploy import deploy_candidate
     from search.run import context
 
@@ -284,6 +285,9 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
             ("mean total", predicted["total_ms"], summary["mean_ms"]),
             ("p95 total", predicted["p95_ms"], summary["p95_ms"])]
     print(f"\n== deployed over loopback ({ctx.problem.network}), {summary['n']} test samples")
+    foreign = foreign_profiles(ctx.problem.device, ctx.problem.server)
+    if foreign:
+        print(foreign)
     print("predicted: the latency model for exactly these samples' exit decisions; promised: what the search "
           "promised from the selection split")
     print(f"{'ms per request':<16}{'promised':>10}{'predicted':>10}{'measured':>10}{'vs pred':>9}{'vs promise':>11}")
@@ -305,7 +309,7 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
     print(f"mean within 10% of the prediction: {'yes' if within else 'NO'}; "
           f"not above the promise by more than 10%: {'yes' if kept else 'NO'}")
     summary.update(promised_mean_ms=mean_promise, within_10pct_of_prediction=within,
-                   within_10pct_of_promise=kept)
+                   within_10pct_of_promise=kept, foreign_profiles=foreign)
     (out / "deploy.json").write_text(json.dumps({"predicted": predicted, "measured": summary}, indent=2,
                                                 default=str))
     return summary

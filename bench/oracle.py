@@ -104,7 +104,8 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
     `edge` = (Tables of the device and the edge profile, edge-to-cloud bandwidth, rtt): the sent request
     goes to the edge, which relays it, runs some blocks and sends on, or runs the rest, whichever is fastest.
     Cold device parts are slowed by the device's idle curve at the time it waits for a reply, the cloud's
-    tail by the server's, averaged over the times from its reply to the next sent request."""
+    tail by the server's, averaged over the times from its reply to the next sent request; the edge's blocks
+    by the edge's, over the times from the end of its blocks to the next sent request."""
     K = t.K
     head = t.ms.get(("head", k, r), 0.0)
     exit_ms = t.ms[("exit", k, r)] if with_exit else 0.0
@@ -114,34 +115,40 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
     if mean_bytes is None:
         mean_bytes = t.bytes[(k, r, "fp32" if codec == "raw" else codec)]
     encode = t.overhead("encode_ms", k, r, codec)
-    # each way of serving a sent request: (the way there and back, the cloud's runtime, the cloud's tail)
+    # each way of serving a sent request: (the links there and back, the edge's blocks, the edge's runtime,
+    # the cloud's runtime, the cloud's tail)
     cloud = (t.overhead("server_overhead_ms", k, r, codec), t.ms[("tail", k, r)])
     link = t.overhead("link_overhead_ms", k, r, codec)
     if edge is None:
-        ways = [(_send(mean_bytes, bandwidth, rtt, t.frame) + link, *cloud)]
+        ways = [(_send(mean_bytes, bandwidth, rtt, t.frame) + link, 0.0, 0.0, *cloud)]
     else:
         e, bw2, rtt2 = edge
         up = _send(mean_bytes, bandwidth, rtt, t.frame) + e.overhead("link_overhead_ms", k, r, codec)
-        ways = [(up + _send(mean_bytes, bw2, rtt2, t.frame) + link, *cloud)]  # relayed as it came
+        ways = [(up + _send(mean_bytes, bw2, rtt2, t.frame) + link, 0.0, 0.0, *cloud)]  # relayed as it came
         for k2 in range(k + 1, K + 1):
             mid = max(e.ms[("tail", k, r)] - (e.ms[("tail", k2, 0.0)] if k2 < K else 0.0), 0.0)
-            mid += e.overhead("server_overhead_ms", k, r, codec)
+            mid_runtime = e.overhead("server_overhead_ms", k, r, codec)
             if k2 == K:
-                ways.append((up + mid, 0.0, 0.0))
+                ways.append((up, mid, mid_runtime, 0.0, 0.0))
             else:
-                ways.append((up + mid + _send(t.bytes[(k2, 0.0, "fp32")], bw2, rtt2, t.frame)
-                             + t.overhead("link_overhead_ms", k2, 0.0, "fp32"),
+                ways.append((up + _send(t.bytes[(k2, 0.0, "fp32")], bw2, rtt2, t.frame)
+                             + t.overhead("link_overhead_ms", k2, 0.0, "fp32"), mid, mid_runtime,
                              t.overhead("server_overhead_ms", k2, 0.0, "fp32"), t.ms[("tail", k2, 0.0)]))
-    way, cloud_runtime, cloud_tail = min(ways, key=sum)
+    links, mid, mid_runtime, cloud_runtime, cloud_tail = min(ways, key=sum)
+    way = links + mid + mid_runtime
     cold = (head + exit_ms) * t.slower("device", way + cloud_runtime + cloud_tail)
     warm = min(cold, t.warm[("head", k, r)] + t.warm[("exit", k, r)]) if with_exit else cold
-    # exited requests (each after another answer: warm) lengthen the server's wait for the next sent one
-    cloud_tail *= t.slower_between_sends(cold + dev_over + encode + way, warm + dev_over if with_exit else 0.0,
-                                         sent_share)
+    step = warm + dev_over if with_exit else 0.0
+    # exited requests (each after another answer: warm) lengthen the server's wait for the next sent one;
+    # the edge's wait runs from the end of its blocks (the cloud's part and the reply included)
+    edge_gap = cold + dev_over + encode + links + cloud_runtime + cloud_tail
+    cloud_tail *= t.slower_between_sends(cold + dev_over + encode + way, step, sent_share)
+    if mid > 0:
+        mid *= edge[0].slower_between_sends(edge_gap, step, sent_share)
     path = cold + dev_over
     if with_exit:  # a request after an exited one (share 1 - sent) runs warm
         path -= (1.0 - sent_share) * (cold - warm)
-    return path + sent_share * (encode + way + cloud_runtime + cloud_tail)
+    return path + sent_share * (encode + links + mid + mid_runtime + cloud_runtime + cloud_tail)
 
 
 def optimum(device: dict, server: dict, candidates: dict, A0: float, bandwidth: float, rtt: float,

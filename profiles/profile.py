@@ -501,3 +501,21 @@ def check_pair(device: Profile, server: Profile) -> None:
         if a != b:
             raise ValueError(f"device profile {device.device!r} and server profile {server.device!r} differ in "
                              f"{what}: {a} vs {b}")
+
+
+def foreign_profiles(*profiles: Profile, cpu: str | None = None) -> str | None:
+    """One line naming the profiles timed on a CPU other than `cpu` (this machine's by default), else None.
+
+    A deployment on loopback runs every tier here, so a profile from another machine (or the emulations
+    derived from its rows) predicts another CPU: the deployed check then measures the machines' gap too."""
+    if cpu is None:
+        from profiles.runner import cpu_name
+        cpu = cpu_name()
+    other = [p for p in profiles if p.meta.get("cpu") and p.meta["cpu"] != cpu]
+    if not other:
+        return None
+    names = ", ".join(f"{p.device} ({p.meta['cpu']}, {str(p.meta.get('date', '?'))[:10]})" for p in other)
+    sizes = sorted({p.input_size for p in other})
+    return (f"note: profiles timed on another CPU than this one ({cpu}): {names}; the deployed figures compare "
+            f"this machine with those tables (re-measure here: python -m profiles defaults "
+            + " ".join(f"--input-size {s}" for s in sizes) + ")")

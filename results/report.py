@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from search.latency import PARTS, PRICING  # noqa: E402
+from search.latency import CURVES, PARTS, PRICING  # noqa: E402
 from search.space import Config, breakdown_for, score  # noqa: E402
 
 
@@ -176,7 +176,7 @@ def write(ctx, study, reference: pd.DataFrame | None, spent: dict, versions: dic
         s = score(problem, _config(best), ctx.pool.evaluations(int(best["k"]), float(best["r"])))
         b = s.breakdown.as_dict()
         result.update(feasible=True, best=s.as_dict(), predicted={**{p: b[p] for p in PARTS + PRICING},
-                                                                  "server_idle_curve": b["server_idle_curve"],
+                                                                  **{c: b[c] for c in CURVES},
                                                                   "bytes": s.breakdown.bytes,
                                                                   "expected_ms": s.breakdown.expected_ms,
                                                                   "promised_ms": s.latency_ms},

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from compress import codec as codecs
+from profiles.profile import foreign_profiles
 from runtime import link as links
 from runtime import manifest as mf
 from runtime.cloud import CloudServer
@@ -144,7 +145,7 @@ def predicted_tiers(parts: dict[str, Any], exited, end_edge_link_ms: float = 0.0
     first = min(float(end_edge_link_ms), p["link_overhead_ms"])
     tiers = {"device+exit": p["mean_device_exit_ms"],
              "end-edge transfer": sent * (p["transfer_ms"] + first),
-             "edge": sent * (p["edge_ms"] + p["edge_overhead_ms"]),
+             "edge": p["mean_edge_ms"],  # each sent sample priced after its own wait, as the cloud
              "edge-cloud transfer": sent * (p["edge_transfer_ms"] + p["link_overhead_ms"] - first),
              "cloud": p["mean_server_ms"],  # each sent sample priced after its own wait
              "mean total": p["total_ms"], "p95 total": p["p95_ms"]}
@@ -267,6 +268,9 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
     print(f"\n== deployed on three tiers over loopback (end-edge {problem.network}, edge-cloud {edge.network}, "
           f"edge {edge.profile.device}), {summary['n']} test samples")
     print(f"tiers: {tiers_line(k, k2, K)}")
+    foreign = foreign_profiles(problem.device, edge.profile, problem.server)
+    if foreign:
+        print(foreign)
     print("predicted: the latency model for exactly these samples' exit decisions; promised: the search's, "
           "from the selection split")
     promised = {"mean total": best["expected_ms"]}  # at the promised (bounded) exit rate
@@ -283,6 +287,6 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
     print(f"mean within 10% of the prediction: {'yes' if within else 'NO'}; "
           f"not above the promise by more than 10%: {'yes' if kept else 'NO'}")
     summary.update(promised_mean_ms=best["expected_ms"], within_10pct_of_prediction=within,
-                   within_10pct_of_promise=kept)
+                   within_10pct_of_promise=kept, foreign_profiles=foreign)
     (out / "deploy.json").write_text(json.dumps({"predicted": p, "measured": summary}, indent=2, default=str))
     return summary

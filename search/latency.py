@@ -19,7 +19,8 @@ adds its warm exit path w; samples exit independently, so j is geometric:
     F_C(p) = sum_j (1 - p) p^j f_C(g0 + j w)          (f_C is flat beyond its last gap: a finite sum)
 
 The mean latency is therefore not linear in p_exit; it is never below the line through F_C(0) = f_C(g0),
-which is what `lower_bound_ms` uses.  The edge box's own curve is not applied.
+which is what `lower_bound_ms` uses.  With an edge tier, its blocks are priced the same way on the edge
+profile's curve (F_E), from its wait between the end of its own compute and the next sent request.
 
 With an edge tier (`Edge`: a server-role profile of the edge box and its link to the cloud), a sent request
 goes to the edge, which runs blocks [k, k2) and sends on to the cloud, which runs the rest:
@@ -86,6 +87,9 @@ class Breakdown:
     server_gap_ms: float = 0.0  # g0: the server's wait for a sent request that follows a sent one
     exit_gap_ms: float = 0.0  # w: what each exited request in between adds to that wait (its warm exit path)
     server_idle_curve: tuple = ()  # the server profile's idle curve ((gap ms, factor), ...); () without one
+    edge_idle_factor: float = 1.0  # edge_ms is blocks [k, k2) on the edge x this, F_E at exit_rate
+    edge_gap_ms: float = 0.0  # the edge's g0: from the end of its compute to the next sent request
+    edge_idle_curve: tuple = ()  # the edge profile's idle curve; () without one (or when the edge only relays)
 
     @property
     def exit_path_ms(self) -> float:
@@ -107,16 +111,24 @@ class Breakdown:
         """The tail's profile row, before the server's idle factor."""
         return self.server_ms / self.server_idle_factor
 
+    @property
+    def edge_row_ms(self) -> float:
+        """Blocks [k, k2) from the edge profile's rows, before the edge's idle factor."""
+        return self.edge_ms / self.edge_idle_factor
+
     def server_factor_at(self, exit_rates) -> np.ndarray:
         """F_C: the mean idle factor of the server's tail at these exit rates (the module docstring)."""
-        p = np.asarray(exit_rates, dtype=float)
-        if not self.server_idle_curve:
-            return np.full(p.shape, self.server_idle_factor)
-        return mean_idle_factor(self.server_idle_curve, self.server_gap_ms, self.exit_gap_ms, p)
+        return _factor_at(self.server_idle_curve, self.server_idle_factor, self.server_gap_ms, self.exit_gap_ms,
+                          exit_rates)
+
+    def edge_factor_at(self, exit_rates) -> np.ndarray:
+        """F_E: the same for the edge's blocks, on the edge profile's curve."""
+        return _factor_at(self.edge_idle_curve, self.edge_idle_factor, self.edge_gap_ms, self.exit_gap_ms, exit_rates)
 
     def sent_at(self, exit_rates) -> np.ndarray:
         """What a sent request adds to the exit path at these exit rates (more exits: a colder server)."""
-        return self.sent_ms + self.server_row_ms * self.server_factor_at(exit_rates) - self.server_ms
+        return (self.sent_ms + self.server_row_ms * self.server_factor_at(exit_rates) - self.server_ms
+                + self.edge_row_ms * self.edge_factor_at(exit_rates) - self.edge_ms)
 
     @property
     def expected_ms(self) -> float:
@@ -145,8 +157,9 @@ class Breakdown:
 
     def with_exit_rate(self, exit_rate: float) -> "Breakdown":
         """This breakdown at another exit rate: the server's tail repriced for its longer or shorter waits."""
-        f = float(self.server_factor_at(exit_rate))
-        return replace(self, exit_rate=float(exit_rate), server_ms=self.server_row_ms * f, server_idle_factor=f)
+        f, e = float(self.server_factor_at(exit_rate)), float(self.edge_factor_at(exit_rate))
+        return replace(self, exit_rate=float(exit_rate), server_ms=self.server_row_ms * f, server_idle_factor=f,
+                       edge_ms=self.edge_row_ms * e, edge_idle_factor=e)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "expected_ms": self.expected_ms}
@@ -154,10 +167,19 @@ class Breakdown:
 
 PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms") + OVERHEADS + ("edge_ms", "edge_overhead_ms",
                                                                            "edge_transfer_ms", "warm_saving_ms")
-# what reprices a breakdown at another exit rate (with the server's curve, `server_idle_curve`)
-PRICING = ("exit_rate", "server_idle_factor", "server_gap_ms", "exit_gap_ms")
+# what reprices a breakdown at another exit rate (with the server's and edge's curves)
+PRICING = ("exit_rate", "server_idle_factor", "server_gap_ms", "exit_gap_ms", "edge_idle_factor", "edge_gap_ms")
+CURVES = ("server_idle_curve", "edge_idle_curve")
 EDGE_PARTS = ("k2", "edge_ms", "edge_overhead_ms", "edge_transfer_ms", "edge_bytes")  # a 3-tier breakdown's own
 TIERS = ("all", "relay", "edge")  # every k2; k2 = k only (end and cloud); k2 = K only (end and edge)
+
+
+def _factor_at(curve, fixed: float, gap_ms: float, step_ms: float, exit_rates) -> np.ndarray:
+    """A tier's mean idle factor at these exit rates: `fixed` without a curve, else `mean_idle_factor`."""
+    p = np.asarray(exit_rates, dtype=float)
+    if not curve:
+        return np.full(p.shape, fixed)
+    return mean_idle_factor(curve, gap_ms, step_ms, p)
 
 
 def mean_idle_factor(curve, gap_ms: float, step_ms: float, exit_rates) -> np.ndarray:
@@ -200,10 +222,11 @@ class Edge:
 def breakdown_from(parts: dict) -> Breakdown:
     """A Breakdown back from its parts (a result file's `predicted`, a benchmark row); missing pricing keys
     (files from before the server's idle curve) leave the server priced as stored."""
-    defaults = {"exit_rate": 0.0, "server_idle_factor": 1.0, "server_gap_ms": 0.0, "exit_gap_ms": 0.0}
+    defaults = {"exit_rate": 0.0, "server_idle_factor": 1.0, "server_gap_ms": 0.0, "exit_gap_ms": 0.0,
+                "edge_idle_factor": 1.0, "edge_gap_ms": 0.0}
     return Breakdown(**{p: float(parts.get(p, 0.0)) for p in PARTS}, bytes=float(parts.get("bytes", 0.0)),
                      **{p: float(parts.get(p, defaults[p])) for p in PRICING},
-                     server_idle_curve=tuple(tuple(map(float, knot)) for knot in parts.get("server_idle_curve", ())))
+                     **{c: tuple(tuple(map(float, knot)) for knot in parts.get(c, ())) for c in CURVES})
 
 
 def predicted_at(parts: dict, exit_rate: float) -> dict[str, float]:
@@ -223,23 +246,30 @@ def predicted_per_sample(parts: dict, exited) -> dict[str, float]:
     b = breakdown_from({**parts, **out})
     after_answer = np.concatenate([[False], exited[:-1]]) if exited.size else exited
     path = b.exit_path_at(after_answer.astype(float))
-    # the server's tail after the exits since the last send (the first request: after none)
-    server = np.full(exited.shape, b.server_ms)
-    if b.server_idle_curve and exited.size:
-        run = np.zeros(exited.size)
-        for i in range(1, exited.size):
-            run[i] = run[i - 1] + 1 if exited[i - 1] else 0
-        xs, ys = zip(*b.server_idle_curve)
-        server = b.server_row_ms * np.interp(b.server_gap_ms + run * b.exit_gap_ms, xs, ys)
-    per_sample = np.where(exited, path, path + b.sent_ms - b.server_ms + server)
+    # the server's and edge's blocks after the exits since the last send (the first request: after none)
+    run = np.zeros(exited.size)
+    for i in range(1, exited.size):
+        run[i] = run[i - 1] + 1 if exited[i - 1] else 0
+
+    def after_wait(curve, priced_ms, row_ms, gap_ms):
+        if not curve or not exited.size:
+            return np.full(exited.shape, priced_ms)
+        xs, ys = zip(*curve)
+        return row_ms * np.interp(gap_ms + run * b.exit_gap_ms, xs, ys)
+
+    server = after_wait(b.server_idle_curve, b.server_ms, b.server_row_ms, b.server_gap_ms)
+    edge = after_wait(b.edge_idle_curve, b.edge_ms, b.edge_row_ms, b.edge_gap_ms)
+    per_sample = np.where(exited, path, path + b.sent_ms - b.server_ms + server - b.edge_ms + edge)
     if exited.size:
         out["total_ms"] = float(per_sample.mean())
     out["p95_ms"] = float(np.quantile(per_sample, 0.95)) if exited.size else float("nan")
     sent = 1.0 - out["exit_rate"]
     mean_server = float(np.where(exited, 0.0, server).mean()) if exited.size else sent * b.server_ms
+    mean_edge = float(np.where(exited, 0.0, edge).mean()) if exited.size else sent * b.edge_ms
     out.update(mean_device_exit_ms=(float(path.mean()) if exited.size else b.exit_path_ms) + sent * b.encode_ms,
                mean_transfer_ms=sent * (b.transfer_ms + b.link_overhead_ms),
-               mean_server_ms=mean_server + sent * b.server_overhead_ms)
+               mean_server_ms=mean_server + sent * b.server_overhead_ms,
+               mean_edge_ms=mean_edge + sent * b.edge_overhead_ms)
     return out
 
 
@@ -302,12 +332,23 @@ def _after_idle(b: Breakdown, device: Profile, server: Profile, warm_ms: float |
     cold = (b.device_ms + b.exit_ms) * f_dev
     gap = cold + b.device_overhead_ms + b.sent_ms - b.server_ms - b.server_overhead_ms
     f_srv = server.idle_factor(gap)
+    edge_gap = cold + b.device_overhead_ms + b.sent_ms - b.edge_ms - b.edge_overhead_ms
+    f_edge = _interp_curve(b.edge_idle_curve, edge_gap)
     saving = max(cold - warm_ms, 0.0) if warm_ms is not None else 0.0
     step = cold + b.device_overhead_ms - saving if warm_ms is not None else 0.0  # an exited request, warm
     out = replace(b, device_ms=b.device_ms * f_dev, exit_ms=b.exit_ms * f_dev, server_ms=b.server_ms * f_srv,
                   warm_saving_ms=saving, device_idle_factor=f_dev, server_idle_factor=f_srv, server_gap_ms=gap,
-                  exit_gap_ms=step, server_idle_curve=server.idle_curve())
+                  exit_gap_ms=step, server_idle_curve=server.idle_curve(), edge_ms=b.edge_ms * f_edge,
+                  edge_idle_factor=f_edge, edge_gap_ms=edge_gap if b.edge_idle_curve else 0.0)
     return out.with_exit_rate(out.exit_rate)
+
+
+def _interp_curve(curve, gap_ms: float) -> float:
+    """A curve's factor at one gap (1.0 without a curve), as Profile.idle_factor reads its own."""
+    if not curve:
+        return 1.0
+    xs, ys = zip(*curve)
+    return float(np.interp(gap_ms, xs, ys))
 
 
 def _via_edge(b: Breakdown, device: Profile, server: Profile, edge: Edge, k2: int) -> Breakdown:
@@ -322,6 +363,7 @@ def _via_edge(b: Breakdown, device: Profile, server: Profile, edge: Edge, k2: in
     on = device.tensor_bytes(k2, 0.0, "fp32") if k2 < K else 0
     srv = server.overhead(k2, 0.0, "fp32") if k2 < K else {"link_overhead_ms": 0.0, "server_overhead_ms": 0.0}
     return replace(b, link_overhead_ms=to_edge + srv["link_overhead_ms"], k2=k2, edge_ms=mid,
+                   edge_idle_curve=e.idle_curve() if mid > 0 else (),
                    edge_overhead_ms=e.overhead(k, r, b.codec)["server_overhead_ms"], edge_bytes=float(on),
                    edge_transfer_ms=edge.network.transfer_ms(on + server.frame_bytes if on else 0), server_ms=server.ms("tail", k2, 0.0) if k2 < K else 0.0,
                    server_overhead_ms=srv["server_overhead_ms"])

@@ -218,7 +218,8 @@ class Score:
                 **{key: b[key] for key in ("device_ms", "exit_ms", "transfer_ms", "server_ms", "bytes", *OVERHEADS,
                                             "warm_saving_ms", "device_idle_factor", "server_idle_factor",
                                             "server_gap_ms", "exit_gap_ms")},
-                **({key: b[key] for key in EDGE_PARTS} if b["k2"] is not None else {})}
+                **({key: b[key] for key in EDGE_PARTS + ("edge_idle_factor", "edge_gap_ms")}
+                   if b["k2"] is not None else {})}
 
 
 def violation(problem: Problem, latency_ms: float, accuracy: float) -> float:

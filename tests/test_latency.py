@@ -57,8 +57,10 @@ def test_runtime_overheads_add_to_every_request_and_to_each_send():
     b = predict(host, server, Network(10, 5), 2, 0.5, "int8", exit_rate=0.25)
     o = {**host.overhead(2, 0.5, "int8"), **{k: v for k, v in server.overhead(2, 0.5, "int8").items() if v}}
     assert min(o.values()) > 0
+    frame = 8 * server.frame_bytes / (1000 * 10)  # the header measured with the overheads, at 10 Mbit/s
+    assert server.frame_bytes > 0
     assert b.expected_ms == pytest.approx(bare.expected_ms + o["device_overhead_ms"] + 0.75 * (
-        o["encode_ms"] + o["link_overhead_ms"] + o["server_overhead_ms"]))
+        o["encode_ms"] + o["link_overhead_ms"] + o["server_overhead_ms"] + frame))
     on_device = predict(host, server, Network(10, 5), host.K, 0.5, "fp32")
     assert on_device.expected_ms == pytest.approx(host.ms("head", host.K, 0.5) + on_device.device_overhead_ms)
     assert on_device.encode_ms == on_device.link_overhead_ms == on_device.server_overhead_ms == 0

@@ -441,3 +441,16 @@ def test_idle_curve_is_measured_for_a_device_and_copied_for_its_emulation(ov_roo
     assert dev.idle_factor(0.5) == 1.0 and dev.idle_factor(1e6) == max(1.0, *curve["factor"])
     assert dev.idle_factor(100.0) >= dev.idle_factor(5.0) >= 1.0  # never decreasing in the gap
     assert load_profile("srv", MODEL, SIZE, root=ov_root).idle_factor(50.0) == 1.0  # no curve measured
+
+
+def test_profiles_from_another_cpu_are_named(dev, srv):
+    """A deployment on this machine says which profiles were timed elsewhere (and only those)."""
+    from profiles.profile import foreign_profiles
+    from profiles.runner import cpu_name
+
+    here = cpu_name()
+    assert dev.meta["cpu"] == here and foreign_profiles(dev, srv) is None  # timed here by the fixture
+    line = foreign_profiles(dev, srv, cpu="Some Other CPU 9000")
+    assert line.startswith("note:") and "\n" not in line
+    assert f"{dev.device} ({here}" in line and f"{srv.device} ({here}" in line and "Some Other CPU 9000" in line
+    assert f"--input-size {dev.input_size}" in line

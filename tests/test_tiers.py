@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 
@@ -59,6 +60,34 @@ def test_the_second_cut_is_the_fastest_the_tiers_allow_by_hand():
     assert predict(d, s, link, 1, 0.5, "fp32").expected_ms == pytest.approx(1 + 21.384 + 0.2)
     # device only sends nothing, so no edge is involved
     assert predict(d, s, link, 3, 0.0, "fp32", edge=edge).k2 is None
+
+
+def test_the_edge_blocks_slow_down_by_the_edge_curve_at_the_edge_wait():
+    """The edge idles from the end of its blocks to the next sent request: with the case of the test above
+    (the edge answers: blocks [1, 3) = 2 ms) that is the device's 1 ms and the way up, 21.384 ms, and
+    with an idle curve 1 at 1 ms to 3 at 41 ms the blocks run x (1 + 2 * 21.384 / 40)."""
+    d, s, e = _scene()
+    doc = copy.deepcopy(e.doc)
+    doc["meta"]["idle"] = {"gap_ms": [1.0, 41.0], "factor": [1.0, 3.0]}
+    link, edge = Network(1.0, 5.0), Edge(Profile(doc, "e"), Network(1.0, 0.1), "edge")
+    b = predict(d, s, link, 1, 0.5, "fp32", edge=edge)
+    f = 1 + 2 * 21.384 / 40
+    assert b.edge_gap_ms == pytest.approx(22.384) and b.edge_idle_factor == pytest.approx(f)
+    assert b.edge_ms == pytest.approx(2.0 * f) and b.expected_ms == pytest.approx(1 + 21.384 + 2.0 * f)
+    assert predict(d, s, link, 1, 0.5, "fp32", edge=edge.only("edge")).edge_ms == pytest.approx(2.0 * f)
+    # the edge's own curve only: the same scene without it prices the blocks as their rows
+    assert predict(d, s, link, 1, 0.5, "fp32", edge=Edge(e, Network(1.0, 0.1), "edge")).edge_ms == pytest.approx(2.0)
+    # a relay computes nothing at the edge, so its curve changes nothing
+    relay = predict(d, s, link, 1, 0.5, "fp32", edge=edge.only("relay"))
+    assert relay.edge_ms == 0 and relay.edge_idle_curve == ()
+    # each exited request in between (5 ms each here) lengthens the wait: at p = 0.5 the mean over j exits,
+    # chance 0.5^(j + 1), of the curve at 22.384 + 5 j (3 from 41 ms on)
+    spaced = replace(b, exit_gap_ms=5.0)
+    by_hand = sum(0.5 ** (j + 1) * min(1 + (22.384 + 5 * j - 1) / 20, 3.0) for j in range(60))
+    assert by_hand == pytest.approx(2.29925, abs=1e-4)
+    assert spaced.with_exit_rate(0.5).edge_idle_factor == pytest.approx(by_hand)
+    assert spaced.with_exit_rate(0.5).edge_ms == pytest.approx(2.0 * by_hand)
+    assert spaced.with_exit_rate(0.0).edge_ms == pytest.approx(2.0 * f)
 
 
 def test_an_edge_needs_a_server_role_profile_and_known_tiers():
