@@ -325,8 +325,25 @@ def summarize(df: "pd.DataFrame | Iterable[Mapping[str, Any]]", attrs: Mapping[s
     }
     for part in ("device_ms", "exit_ms", "transfer_ms", "server_ms"):
         out[part] = mean(col(part))
+    stalled = total > max(STALL_FACTOR * out["p50_ms"], out["p50_ms"] + STALL_MIN_MS) if n else total > 0
+    out.update(stalls=int(stalled.sum()), longest_ms=float(total.max()) if n else float("nan"),
+               mean_ms_without_stalls=mean(total[~stalled]))
     out.update({k: v for k, v in attrs.items() if k != "model_dir"})
     return out
+
+
+# a sample this much slower than the median (and by at least STALL_MIN_MS) stalled: the machine, not the model
+STALL_FACTOR, STALL_MIN_MS = 20.0, 100.0
+
+
+def stall_line(summary: Mapping[str, Any], predicted_ms: float) -> str | None:
+    """One line on the samples that stalled (one stall of a VM can decide the mean of a thousand), or None."""
+    if not summary.get("stalls"):
+        return None
+    m = summary["mean_ms_without_stalls"]
+    return (f"{summary['stalls']} sample(s) stalled (longest {summary['longest_ms']:.0f} ms, over {STALL_FACTOR:g}x the "
+            f"median {summary['p50_ms']:.3f} ms): mean without them {m:.3f} ms ({100 * (m / predicted_ms - 1):+.1f}% "
+            "against the prediction)")
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -34,7 +34,7 @@ from runtime import link as links
 from runtime import manifest as mf
 from runtime.cloud import CloudServer
 from runtime.deploy import agreement, evaluated_answers
-from runtime.edge import run_edge, summarize
+from runtime.edge import run_edge, stall_line, summarize
 from runtime.export import ATOL, RTOL, SAMPLES, export_checked, export_split
 from runtime.relay import RelayServer
 from search.latency import predicted_per_sample
@@ -286,6 +286,8 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
     kept = summary["mean_ms"] <= 1.10 * best["expected_ms"]
     print(f"mean within 10% of the prediction: {'yes' if within else 'NO'}; "
           f"not above the promise by more than 10%: {'yes' if kept else 'NO'}")
+    if p and stall_line(summary, p["mean total"]):
+        print(stall_line(summary, p["mean total"]))
     summary.update(promised_mean_ms=best["expected_ms"], within_10pct_of_prediction=within,
                    within_10pct_of_promise=kept, foreign_profiles=foreign)
     (out / "deploy.json").write_text(json.dumps({"predicted": p, "measured": summary}, indent=2, default=str))

@@ -433,3 +433,21 @@ def test_real_shaped_link_in_a_network_namespace(split, digits32):
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", veth], capture_output=True)
+
+
+def test_a_stalled_sample_is_counted_and_named_beside_the_mean():
+    """One sample 1000x the median decides the mean of 100; the summary counts it and gives the mean
+    without it, and a merely slow one (5x the median) is no stall."""
+    from runtime.edge import stall_line
+
+    rows = [{"total_ms": 4.0, "bytes_sent": 0, "exited": True, "fallback": False, "pred": 1, "correct": True,
+             "device_ms": 4.0, "exit_ms": 0.0, "transfer_ms": 0.0, "server_ms": 0.0} for _ in range(100)]
+    rows[7] = {**rows[7], "total_ms": 20.0}
+    assert summarize(rows)["stalls"] == 0 and stall_line(summarize(rows), 4.0) is None
+    rows[50] = {**rows[50], "total_ms": 4000.0}
+    s = summarize(rows)
+    assert s["stalls"] == 1 and s["longest_ms"] == 4000.0
+    assert s["mean_ms"] == pytest.approx((98 * 4 + 20 + 4000) / 100)
+    assert s["mean_ms_without_stalls"] == pytest.approx((98 * 4 + 20) / 99)
+    line = stall_line(s, 4.0)
+    assert "1 sample(s) stalled (longest 4000 ms" in line and "+4.0% against the prediction" in line
