@@ -309,8 +309,9 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
     kept = summary["mean_ms"] <= 1.10 * mean_promise
     print(f"mean within 10% of the prediction: {'yes' if within else 'NO'}; "
           f"not above the promise by more than 10%: {'yes' if kept else 'NO'}")
-    if stall_line(summary, predicted["total_ms"]):
-        print(stall_line(summary, predicted["total_ms"]))
+    stalls = stall_line(summary, predicted["total_ms"])
+    if stalls:
+        print(stalls)
     summary.update(promised_mean_ms=mean_promise, within_10pct_of_prediction=within,
                    within_10pct_of_promise=kept, foreign_profiles=foreign)
     (out / "deploy.json").write_text(json.dumps({"predicted": predicted, "measured": summary}, indent=2,

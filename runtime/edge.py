@@ -325,7 +325,7 @@ def summarize(df: "pd.DataFrame | Iterable[Mapping[str, Any]]", attrs: Mapping[s
     }
     for part in ("device_ms", "exit_ms", "transfer_ms", "server_ms"):
         out[part] = mean(col(part))
-    stalled = total > max(STALL_FACTOR * out["p50_ms"], out["p50_ms"] + STALL_MIN_MS) if n else total > 0
+    stalled = total > max(STALL_FACTOR * out["p50_ms"], out["p50_ms"] + STALL_MIN_MS) if n else np.zeros(0, bool)
     out.update(stalls=int(stalled.sum()), longest_ms=float(total.max()) if n else float("nan"),
                mean_ms_without_stalls=mean(total[~stalled]))
     out.update({k: v for k, v in attrs.items() if k != "model_dir"})

@@ -286,8 +286,9 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
     kept = summary["mean_ms"] <= 1.10 * best["expected_ms"]
     print(f"mean within 10% of the prediction: {'yes' if within else 'NO'}; "
           f"not above the promise by more than 10%: {'yes' if kept else 'NO'}")
-    if p and stall_line(summary, p["mean total"]):
-        print(stall_line(summary, p["mean total"]))
+    stalls = stall_line(summary, p["mean total"]) if p else None
+    if stalls:
+        print(stalls)
     summary.update(promised_mean_ms=best["expected_ms"], within_10pct_of_prediction=within,
                    within_10pct_of_promise=kept, foreign_profiles=foreign)
     (out / "deploy.json").write_text(json.dumps({"predicted": p, "measured": summary}, indent=2, default=str))

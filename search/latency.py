@@ -332,23 +332,14 @@ def _after_idle(b: Breakdown, device: Profile, server: Profile, warm_ms: float |
     cold = (b.device_ms + b.exit_ms) * f_dev
     gap = cold + b.device_overhead_ms + b.sent_ms - b.server_ms - b.server_overhead_ms
     f_srv = server.idle_factor(gap)
-    edge_gap = cold + b.device_overhead_ms + b.sent_ms - b.edge_ms - b.edge_overhead_ms
-    f_edge = _interp_curve(b.edge_idle_curve, edge_gap)
+    edge_gap = cold + b.device_overhead_ms + b.sent_ms - b.edge_ms - b.edge_overhead_ms  # F_E: with_exit_rate
     saving = max(cold - warm_ms, 0.0) if warm_ms is not None else 0.0
     step = cold + b.device_overhead_ms - saving if warm_ms is not None else 0.0  # an exited request, warm
     out = replace(b, device_ms=b.device_ms * f_dev, exit_ms=b.exit_ms * f_dev, server_ms=b.server_ms * f_srv,
                   warm_saving_ms=saving, device_idle_factor=f_dev, server_idle_factor=f_srv, server_gap_ms=gap,
-                  exit_gap_ms=step, server_idle_curve=server.idle_curve(), edge_ms=b.edge_ms * f_edge,
-                  edge_idle_factor=f_edge, edge_gap_ms=edge_gap if b.edge_idle_curve else 0.0)
+                  exit_gap_ms=step, server_idle_curve=server.idle_curve(),
+                  edge_gap_ms=edge_gap if b.edge_idle_curve else 0.0)
     return out.with_exit_rate(out.exit_rate)
-
-
-def _interp_curve(curve, gap_ms: float) -> float:
-    """A curve's factor at one gap (1.0 without a curve), as Profile.idle_factor reads its own."""
-    if not curve:
-        return 1.0
-    xs, ys = zip(*curve)
-    return float(np.interp(gap_ms, xs, ys))
 
 
 def _via_edge(b: Breakdown, device: Profile, server: Profile, edge: Edge, k2: int) -> Breakdown:
