@@ -15,6 +15,9 @@ Per test sample, one row (all times in ms, measured with perf_counter):
   T_N(b) = rtt + 8 b / bandwidth plus the real loopback cost.
 - server_ms: the server's own time for the request (decode, queue, tail inference), from the reply.
 - total_ms: wall time of the whole sample, about the sum of the parts.
+- steal_ms: CPU time the hypervisor gave to other guests from the end of the previous sample to the end of
+  this one, summed over this machine's CPUs (/proc/stat, 10 ms ticks; NaN where the kernel does not count it):
+  what tells a stalled sample caused by the VM from one caused by the model or the link.
 
 Faults (runtime.client): a failed request is retried with exponential back-off; if every attempt
 fails and a direct server is configured (`--direct HOST:PORT`: in three tiers, the cloud reached without
@@ -34,6 +37,7 @@ import argparse
 import csv as csvlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,7 +59,21 @@ COLUMNS = ["index", "device_ms", "exit_ms", "transfer_ms", "server_ms", "total_m
            "direct", "bytes_sent", "pred", "label", "correct", "attempts", "error"]
 # through an edge server (runtime.relay), its reply splits server_ms: its own ms, edge-to-cloud, cloud (else 0)
 TIER_COLUMNS = ["edge_ms", "edge_transfer_ms", "cloud_ms"]
-COLUMNS += TIER_COLUMNS
+COLUMNS += TIER_COLUMNS + ["steal_ms"]
+_TICK_MS = 1e3 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+
+
+def stolen_ms(stat: str | None = None) -> float:
+    """CPU time stolen from this machine since boot, summed over its CPUs: the 8th field of /proc/stat's
+    "cpu" line (`stat` its text; read here when None).  NaN where there is no such count."""
+    try:
+        if stat is None:
+            with open("/proc/stat") as f:
+                stat = f.readline()
+        fields = stat.split("\n", 1)[0].split()
+        return float(fields[8]) * _TICK_MS if fields[0] == "cpu" and len(fields) > 8 else math.nan
+    except (OSError, ValueError, IndexError):
+        return math.nan
 
 
 def _softmax_max(logits: np.ndarray) -> float:
@@ -156,8 +174,11 @@ def run_rows(model_dir: str | Path, server: str | tuple[str, int] | None = None,
         except ImportError:  # a device without tqdm: no bar
             pass
     try:
+        stolen = stolen_ms()  # read between samples, outside their timing
         for i in iterator:
             row = device.answer(i, samples[i:i + 1], int(labels[i]), remote, second)
+            now = stolen_ms()
+            row["steal_ms"], stolen = now - stolen, now
             rows.append(row)
             if on_sample is not None:
                 on_sample(row)
@@ -326,8 +347,11 @@ def summarize(df: "pd.DataFrame | Iterable[Mapping[str, Any]]", attrs: Mapping[s
     for part in ("device_ms", "exit_ms", "transfer_ms", "server_ms"):
         out[part] = mean(col(part))
     stalled = total > max(STALL_FACTOR * out["p50_ms"], out["p50_ms"] + STALL_MIN_MS) if n else np.zeros(0, bool)
+    steal = np.array([row.get("steal_ms", math.nan) for row in rows], dtype=float)
     out.update(stalls=int(stalled.sum()), longest_ms=float(total.max()) if n else float("nan"),
-               mean_ms_without_stalls=mean(total[~stalled]))
+               mean_ms_without_stalls=mean(total[~stalled]),
+               steal_ms=float(steal.sum()), stall_steal_ms=float(steal[stalled].sum()),
+               stall_wall_ms=float(total[stalled].sum()))
     out.update({k: v for k, v in attrs.items() if k != "model_dir"})
     return out
 
@@ -340,10 +364,12 @@ def stall_line(summary: Mapping[str, Any], predicted_ms: float) -> str | None:
     """One line on the samples that stalled (one stall of a VM can decide the mean of a thousand), or None."""
     if not summary.get("stalls"):
         return None
-    m = summary["mean_ms_without_stalls"]
+    m, steal = summary["mean_ms_without_stalls"], summary.get("stall_steal_ms", math.nan)
+    cause = ("the hypervisor's steal time is not counted here" if math.isnan(steal) else
+             f"the hypervisor stole {steal:.0f} ms of CPU time during them ({summary['stall_wall_ms']:.0f} ms wall)")
     return (f"{summary['stalls']} sample(s) stalled (longest {summary['longest_ms']:.0f} ms, over {STALL_FACTOR:g}x the "
-            f"median {summary['p50_ms']:.3f} ms): mean without them {m:.3f} ms ({100 * (m / predicted_ms - 1):+.1f}% "
-            "against the prediction)")
+            f"median {summary['p50_ms']:.3f} ms; {cause}): mean without them {m:.3f} ms "
+            f"({100 * (m / predicted_ms - 1):+.1f}% against the prediction)")
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ mid-run makes the edge fall back, and every sample is answered exactly once.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -84,6 +85,7 @@ def test_edge_and_server_match_pytorch(split, server, digits32):
     _check_once(df)
     assert list(df.columns) == COLUMNS
     assert not df.fallback.any() and (df.error == "").all()
+    assert (df.steal_ms >= 0).all()  # counted on Linux (NaN fails this), in whole ticks
     np.testing.assert_array_equal(df.exited, ref["exited"])
     np.testing.assert_array_equal(df.pred, ref["pred"])
     np.testing.assert_array_equal(df.correct, ref["pred"] == ref["labels"])
@@ -451,3 +453,20 @@ def test_a_stalled_sample_is_counted_and_named_beside_the_mean():
     assert s["mean_ms_without_stalls"] == pytest.approx((98 * 4 + 20) / 99)
     line = stall_line(s, 4.0)
     assert "1 sample(s) stalled (longest 4000 ms" in line and "+4.0% against the prediction" in line
+    assert "steal time is not counted" in line  # rows without a steal count say so, not "0 ms stolen"
+    rows = [{**row, "steal_ms": 10.0 * (i == 3)} for i, row in enumerate(rows)]
+    rows[50]["steal_ms"] = 3900.0
+    s = summarize(rows)
+    assert s["steal_ms"] == 3910.0 and s["stall_steal_ms"] == 3900.0 and s["stall_wall_ms"] == 4000.0
+    assert "the hypervisor stole 3900 ms of CPU time during them (4000 ms wall)" in stall_line(s, 4.0)
+
+
+def test_steal_time_is_the_eighth_field_of_the_cpu_line_in_ticks():
+    """/proc/stat's "cpu" line: user nice system idle iowait irq softirq steal ...; anything else is NaN."""
+    from runtime.edge import stolen_ms
+
+    tick = 1e3 / os.sysconf("SC_CLK_TCK")
+    assert stolen_ms("cpu  14069 0 5501 24955 560 0 57 6 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n") == 6 * tick
+    assert math.isnan(stolen_ms("cpu0 1 2 3 4 5 6 7 8 9 10")) and math.isnan(stolen_ms("cpu 1 2 3"))
+    before = stolen_ms()
+    assert before >= 0 and stolen_ms() >= before  # this machine's own count only grows
