@@ -10,6 +10,8 @@ Per test sample, one row (all times in ms, measured with perf_counter):
   + encoding the split tensor when it is sent (at k = 0, the image under the manifest's input codec).
   The emulated slowdown spins (F - 1) x the head.onnx run only, the part the profile measured, so an
   "emulated-10x" device runs the model 10x slower.
+- head_ms: that head.onnx run itself, on this host before the slowdown (0 without a head): F x head_ms
+  is what the emulation spends, so a device part off its prediction can be traced to the host's own run.
 - transfer_ms: from handing the frame to the link until the reply is read, minus server_ms; with a
   shaped link it includes the rtt and the paced serialization (runtime.link), so it matches
   T_N(b) = rtt + 8 b / bandwidth plus the real loopback cost.
@@ -59,7 +61,7 @@ COLUMNS = ["index", "device_ms", "exit_ms", "transfer_ms", "server_ms", "total_m
            "direct", "bytes_sent", "pred", "label", "correct", "attempts", "error"]
 # through an edge server (runtime.relay), its reply splits server_ms: its own ms, edge-to-cloud, cloud (else 0)
 TIER_COLUMNS = ["edge_ms", "edge_transfer_ms", "cloud_ms"]
-COLUMNS += TIER_COLUMNS + ["steal_ms"]
+COLUMNS += TIER_COLUMNS + ["head_ms", "steal_ms"]
 _TICK_MS = 1e3 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
 
 
@@ -224,7 +226,7 @@ class Device:
         start = time.perf_counter()
         row: dict[str, Any] = {"index": index, "exit_ms": 0.0, "transfer_ms": 0.0, "server_ms": 0.0,
                                "exited": False, "fallback": False, "direct": False, "bytes_sent": 0, "label": label,
-                               "attempts": 0,
+                               "attempts": 0, "head_ms": 0.0,
                                "error": "", **dict.fromkeys(TIER_COLUMNS, 0.0)}
         exit_pred = -1
         x: np.ndarray = image
@@ -233,8 +235,9 @@ class Device:
             compute = time.perf_counter()
             feed = {self.input: x}
             outs = self.head.run(None, feed)
+            row["head_ms"] = (time.perf_counter() - compute) * 1e3
             # the emulated device is slower at what the profile measured (the model), not at Python's part
-            _slow(time.perf_counter() - compute, self.slowdown, rerun=lambda: self.head.run(None, feed))
+            _slow(row["head_ms"] / 1e3, self.slowdown, rerun=lambda: self.head.run(None, feed))
             if self.last:
                 return self._device_only(row, start, int(outs[0][0].argmax()))
             if self.use_exit:
@@ -346,6 +349,7 @@ def summarize(df: "pd.DataFrame | Iterable[Mapping[str, Any]]", attrs: Mapping[s
     }
     for part in ("device_ms", "exit_ms", "transfer_ms", "server_ms"):
         out[part] = mean(col(part))
+    out["head_ms"] = mean(np.array([row.get("head_ms", math.nan) for row in rows], dtype=float))
     stalled = total > max(STALL_FACTOR * out["p50_ms"], out["p50_ms"] + STALL_MIN_MS) if n else np.zeros(0, bool)
     steal = np.array([row.get("steal_ms", math.nan) for row in rows], dtype=float)
     out.update(stalls=int(stalled.sum()), longest_ms=float(total.max()) if n else float("nan"),

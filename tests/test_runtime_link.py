@@ -133,6 +133,8 @@ def test_emulated_slowdown_scales_the_model_call_only(tmp_path, monkeypatch, dig
     for (started, compute_s, _), (n0, n1), device_ms in zip(seen, spans, df.device_ms):
         assert started >= n1  # the slowed time starts after the normalisation: it is not multiplied
         assert device_ms >= (n1 - n0) * 1e3 + 4 * compute_s * 1e3 - 0.5  # ... but it is paid once, unscaled
+    # each row names the host's own model run, the time the emulation multiplied
+    assert list(df.head_ms) == pytest.approx([compute_s * 1e3 for _, compute_s, _ in seen], rel=1e-9)
 
 
 class TickingClock(FakeClock):
