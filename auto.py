@@ -63,6 +63,10 @@ def parser() -> argparse.ArgumentParser:
                    default=100.0, help="with --edge_device: the edge-to-cloud link in Mbit/s (> 0)")
     g.add_argument("--edge_cloud_rtt", "--edge-cloud-rtt", dest="edge_cloud_rtt", type=float, default=10.0,
                    help="with --edge_device: the edge-to-cloud round-trip time in ms")
+    g.add_argument("--edge_cloud_codecs", "--edge-cloud-codecs", dest="edge_cloud_codecs", default="fp32",
+                   help="with --edge_device: codecs the edge may send to the cloud with, from fp32, fp16, int8 "
+                        "(comma-separated).  Beyond fp32 they change answers, so each evaluated candidate is also "
+                        "run once per first codec, second cut and second codec (its tail only)")
     g.add_argument("--A0", type=float, default=0.9,
                    help="required accuracy, in (0, 1]: its lower confidence bound on the selection split must reach it")
     g.add_argument("--confidence", type=float, default=0.95,
@@ -175,7 +179,7 @@ def spec_from(args):
                    weights=args.weights, base_epochs=args.base_epochs, train_images=args.train_images,
                    finetune_epochs=args.finetune_epochs, exit_epochs=args.exit_epochs,
                    ratios=args.ratios, splits=args.splits, precision=args.precision,
-                   codecs=_names(args.codecs),
+                   codecs=_names(args.codecs), edge_cloud_codecs=_names(args.edge_cloud_codecs),
                    input_codecs=_names(args.input_codecs), trials=args.trials,
                    time_budget=args.time_budget,
                    n_workers=args.n_workers, storage=args.storage, study=args.study, run_dir=args.run_dir,
@@ -217,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     try:  # before search.run imports torch: an argument error answers at once, not after 10 s
         args.storage = storage_from(args)
         check_spec(SimpleNamespace(**{**vars(args), "codecs": _names(args.codecs),
-                                      "input_codecs": _names(args.input_codecs)}))
+                                      "input_codecs": _names(args.input_codecs),
+                                      "edge_cloud_codecs": _names(args.edge_cloud_codecs)}))
         check_profiles(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -197,9 +198,10 @@ def evaluate(model: SplitModel, exit_branch: nn.Module | None, k: int, data: Dat
     """Per-sample exit and final predictions on a split, what is sent passed through each codec.
 
     At k = 0 the uint8 images go through each input codec (decoded images, bytes measured per sample);
-    at 0 < k < K the split tensor goes through each feature codec.  A lossless codec (codec.SAME_LOSS:
-    int8-zlib on int8, PNG on raw) shares the answers of the codec it loses as much as, so only its bytes
-    are measured.
+    at 0 < k < K the split tensor goes through each feature codec.  A two-link codec (codec.via: an edge
+    runs blocks [k, k2) and sends on under a codec of its own) passes the tensor at k2 through that one too.
+    A lossless codec (codec.SAME_LOSS: int8-zlib on int8, PNG on raw) shares the answers of the codec it
+    loses as much as, so only its bytes are measured.
     """
     model.eval()
     head, tail = model.head(k).eval(), model.tail(k).eval()
@@ -207,21 +209,17 @@ def evaluate(model: SplitModel, exit_branch: nn.Module | None, k: int, data: Dat
         exit_branch.eval()
     names = codec_names or codecs_at(k, model.K)
     cols: dict[str, list] = {"label": [], "conf": [], "pred": [], "top5": []}
-    passes = list(dict.fromkeys(codecs.SAME_LOSS.get(c, c) for c in names))
+    passes = list(dict.fromkeys(codecs.same_loss(c) for c in names))
     finals: dict[str, list] = {c: [] for c in passes}
     finals5: dict[str, list] = {c: [] for c in passes}
     sizes: dict[str, list] = {c: [] for c in names if codecs.is_variable(c)}
     for images, labels in data.loader(split, batch_size=256):
         cols["label"].append(labels)
+        received: dict[str, torch.Tensor] = {}  # block k's input as each first-link codec delivers it
+        nbytes: dict[str, np.ndarray] = {}  # per-sample bytes of each variable first-link codec
+        at_k2: dict[tuple[str, int], torch.Tensor] = {}  # the edge's output per first-link codec and cut
         if k == 0:
             sent = images.numpy()
-            for c in passes:
-                decoded, nb = codecs.roundtrip_images(sent, c)
-                if c in sizes:
-                    sizes[c].append(torch.from_numpy(nb))
-                logits = tail(data.normalize(torch.from_numpy(decoded)))
-                finals[c].append(logits.argmax(1))
-                finals5[c].append(_topk_hit(logits, labels))
         else:
             feats = head(data.normalize(images))
             sent = feats.numpy()
@@ -231,15 +229,33 @@ def evaluate(model: SplitModel, exit_branch: nn.Module | None, k: int, data: Dat
                 cols["conf"].append(conf)
                 cols["pred"].append(pred)
                 cols["top5"].append(_topk_hit(probs, labels))
-            for c in passes:
-                logits = tail(codecs.roundtrip(feats, c) if k < model.K else feats)
-                finals[c].append(logits.argmax(1))
-                finals5[c].append(_topk_hit(logits, labels))
+
+        def arrive(c1: str) -> torch.Tensor:
+            if c1 not in received:
+                if k == 0:
+                    decoded, nbytes[c1] = codecs.roundtrip_images(sent, c1)
+                    received[c1] = data.normalize(torch.from_numpy(decoded))
+                else:
+                    received[c1] = codecs.roundtrip(feats, c1) if k < model.K else feats
+            return received[c1]
+
+        for c in passes:
+            c1, k2, c2 = codecs.split_via(c)
+            if k2 is None:
+                logits = tail(arrive(c1))
+            else:  # the edge's blocks (once per first codec and cut), the second link's loss, the cloud's
+                if (c1, k2) not in at_k2:
+                    at_k2[(c1, k2)] = model.blocks(k, k2)(arrive(c1))
+                logits = model.blocks(k2, model.K)(codecs.roundtrip(at_k2[(c1, k2)], c2))
+            finals[c].append(logits.argmax(1))
+            finals5[c].append(_topk_hit(logits, labels))
         for c in sizes:
-            if c not in passes:  # a lossless codec: encoded for its bytes only
-                sizes[c].append(torch.from_numpy(codecs.sample_bytes(sent, c)))
+            c1 = codecs.first(c)
+            if c1 not in nbytes:  # a lossless codec: encoded for its bytes only
+                nbytes[c1] = codecs.sample_bytes(sent, c1)
+            sizes[c].append(torch.from_numpy(nbytes[c1]))
     cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
-    of = lambda c: codecs.SAME_LOSS.get(c, c)  # noqa: E731
+    of = codecs.same_loss
     return Evaluation(cat(cols["label"]), cat(cols["conf"]), cat(cols["pred"]), cat(cols["top5"]),
                       {c: cat(finals[of(c)]) for c in names}, {c: cat(finals5[of(c)]) for c in names},
                       {c: cat(v) for c, v in sizes.items()})
@@ -325,6 +341,33 @@ def build_candidate(base: BaseModel, data: DataSplits, k: int, ratio: float, imp
         store.save({"model": model.state_dict(), "exit": exit_branch.state_dict() if exit_branch else None,
                     "evaluations": pack_evaluations(evals), "meta": meta}, path)
     return Candidate(k, ratio, model.eval(), exit_branch, evals, {**meta, "cached": False})
+
+
+def add_codecs(candidate: Candidate, data: DataSplits, names) -> Candidate:
+    """`candidate` with its evaluations extended to the codecs `names` it lacks (two-link codecs: they are
+    asked for only with an edge tier), evaluated once and kept in its cache entry beside the others."""
+    missing = tuple(c for c in dict.fromkeys(names) if c not in candidate.evaluations["selection"].final)
+    if not missing:
+        return candidate
+    for split in SPLITS:
+        ev, more = candidate.evaluations[split], evaluate(candidate.model, candidate.exit, candidate.k, data, split,
+                                                          missing)
+        ev.final.update(more.final)
+        ev.final_top5.update(more.final_top5)
+        ev.nbytes.update(more.nbytes)
+    path = candidate.meta.get("path")
+    if path:
+        path = Path(path)
+        with store.locked(path):
+            if path.exists():
+                entry = store.load(path)
+                stored = unpack_evaluations(entry["evaluations"])  # another process may have added its own
+                for split, ev in candidate.evaluations.items():
+                    for name in ("final", "final_top5", "nbytes"):
+                        getattr(stored[split], name).update(getattr(ev, name))
+                entry["evaluations"] = pack_evaluations(stored)
+                store.save(entry, path)
+    return candidate
 
 
 def _make_exit(model: SplitModel, k: int, data: DataSplits) -> ExitBranch:

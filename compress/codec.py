@@ -26,6 +26,10 @@ INPUT_CODECS = ("raw",) + tuple(IMAGE_FORMATS)
 ALL_CODECS = FEATURE_CODECS + INPUT_CODECS
 VARIABLE = ("int8-zlib",) + tuple(IMAGE_FORMATS)  # bytes depend on the sample: measured per sample
 SAME_LOSS = {"int8-zlib": "int8", "png": "raw"}  # lossless on top of another codec: the same answers
+# With an edge tier, the edge may send the tensor at its own cut k2 under a fixed-size codec of its own: the
+# pair is one name, "<first link's codec>><k2>:<second link's codec>" (e.g. "int8-zlib>3:fp16"), evaluated
+# and searched like any codec.  fp32 on the second link is the plain name (the edge's cut is then free).
+EDGE_CODECS = ("fp16", "int8")
 _INT8_HEADER = np.dtype("<f4").itemsize * 2  # offset and scale
 ZLIB_LEVEL = 6
 
@@ -37,7 +41,38 @@ def check(codec: str, allowed: tuple[str, ...] = FEATURE_CODECS) -> str:
 
 
 def is_variable(codec: str) -> bool:
-    return codec in VARIABLE
+    """Whether the first link's bytes depend on the sample (the second link's codecs are fixed-size)."""
+    return first(codec) in VARIABLE
+
+
+def via(codec: str, k2: int, second: str) -> str:
+    """The name of `codec` on the first link and `second` on the edge-to-cloud link at cut k2."""
+    check(second, EDGE_CODECS)
+    return f"{codec}>{int(k2)}:{second}"
+
+
+def split_via(codec: str) -> tuple[str, int | None, str]:
+    """(first link's codec, k2, second link's codec) of a name; (codec, None, "fp32") for a plain one."""
+    if ">" not in codec:
+        return codec, None, "fp32"
+    head, _, rest = codec.partition(">")
+    k2, _, second = rest.partition(":")
+    if not k2.isdigit() or second not in EDGE_CODECS:
+        raise ValueError(f"codec {codec!r}: a two-link codec is FIRST>K2:SECOND with SECOND one of "
+                         f"{', '.join(EDGE_CODECS)}, e.g. int8>3:fp16")
+    return head, int(k2), second
+
+
+def first(codec: str) -> str:
+    """The codec of the first link (the end device's)."""
+    return split_via(codec)[0]
+
+
+def same_loss(codec: str) -> str:
+    """The codec whose answers `codec` shares (SAME_LOSS on the first link; the second's are all lossy)."""
+    c1, k2, c2 = split_via(codec)
+    c1 = SAME_LOSS.get(c1, c1)
+    return c1 if k2 is None else via(c1, k2, c2)
 
 
 def payload_bytes(numel: int, codec: str) -> int:

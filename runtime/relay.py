@@ -10,7 +10,8 @@ device) whose part is the edge's, written by runtime.tiers.export_tiers into DIR
 
 - k2 = k (a relay): no model; a request's payload is checked (dtype, shape) and forwarded to the cloud as
   it came, so both links carry the bytes the latency model priced (bytes(k, r) under the end's codec);
-- k < k2 < K: runs edge.onnx (blocks [k, k2) of the pruned candidate) and forwards the fp32 tensor at k2;
+- k < k2 < K: runs edge.onnx (blocks [k, k2) of the pruned candidate) and forwards the tensor at k2 under
+  the manifest's forward codec (fp32, or fp16/int8 where the search chose a two-link codec);
 - k2 = K: edge.onnx is the whole rest of the network: the edge answers, there is no cloud.
 
 Forwarding uses runtime.client (Client/Remote: the shared secret, retries and back-off) through an
@@ -79,6 +80,7 @@ class RelayServer(CloudServer):
         self.k, self.k2, self.K = manifest["k"], self.tiers["k2"], manifest["K"]
         self.relay = self.k2 == self.k  # no model: the payload goes on as it came
         self.answers = self.k2 == self.K  # no cloud: the edge's part ends with the logits
+        self.forward_codec = (self.tiers.get("forward") or {}).get("codec") or "fp32"
         self.slowdown = float(slowdown)
         self.remote: Remote | None = None
         if not self.answers:
@@ -138,7 +140,8 @@ class RelayServer(CloudServer):
         if self.answers:  # k2 = K: the edge's part ends with the logits
             ms = (time.perf_counter() - start) * 1e3
             return wire.reply(rid, output, ms, (ms, 0.0, 0.0))
-        return self._forward(rid, wire.encode(np.ascontiguousarray(output, dtype=np.float32), "fp32"), start)
+        return self._forward(rid, wire.encode(np.ascontiguousarray(output, dtype=np.float32), self.forward_codec),
+                             start)
 
     def _forward(self, rid: int, tensor: wire.Encoded, start: float) -> bytes:
         """Send `tensor` on to the cloud; the end device's REPLY (with the tier trailer) or an ERROR."""

@@ -7,7 +7,8 @@ exported as three directories, each with its own manifest.json (runtime.manifest
           beside it: the same directory deploys as a two-tier split);
 - edge/:  edge.onnx = blocks [k, k2) of the pruned candidate (none when k2 = k: the edge relays; the rest of
           the network when k2 = K: the edge answers), its input the end device's tensor under the codec;
-- cloud/: tail.onnx = blocks [k2, K), its input the fp32 tensor at k2 (the end's codec when k2 = k); absent
+- cloud/: tail.onnx = blocks [k2, K), its input the tensor at k2 under the second link's codec (fp32 unless
+          a two-link codec names another; the end's codec when k2 = k); absent
           when k2 = K.  The blocks from k2 > k on are unpruned in shape (pruning trims only block k's input)
           but are the candidate's own, fine-tuned weights.
 
@@ -61,6 +62,9 @@ def export_tiers(candidate, data, out_dir: str | Path, threshold: float | None, 
     K = model.K
     if not (isinstance(k2, int) and k <= k2 <= K):
         raise ValueError(f"second cut k2={k2!r} must be an integer in k..K = {k}..{K}")
+    codec, fixed, second = codecs.split_via(codec)  # a two-link codec: the edge sends on under `second`
+    if fixed is not None and (fixed != k2 or not k < k2 < K):
+        raise ValueError(f"codec {codec}>{fixed}:{second} sends on at cut {fixed}, the deployment cuts at k2={k2}")
     dirs = tier_dirs(out_dir)
     end = export_split(candidate, data, dirs[END], threshold, codec, predicted=predicted, seed=seed,
                        samples=samples, atol=atol, rtol=rtol)
@@ -91,8 +95,8 @@ def export_tiers(candidate, data, out_dir: str | Path, threshold: float | None, 
             edge_part = {"file": EDGE_ONNX, "input": "input", "input_shape": list(at_k.shape[1:]),
                          "output": names[0], "blocks": [k, k2]}
         forward = None
-        if k2 < K:  # what the edge sends on: the end's payload as it came (a relay), else fp32 at k2
-            sent = mf.wire_codec(k2, K, end["codec"] if k2 == k else "fp32")
+        if k2 < K:  # what the edge sends on: the end's payload as it came (a relay), else the tensor at k2
+            sent = mf.wire_codec(k2, K, end["codec"] if k2 == k else second)
             forward = _split_entry(at_k2, sent)
         out[EDGE] = _tier_manifest(end, EDGE, k2, at_k, edge_part, forward, predicted, diffs, atol, rtol)
         mf.save(out[EDGE], dirs[EDGE])

@@ -29,7 +29,8 @@ goes to the edge, which runs blocks [k, k2) and sends on to the cloud, which run
 
 with k2 chosen per candidate (it changes no answer: the edge's blocks are the network's own and the second
 link carries fp32): k2 = k relays the tensor as is (end to cloud through the edge), k2 = K answers at the
-edge (no cloud).  T_E(k..k2) = T_E(tail k, r) - T_E(tail k2, 0), both measured on the edge profile: the
+edge (no cloud).  A two-link codec (compress.codec.via, e.g. "int8>3:fp16") fixes k < k2 < K instead and
+sends bytes(k2) under its second codec: it changes answers, so the search takes it only where evaluated.  T_E(k..k2) = T_E(tail k, r) - T_E(tail k2, 0), both measured on the edge profile: the
 pruning of the end part trims only the input of block k, so the blocks from k2 > k on are unpruned.
 
 O_D, encode, link and O_C are the per-request runtime overheads measured beside the model's compute
@@ -47,7 +48,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pandas as pd
 
-from compress.codec import is_variable
+from compress.codec import is_variable, split_via
 from profiles.network import Network
 from profiles.profile import Profile, check_pair, has_exit
 
@@ -301,8 +302,12 @@ def predict(device: Profile, server: Profile, network: Network, k: int, r: float
     """
     check_pair(device, server)
     rate = _check_rate(exit_rate, k, device.K)
+    first, k2, second = split_via(codec)  # a two-link codec fixes the edge's cut and its codec to the cloud
+    if k2 is not None and (edge is None or k2 not in edge.second_cuts(k, device.K) or not k < k2 < device.K):
+        raise ValueError(f"codec {codec} sends on from an edge at cut {k2}: that needs an edge tier whose "
+                         f"second cuts include it, between k={k} and K={device.K}")
     if n_bytes is None:
-        n_bytes = device.tensor_bytes(k, r, "fp32" if k == 0 and codec == "raw" else codec)
+        n_bytes = device.tensor_bytes(k, r, "fp32" if k == 0 and first == "raw" else first)
     if k == device.K:
         n_bytes = 0
     exit_ms = device.ms("exit", k, r) if exit_rate is not None else 0.0
@@ -310,11 +315,12 @@ def predict(device: Profile, server: Profile, network: Network, k: int, r: float
     frame = server.frame_bytes  # the request's header, serialised with the payload
     b = Breakdown(device_ms=head_ms, exit_ms=exit_ms, transfer_ms=network.transfer_ms(n_bytes + frame if n_bytes else 0),
                   server_ms=server.ms("tail", k, r), bytes=float(n_bytes), exit_rate=rate, k=k, r=r, codec=codec,
-                  **_overheads(device, server, k, r, codec))
+                  **_overheads(device, server, k, r, first))
     if k == device.K:
         return b
     if edge is not None:
-        b = min((_via_edge(b, device, server, edge, k2) for k2 in edge.second_cuts(k, device.K)),
+        b = min((_via_edge(b, device, server, edge, cut, second) for cut in ([k2] if k2 is not None else
+                                                                            edge.second_cuts(k, device.K))),
                 key=lambda x: x.sent_ms)
     with_exit = exit_rate is not None and 0 < k
     warm = device.ms("head", k, r, warm=True) + device.ms("exit", k, r, warm=True) if with_exit else None
@@ -342,20 +348,21 @@ def _after_idle(b: Breakdown, device: Profile, server: Profile, warm_ms: float |
     return out.with_exit_rate(out.exit_rate)
 
 
-def _via_edge(b: Breakdown, device: Profile, server: Profile, edge: Edge, k2: int) -> Breakdown:
-    """`b` (2-tier) with the edge between: it runs [k, k2) and sends the rest on to the cloud."""
+def _via_edge(b: Breakdown, device: Profile, server: Profile, edge: Edge, k2: int, second: str = "fp32") -> Breakdown:
+    """`b` (2-tier) with the edge between: it runs [k, k2) and sends the rest on to the cloud under `second`."""
     K, k, r, e = device.K, b.k, b.r, edge.profile
+    first = split_via(b.codec)[0]
     check_pair(device, e)
-    to_edge = e.overhead(k, r, b.codec)["link_overhead_ms"]  # the link's framing cost, measured beside the edge
+    to_edge = e.overhead(k, r, first)["link_overhead_ms"]  # the link's framing cost, measured beside the edge
     if k2 == k:  # a relay: the tensor goes on as it came, the cloud runs the (pruned) tail
         return replace(b, link_overhead_ms=to_edge + b.link_overhead_ms, k2=k, edge_bytes=b.bytes,
                        edge_transfer_ms=edge.network.transfer_ms(b.bytes + server.frame_bytes if b.bytes else 0))
     mid = max(e.ms("tail", k, r) - (e.ms("tail", k2, 0.0) if k2 < K else 0.0), 0.0)
-    on = device.tensor_bytes(k2, 0.0, "fp32") if k2 < K else 0
-    srv = server.overhead(k2, 0.0, "fp32") if k2 < K else {"link_overhead_ms": 0.0, "server_overhead_ms": 0.0}
+    on = device.tensor_bytes(k2, 0.0, second) if k2 < K else 0
+    srv = server.overhead(k2, 0.0, second) if k2 < K else {"link_overhead_ms": 0.0, "server_overhead_ms": 0.0}
     return replace(b, link_overhead_ms=to_edge + srv["link_overhead_ms"], k2=k2, edge_ms=mid,
                    edge_idle_curve=e.idle_curve() if mid > 0 else (),
-                   edge_overhead_ms=e.overhead(k, r, b.codec)["server_overhead_ms"], edge_bytes=float(on),
+                   edge_overhead_ms=e.overhead(k, r, first)["server_overhead_ms"], edge_bytes=float(on),
                    edge_transfer_ms=edge.network.transfer_ms(on + server.frame_bytes if on else 0), server_ms=server.ms("tail", k2, 0.0) if k2 < K else 0.0,
                    server_overhead_ms=srv["server_overhead_ms"])
 

@@ -91,7 +91,7 @@ def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[t
     for k, r in p.space.candidates():
         if (k, r) in measured or (k, r) in busy:
             continue
-        bound = min(lower_bound_ms(p.device, p.server, p.network, k, r, c, p.edge) for c in p.space.codecs_at(k))
+        bound = min(lower_bound_ms(p.device, p.server, p.network, k, r, c, p.edge) for c in p.codecs_at(k))
         if bound >= best_ms:
             out.ruled_out += 1
             continue
@@ -140,7 +140,7 @@ def _estimate(problem: Problem, k: int, r: float, at_k: list[Known], bound: floa
     rate = near.best.breakdown.exit_rate if near.best.config.t is not None else None
     codec = near.best.config.codec
     if is_variable(codec) or rate is None:
-        codec = next((c for c in p.space.codecs_at(k) if not is_variable(c)), None)
+        codec = next((c for c in p.codecs_at(k) if not is_variable(c)), None)
         if codec is None:
             return bound
     rates = [rate if rate is not None else 0.0]

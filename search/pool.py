@@ -12,7 +12,7 @@ import optuna
 
 from compress import store
 from compress.base import BaseModel
-from compress.candidate import (EXIT_EPOCHS, FINETUNE, Evaluation, build_candidate, candidate_key,
+from compress.candidate import (EXIT_EPOCHS, FINETUNE, Evaluation, add_codecs, build_candidate, candidate_key,
                                candidate_path, unpack_evaluations)
 from compress.data import DataSplits
 from compress.train import Recipe
@@ -61,6 +61,8 @@ class CandidatePool:
     # the pruner's cut-off in force (A0 - search.study.PRUNE_MARGIN), recorded with what it abandons; None:
     # no pruner, so no abandoned candidate is skipped
     prune_below: float | None = None
+    # codecs evaluated beyond a candidate's own at split k (the search space's two-link codecs), on first need
+    codecs_for: Callable[[int], tuple[str, ...]] | None = None
     fine_tunes: int = 0  # pruned networks trained by this process
     exit_trainings: int = 0  # unpruned candidates (r = 0) whose only cost was training the exit
     _memo: dict = field(default_factory=dict)
@@ -97,6 +99,7 @@ class CandidatePool:
             return self._memo[(k, r)]
         recipe_id = self._recipe_id(k, r)
         row = self._row(k, r)
+        cand = None
         if row is not None:
             if row["status"] == "abandoned":
                 raise Abandoned(f"k={k} r={r} was abandoned (val acc {row['val_acc']} below the cut-off "
@@ -127,6 +130,9 @@ class CandidatePool:
             if self.db is not None:
                 self.db.put_candidate(self.base.digest, k, r, recipe_id, "done", evaluations=evals,
                                       seconds=cand.meta.get("total_seconds"), weights_path=cand.meta.get("path"))
+        extra = self.codecs_for(k) if self.codecs_for is not None else ()
+        if any(c not in evals["selection"].final for c in extra):  # needs the weights (the file cache has them)
+            evals = add_codecs(cand or self.candidate(k, r), self.data, extra).evaluations
         self._memo[(k, r)] = evals
         return evals
 

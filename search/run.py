@@ -18,7 +18,7 @@ from compress import measurements
 from compress import zoo
 from compress.base import base_model
 from compress.candidate import EXIT_EPOCHS, FINETUNE
-from compress.codec import FEATURE_CODECS, INPUT_CODECS
+from compress.codec import FEATURE_CODECS, INPUT_CODECS, split_via
 from compress.train import Recipe
 from profiles import Network, load_profile
 from results.db import ProjectDB, redact
@@ -69,6 +69,7 @@ class RunSpec:
     precision: str = "fp32"  # training arithmetic (compress.train.PRECISIONS)
     codecs: list[str] = field(default_factory=lambda: list(FEATURE_CODECS))
     input_codecs: list[str] = field(default_factory=lambda: list(INPUT_CODECS))
+    edge_cloud_codecs: list[str] = field(default_factory=lambda: ["fp32"])  # the edge's link to the cloud
     trials: int = 40
     time_budget: float | None = None  # seconds of search (after which running trials finish and it stops)
     n_workers: int = 1
@@ -87,7 +88,9 @@ class RunSpec:
     def resolved(self) -> "RunSpec":
         """Fill in the run directory, storage URL and study name (stable, so a rerun can resume)."""
         target = f"T0{self.T0:g}" if self.T0 is not None else ("pareto" if self.multi else f"A0{self.A0:g}")
-        edge = (f"-{Path(self.edge_device).stem}-{self.edge_cloud_bandwidth:g}mbps" if self.edge_device else "")
+        second = "+".join(c for c in self.edge_cloud_codecs if c != "fp32")
+        edge = (f"-{Path(self.edge_device).stem}-{self.edge_cloud_bandwidth:g}mbps" + (f"-{second}" if second else "")
+                if self.edge_device else "")
         name = self.study or (f"{self.model}-{self.dataset}-{self.input_size}px-{Path(self.end_device).stem}-"
                               f"{self.bandwidth:g}mbps{edge}-{target}-seed{self.seed}")
         run_dir = self.run_dir or str(ROOT / "runs" / f"{datetime.now():%Y%m%d-%H%M%S}-{name}")
@@ -136,7 +139,8 @@ def problem_for(spec: RunSpec) -> Problem:
             raise ValueError(f"splits {bad} are not intermediate split points of {spec.model} (1..{K - 1})")
         splits = tuple(sorted({0, K, *spec.splits}))
     problem.space = SearchSpace.of(device, server, ratios, codecs=tuple(spec.codecs), splits=splits,
-                                   input_codecs=tuple(spec.input_codecs))
+                                   input_codecs=tuple(spec.input_codecs),
+                                   edge_codecs=tuple(c for c in spec.edge_cloud_codecs if c != "fp32") if edge else ())
     if spec.familywise:
         problem.families = families(problem.space)
     return problem
@@ -171,8 +175,9 @@ def context(spec: RunSpec, log=print) -> Context:
         recipe = Recipe(**{**FINETUNE.key(), "epochs": finetune_epochs, "precision": spec.precision})
         # open_study's pruner cut-off, recorded with what it stops (a lower A0 later fine-tunes those again)
         cut = problem.A0 - PRUNE_MARGIN if problem.A0 is not None and not spec.multi else None
+        two_link = (lambda k: tuple(c for c in problem.codecs_at(k) if split_via(c)[1] is not None)) if problem.space.edge_codecs else None
         return CandidatePool(base, data, db, recipe=recipe, exit_epochs=spec.exit_epochs, seed=spec.seed,
-                             progress=spec.progress, prune_below=cut)
+                             progress=spec.progress, prune_below=cut, codecs_for=two_link)
 
     if spec.measurements:
         rows = _measurements(spec, problem)

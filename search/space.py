@@ -8,7 +8,7 @@ import optuna
 import numpy as np
 
 from compress.candidate import Evaluation, exit_allowed
-from compress.codec import FEATURE_CODECS, INPUT_CODECS, is_variable
+from compress.codec import FEATURE_CODECS, INPUT_CODECS, is_variable, split_via, via
 from profiles import Network, Profile
 from search import bounds
 from search.latency import EDGE_PARTS, OVERHEADS, Breakdown, Edge, check_objective, predict
@@ -37,6 +37,7 @@ class SearchSpace:
     input_codecs: tuple[str, ...] = INPUT_CODECS  # what k = 0 may send the image as
     exits: bool = True  # False when the device profile has no exit rows (an exit is optional)
     pairs: frozenset | None = None  # the (k, r) that exist (per-split grids, --measured-only); None: all
+    edge_codecs: tuple[str, ...] = ()  # with an edge: codecs of its link to the cloud beside fp32 (codec.via)
 
     @classmethod
     def of(cls, device, server, ratios=None, **kw) -> "SearchSpace":
@@ -65,10 +66,13 @@ class SearchSpace:
         codec), only 0 < k < K has an exit and a feature codec, k = K sends nothing ("fp32" by convention)."""
         r = 0.0 if k == 0 else float(r)
         t = t if self.exit_at(k) else None
+        first, k2, second = split_via(codec)
         if k == 0:
-            codec = codec if codec in INPUT_CODECS else "raw"
-        elif k == self.K:
+            first = first if first in INPUT_CODECS else "raw"
+        if k == self.K:
             codec = "fp32"
+        else:
+            codec = first if k2 is None else via(first, k2, second)
         return Config(k, r, t, codec)
 
     def exit_at(self, k: int) -> bool:
@@ -76,7 +80,16 @@ class SearchSpace:
         return self.exits and exit_allowed(k, self.K)
 
     def codecs_at(self, k: int) -> tuple[str, ...]:
-        return self.input_codecs if k == 0 else self.codecs if k < self.K else ("fp32",)
+        """What split k may send: its codecs, and with `edge_codecs` each of them followed, at every second cut
+        k2 in (k, K), by each codec of the edge-to-cloud link (codec.via)."""
+        own = self.input_codecs if k == 0 else self.codecs if k < self.K else ("fp32",)
+        if k == self.K or not self.edge_codecs:
+            return own
+        return own + tuple(via(c, k2, c2) for c in own for k2 in range(k + 1, self.K) for c2 in self.edge_codecs)
+
+    def vias(self) -> list[str]:
+        """The second link's choices as one Optuna parameter ("K2:CODEC"; "-" for fp32 at the fastest cut)."""
+        return ["-"] + [f"{k2}:{c2}" for k2 in range(1, self.K) for c2 in self.edge_codecs]
 
     def ratio_distribution(self):
         """The rate as an ordered parameter: a stepped float on an even grid, else an index into the grid
@@ -120,6 +133,11 @@ class SearchSpace:
             codec = trial.suggest_categorical("codec", list(self.codecs))
         elif k == 0:  # its own parameter: Optuna needs one set of choices per name
             codec = trial.suggest_categorical("input_codec", list(self.input_codecs))
+        if self.edge_codecs and k < self.K:  # a second cut not after k is outside the space (the objective says so)
+            second = trial.suggest_categorical("via", self.vias())
+            if second != "-":
+                k2, c2 = second.split(":")
+                codec = via(codec, int(k2), c2)
         return Config(k, float(r), t, codec)
 
     def params(self, config: Config) -> dict:
@@ -131,10 +149,13 @@ class SearchSpace:
             p["exit"] = config.t is not None
             if config.t is not None:
                 p["t"] = config.t
+        first, k2, second = split_via(config.codec)
         if 0 < config.k < self.K:
-            p["codec"] = config.codec
+            p["codec"] = first
         elif config.k == 0:
-            p["input_codec"] = config.codec
+            p["input_codec"] = first
+        if self.edge_codecs and config.k < self.K:
+            p["via"] = "-" if k2 is None else f"{k2}:{second}"
         return p
 
     def distributions(self, config: Config) -> dict:
@@ -153,6 +174,8 @@ class SearchSpace:
             d["codec"] = Cat(list(self.codecs))
         elif config.k == 0:
             d["input_codec"] = Cat(list(self.input_codecs))
+        if self.edge_codecs and config.k < self.K:
+            d["via"] = Cat(self.vias())
         return d
 
     def candidates(self) -> list[tuple[int, float]]:
@@ -182,6 +205,12 @@ class Problem:
         if self.families < 1:
             raise ValueError(f"families must be at least 1, got {self.families}")
         self.space = SearchSpace.of(self.device, self.server)
+
+    def codecs_at(self, k: int) -> tuple[str, ...]:
+        """The space's codecs at split k that this problem's tiers can carry (a two-link codec needs an edge
+        whose second cuts include its k2)."""
+        cuts = self.edge.second_cuts(k, self.space.K) if self.edge is not None else ()
+        return tuple(c for c in self.space.codecs_at(k) if split_via(c)[1] is None or split_via(c)[1] in cuts)
 
     @property
     def bound_confidence(self) -> float:
@@ -332,9 +361,9 @@ def best_setting(problem: Problem, k: int, r: float, evaluations: dict[str, Eval
 def available_codecs(problem: Problem, k: int, evaluations: dict[str, Evaluation]) -> tuple[str, ...]:
     """The codecs of the space at split k that the evaluation answers for (all, for one made here)."""
     sel = evaluations["selection"]
-    codecs = tuple(c for c in problem.space.codecs_at(k) if sel.has(c))
+    codecs = tuple(c for c in problem.codecs_at(k) if sel.has(c))
     if not codecs:
-        raise ValueError(f"k={k}: the evaluation answers for none of the codecs {', '.join(problem.space.codecs_at(k))}")
+        raise ValueError(f"k={k}: the evaluation answers for none of the codecs {', '.join(problem.codecs_at(k))}")
     return codecs
 
 

@@ -6,7 +6,7 @@ checks, so a RunSpec built in code gets the same one-line errors.
 """
 from __future__ import annotations
 
-from compress.codec import FEATURE_CODECS, INPUT_CODECS
+from compress.codec import EDGE_CODECS, FEATURE_CODECS, INPUT_CODECS
 from compress.names import check_dataset, check_model, check_precision, check_train_images
 from results.storage_url import check_url
 
@@ -52,6 +52,12 @@ def check_spec(spec) -> None:
         for c in given:
             if c not in allowed:
                 raise ValueError(f"unknown codec {c!r} in {flag}; choose from: {', '.join(allowed)}")
+    second = list(getattr(spec, "edge_cloud_codecs", None) or ["fp32"])
+    for c in second:
+        if c not in ("fp32",) + EDGE_CODECS:
+            raise ValueError(f"unknown codec {c!r} in --edge_cloud_codecs; choose from: fp32, {', '.join(EDGE_CODECS)}")
+    if any(c != "fp32" for c in second) and not getattr(spec, "edge_device", None):
+        raise ValueError("--edge_cloud_codecs needs --edge_device (without an edge there is no second link)")
     if spec.storage:
         check_url(spec.storage)
     # numpy and pandas (not torch): imported only once the cheap checks passed

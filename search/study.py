@@ -80,8 +80,9 @@ class Objective:
         """Why (k, r) is not worth a fine-tune, judged from latency alone; None if it is."""
         if self.multi or not self.skip_hopeless or self.pool.known(config.k, config.r):
             return None
-        p = self.problem
-        bound = lower_bound_ms(p.device, p.server, p.network, config.k, config.r, config.codec, p.edge)
+        p = self.problem  # a fine-tune answers for every codec at k (polished for free): bound them all
+        bound = min(lower_bound_ms(p.device, p.server, p.network, config.k, config.r, c, p.edge)
+                    for c in p.codecs_at(config.k))
         if p.T0 is not None:
             return f"latency lower bound {bound:.2f} ms > T0" if bound > p.T0 else None
         best = best_feasible_ms(trial.study)
@@ -98,8 +99,9 @@ class Objective:
         p = self.problem
         config = p.space.suggest(trial)
         trial.set_user_attr("config", config.label())
-        if not p.space.has(config.k, config.r):
-            reason = f"k={config.k} r={config.r:g} is not in the grid of that split"
+        if not p.space.has(config.k, config.r) or config.codec not in p.codecs_at(config.k):
+            reason = (f"codec {config.codec} does not exist at k={config.k} (its second cut must come after k)"
+                      if p.space.has(config.k, config.r) else f"k={config.k} r={config.r:g} is not in the grid of that split")
             trial.set_user_attr("skipped", reason)
             raise optuna.TrialPruned(reason)
         trial.set_user_attr("worker_pid", os.getpid())
@@ -176,7 +178,7 @@ class Objective:
         if waiting:
             return  # decide when the queue runs dry, with everything learnt by then
         k, r = pl.order[0]
-        study.enqueue_trial(p.space.params(p.space.canonical(k, r, 0.9, p.space.codecs_at(k)[0])),
+        study.enqueue_trial(p.space.params(p.space.canonical(k, r, 0.9, p.codecs_at(k)[0])),
                             skip_if_exists=True)
 
 
@@ -192,7 +194,7 @@ def seed_order(problem: Problem) -> list[int]:
         if not 0 < k < K:
             return 0, float(k)
         r = p.space.ratios_at(k)[0]
-        return 1, min(lower_bound_ms(p.device, p.server, p.network, k, r, c, p.edge) for c in p.space.codecs_at(k))
+        return 1, min(lower_bound_ms(p.device, p.server, p.network, k, r, c, p.edge) for c in p.codecs_at(k))
 
     return sorted((k for k in p.space.splits if p.space.ratios_at(k) and p.space.has(k, p.space.ratios_at(k)[0])),
                   key=key)
@@ -203,7 +205,7 @@ def seed(study: optuna.Study, problem: Problem) -> int:
     trains an exit), and the best of them bounds every pruned candidate that follows."""
     order = seed_order(problem)
     for k in order:  # at the least pruning each split's grid has (0 unless a grid lacks it)
-        config = problem.space.canonical(k, problem.space.ratios_at(k)[0], 0.9, problem.space.codecs_at(k)[0])
+        config = problem.space.canonical(k, problem.space.ratios_at(k)[0], 0.9, problem.codecs_at(k)[0])
         study.enqueue_trial(problem.space.params(config), skip_if_exists=True)
     return len(order)
 

@@ -198,3 +198,62 @@ def test_base_continues_from_weights_only_when_asked(resnet_base, tmp_path, monk
     assert further.meta["epochs"] == 1 and further.digest != as_is.digest
     w = "stem.0.weight"
     assert not torch.equal(further.model.state_dict()[w], as_is.model.state_dict()[w])
+
+
+def _int8_by_hand(x: torch.Tensor) -> torch.Tensor:
+    """The int8 code written out per sample (a reference sharing no code with compress.codec.roundtrip)."""
+    out = torch.empty_like(x)
+    for i in range(len(x)):
+        lo, hi = float(x[i].min()), float(x[i].max())
+        scale = np.float32((hi - lo) / 255.0) if hi > lo else np.float32(1.0)
+        lo = np.float32(lo)
+        q = np.clip(np.rint((x[i].numpy() - lo) / scale), 0, 255)
+        out[i] = torch.from_numpy((q * scale + lo).astype(np.float32))
+    return out
+
+
+def test_a_two_link_codec_is_evaluated_through_both_losses_and_kept_in_the_cache(random_resnet18, digits32, tmp_path):
+    """ "int8>4:fp16" at k = 2: int8 on the first link, blocks [2, 4) at the edge, fp16 to the cloud, blocks
+    [4, K) there; computed here by hand.  int8-zlib shares its answers and keeps its own per-sample bytes,
+    and add_codecs stores what it added in the candidate's cache entry without losing the rest."""
+    from compress import store
+
+    model = random_resnet18  # random weights: near ties, so the second link's loss shows in the answers
+    names = ("int8>4:fp16", "int8>4:int8", "int8-zlib>4:int8")
+    ev = cand.evaluate(model, None, 2, digits32, "test", names)
+    plain = cand.evaluate(model, None, 2, digits32, "test", ("int8", "int8-zlib"))
+    fp16, int8, lossless = [], [], []
+    with torch.no_grad():
+        for images, _ in digits32.loader("test", batch_size=256):  # evaluate's batches: the same floats
+            at4 = model.blocks(2, 4)(_int8_by_hand(model.blocks(0, 2)(digits32.normalize(images))))
+            tail = model.blocks(4, model.K)
+            fp16.append(tail(at4.half().float()).argmax(1))
+            int8.append(tail(_int8_by_hand(at4)).argmax(1))
+            lossless.append(tail(at4).argmax(1))
+    fp16, int8, lossless = (torch.cat(x).numpy() for x in (fp16, int8, lossless))
+    assert np.array_equal(ev.final["int8>4:fp16"], fp16) and np.array_equal(ev.final["int8>4:int8"], int8)
+    assert (int8 != lossless).any()  # the second link's int8 changed answers: the loss is applied, not skipped
+    assert np.array_equal(ev.final["int8-zlib>4:int8"], ev.final["int8>4:int8"])
+    assert np.array_equal(ev.sample_bytes("int8-zlib>4:int8"), plain.sample_bytes("int8-zlib"))
+    assert ev.has("int8-zlib>4:int8") and not plain.has("int8>4:int8")
+
+    path = tmp_path / "entry.pt"
+    evals = {s: cand.evaluate(model, None, 2, digits32, s, ("int8",)) for s in cand.SPLITS}
+    store.save({"model": {}, "exit": None, "evaluations": cand.pack_evaluations(evals), "meta": {}}, path)
+    c = cand.Candidate(2, 0.0, model, None, evals, {"path": str(path)})
+    cand.add_codecs(c, digits32, ["int8", "int8>4:int8"])
+    kept = cand.unpack_evaluations(store.load(path)["evaluations"])
+    for split in cand.SPLITS:
+        assert set(kept[split].final) == {"int8", "int8>4:int8"}
+        assert np.array_equal(kept[split].final["int8>4:int8"], c.evaluations[split].final["int8>4:int8"])
+    assert np.array_equal(c.evaluations["test"].final["int8>4:int8"], ev.final["int8>4:int8"])
+
+
+def test_two_link_codec_names_are_checked():
+    assert codec.split_via("int8-zlib>3:fp16") == ("int8-zlib", 3, "fp16")
+    assert codec.split_via("int8") == ("int8", None, "fp32") and codec.via("raw", 2, "int8") == "raw>2:int8"
+    assert codec.is_variable("int8-zlib>3:int8") and not codec.is_variable("int8>3:int8")
+    assert codec.same_loss("int8-zlib>3:int8") == "int8>3:int8" and codec.same_loss("png") == "raw"
+    for bad in ("int8>x:fp16", "int8>3:int8-zlib", "int8>3:"):
+        with pytest.raises(ValueError, match="FIRST>K2:SECOND with SECOND one of fp16, int8"):
+            codec.split_via(bad)

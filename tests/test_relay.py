@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from compress import codec as codecs
-from compress.candidate import Candidate, build_candidate, evaluate
+from compress.candidate import Candidate, add_codecs, build_candidate, evaluate
 from compress.prune import prune
 from profiles import Network, load_profile
 from runtime import manifest as mf
@@ -196,6 +196,34 @@ def test_deploy_three_answers_as_pytorch(candidate, digits32, tmp_path, k2):
     assert 0 < sum(m[row] for row in TIER_ROWS[:5]) <= m["mean total"]  # disjoint intervals of each sample
     assert s["edge_stats"]["requests"] == len(sent)
     assert "edge-cloud transfer" in format_tiers(s)
+
+
+@pytest.mark.parametrize("second", ["fp16", "int8"])
+def test_a_two_link_codec_is_deployed_as_evaluated(candidate, digits32, tmp_path, second):
+    """"int8>4:SECOND": the end device sends int8 at k = 3, the edge runs block 3 and sends the tensor at k2 = 4
+    (256 x 2 x 2) under SECOND: the cloud receives exactly those bytes (fp16 2 per element, int8 1 + offset
+    and scale), every sample is answered as the evaluation of that two-link codec says, and the per-tier
+    prediction prices the second link's own bytes."""
+    codec = f"int8>4:{second}"
+    add_codecs(candidate, digits32, [codec])
+    t = _threshold(candidate)
+    m = export_tiers(candidate, digits32, tmp_path, t, codec, 4)
+    assert m[END]["codec"] == "int8" and m[CLOUD]["codec"] == second and m[EDGE]["tiers"]["forward"]["codec"] == second
+    with pytest.raises(ValueError, match="sends on at cut 4, the deployment cuts at k2=5"):
+        export_tiers(candidate, digits32, tmp_path / "bad", t, codec, 5)
+    dirs = tier_dirs(tmp_path)
+    with RecordingCloud(dirs[CLOUD], "127.0.0.1", 0) as cloud, \
+            RecordingRelay(dirs[EDGE], ("127.0.0.1", cloud.port), link=Link(50, 1.0), port=0) as relay:
+        df = run_edge(dirs[END], ("127.0.0.1", relay.port), bandwidth=100, rtt=1.0, limit=N, data=digits32)
+    exited, answer = candidate.evaluations["test"].answers(t, codec)
+    np.testing.assert_array_equal(df.exited, exited[:N])
+    np.testing.assert_array_equal(df.pred, answer[:N])
+    numel = 256 * 2 * 2
+    assert cloud.payloads and all(len(p) == codecs.payload_bytes(numel, second) for p in cloud.payloads)
+    parts = predict(load_profile("host", "resnet18", 32), load_profile("server", "resnet18", 32), Network(100, 1),
+                    K_SPLIT, 0.0, codec, exit_rate=0.0,
+                    edge=Edge(load_profile("emulated-edge-4x", "resnet18", 32), Network(50, 1)))
+    assert parts.k2 == 4 and parts.edge_bytes == codecs.payload_bytes(numel, second)
 
 
 def test_deploy_three_refuses_a_prediction_for_another_k2(candidate, digits32, tmp_path):

@@ -160,6 +160,10 @@ def test_edge_flags_are_checked_before_anything_runs(capsys):
     assert "--edge_cloud_rtt must be >= 0 ms" in capsys.readouterr().err
     assert auto.main(["--model", "resnet18", "--edge_device", "no-such-box"]) == 2
     assert "no-such-box" in capsys.readouterr().err
+    assert auto.main(["--model", "resnet18", "--edge_cloud_codecs", "int8"]) == 2
+    assert "--edge_cloud_codecs needs --edge_device" in capsys.readouterr().err
+    assert auto.main(base + ["--edge_cloud_codecs", "fp32,int8-zlib"]) == 2
+    assert "unknown codec 'int8-zlib' in --edge_cloud_codecs; choose from: fp32, fp16, int8" in capsys.readouterr().err
 
 
 def test_a_device_profile_as_the_edge_is_refused(tmp_path):
@@ -197,3 +201,109 @@ def test_product_three_tier_optimum_agrees_with_the_oracle(device, seed_, up, on
     assert ours.latency_ms == pytest.approx(ref["latency_ms"], rel=1e-6)
     assert (ours.config.k, ours.config.r) == (ref["k"], ref["r"])
     assert ours.breakdown.k2 == {"relay": ours.config.k, "edge": land.K}[k2]  # the tier the case is about
+
+
+def test_a_two_link_codec_fixes_the_second_cut_and_prices_its_own_bytes_by_hand():
+    """The scene of the first test without the small tensor: bytes at k = 2, r = 0 are 64 x 16 x 4 = 4096
+    in fp32, 1024 in int8.  fp32 picks the fastest cut: the edge answers (blocks [1, 3) = 2 ms; k2 = 2 would
+    cost 1 + 0.1 + 8 * 4096 / 1000 + 0.1 = 33.968).  "fp32>2:int8" sends on at k2 = 2 under int8:
+    1 + 0.1 + 8 * 1024 / 1000 + 0.1 = 9.392 after the end-edge hop."""
+    d, s, e = _scene(small_at_2=False)
+    link, edge = Network(1.0, 5.0), Edge(e, Network(1.0, 0.1))
+    plain = predict(d, s, link, 1, 0.5, "fp32", edge=edge)
+    assert plain.k2 == 3 and plain.sent_ms == pytest.approx(21.384 + 2.0)
+    b = predict(d, s, link, 1, 0.5, "fp32>2:int8", edge=edge)
+    assert (b.k2, b.edge_bytes, b.bytes) == (2, 1024, 2048) and b.codec == "fp32>2:int8"
+    assert b.edge_transfer_ms == pytest.approx(0.1 + 8 * 1024 / 1000)
+    assert b.sent_ms == pytest.approx(21.384 + 9.392)
+    # the first link keeps its own codec: int8 there, fp16 on the second (64 x 16 x 2 = 2048 bytes)
+    both = predict(d, s, link, 1, 0.5, "int8>2:fp16", edge=edge)
+    assert (both.bytes, both.edge_bytes) == (32 * 16, 2048)
+    for codec, where in (("fp32>2:int8", None), ("fp32>2:int8", "relay"), ("fp32>1:int8", "all"),
+                         ("fp32>3:int8", "all")):
+        scene = None if where is None else (edge if where == "all" else edge.only(where))
+        with pytest.raises(ValueError, match="needs an edge tier whose second cuts include it"):
+            predict(d, s, link, 1, 0.5, codec, edge=scene)
+
+
+def _two_link_scene():
+    """K = 3: the edge runs block 1 in 0.1 ms but block 2 in 10 ms, and the tensor at k = 2 is a quarter of
+    the one at k = 1 (fp32 1024, fp16 512, int8 256 bytes at k = 2; 4096, 2048, 1024 at k = 1, r = 0)."""
+    d, s, e = _scene(small_at_2=False)
+    docs = [copy.deepcopy(p.doc) for p in (d, s, e)]
+    for doc in docs:
+        for b in doc["bytes"]:
+            if b["k"] == 2:
+                b["bytes"] = {"fp32": 1024, "fp16": 512, "int8": 256}[b["codec"]]
+    for row in docs[2]["latency"]:
+        row["mean_ms"] = row["median_ms"] = {0: 20.1, 1: 10.1, 2: 10.0, 3: 0.0}[row["k"]]
+    return Profile(docs[0], "d"), Profile(docs[1], "s"), Profile(docs[2], "e")
+
+
+def test_the_search_takes_a_two_link_codec_where_it_pays_and_only_where_evaluated():
+    """Edge-to-cloud at 1 Mbit/s, rtt 0.1 ms; k = 1, r = 0 sent under int8 (1024 bytes).  By hand, after the
+    first hop: relay 0.1 + 8.192 + cloud 0.2 = 8.492; k2 = 2 under fp32 0.1 + 0.1 + 8.192 + 0.1 = 8.492; the
+    edge answers 10.1; "int8>2:int8" 0.1 + 0.1 + 2.048 + 0.1 = 2.348.  With an evaluation that answers for
+    it the best setting takes it; where int8 at k2 loses accuracy below A0 it does not; an evaluation
+    without it (a measurements file) never offers it."""
+    from search.space import best_setting
+
+    d, s, e = _two_link_scene()
+    problem = Problem(d, s, Network(100.0, 1.0), A0=0.8, confidence=0.0, edge=Edge(e, Network(1.0, 0.1)))
+    problem.space = SearchSpace.of(d, s, codecs=("int8",), edge_codecs=("int8",))
+    assert problem.codecs_at(1) == ("int8", "int8>2:int8")
+    relay_only = Problem(d, s, Network(1.0, 1.0), A0=0.8, edge=Edge(e, Network(1.0, 0.1)).only("relay"))
+    relay_only.space = problem.space
+    assert relay_only.codecs_at(1) == ("int8",)
+    n = 1000
+
+    def evals(acc_two_link: float) -> dict:
+        label = np.zeros(n, dtype=np.int64)
+        ev = _Ev(label, {"int8": np.where(np.arange(n) < 900, 0, 1),
+                         "int8>2:int8": np.where(np.arange(n) < round(acc_two_link * n), 0, 1)})
+        return {"selection": ev, "test": ev}
+
+    best = best_setting(problem, 1, 0.0, evals(0.9), exit=False)
+    assert best.config.codec == "int8>2:int8" and best.breakdown.k2 == 2
+    assert best.breakdown.sent_ms - best.breakdown.transfer_ms == pytest.approx(2.348)
+    fallback = best_setting(problem, 1, 0.0, evals(0.7), exit=False)
+    assert fallback.config.codec == "int8"
+    assert fallback.breakdown.sent_ms - fallback.breakdown.transfer_ms == pytest.approx(8.492)
+    only_plain = evals(0.9)
+    for ev in only_plain.values():
+        ev.final = {"int8": ev.final["int8"]}
+    assert best_setting(problem, 1, 0.0, only_plain, exit=False).config.codec == "int8"
+
+
+def test_a_study_over_two_link_codecs_records_them_and_reaches_the_optimum():
+    """The scene above as a whole search: pruned candidates miss A0, so the optimum is k = 1, r = 0 sent
+    under int8 and sent on at k2 = 2 under int8 (device 2 + 1.082 + 2.348 ms; device only costs 6).  The
+    study's trials carry the second link as their own Optuna parameter ("via"), and the answer is it."""
+    from search.study import Objective, seed
+
+    d, s, e = _two_link_scene()
+    problem = Problem(d, s, Network(100.0, 1.0), A0=0.8, confidence=0.0, edge=Edge(e, Network(1.0, 0.1)))
+    problem.space = SearchSpace.of(d, s, codecs=("int8",), input_codecs=("raw",), edge_codecs=("int8",))
+    n, label = 1000, np.zeros(1000, dtype=np.int64)
+    rows = {}
+    for k, r in problem.space.candidates():
+        right = np.where(np.arange(n) < (900 if r == 0 else 700), 0, 1)
+        ev = _Ev(label, {c: right for c in problem.codecs_at(k)})
+        rows[(k, r)] = {"selection": ev, "test": ev}
+    study = optuna.create_study()
+    seed(study, problem)
+    study.optimize(Objective(problem, MeasuredPool(rows, None, replay=True)), n_trials=20)
+    done = [t for t in study.trials if t.user_attrs.get("feasible")]
+    best = min(done, key=lambda t: t.user_attrs["latency_ms"])
+    assert (best.user_attrs["k"], best.user_attrs["codec"], best.user_attrs["k2"]) == (1, "int8>2:int8", 2)
+    assert best.user_attrs["latency_ms"] == pytest.approx(2 + 1 + 8 * 1024 / 1e5 + 2.348)
+    assert best.params["via"] == "2:int8" and best.params["codec"] == "int8"
+    # the plain int8 trial at k = 1 alone is slower than device only; its fine-tune was still worth it
+    assert not any("lower bound" in t.user_attrs.get("skipped", "") for t in study.trials if t.params.get("k") == 1
+                   and t.params.get("r") == 0.0)
+
+
+def _Ev(label, finals):
+    from compress.candidate import Evaluation
+
+    return Evaluation(label, None, None, None, finals, {c: v == label for c, v in finals.items()})
