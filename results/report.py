@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from compress.codec import split_via  # noqa: E402
 from search.latency import CURVES, PARTS, PRICING  # noqa: E402
 from search.space import Config, breakdown_for, score  # noqa: E402
 
@@ -235,7 +236,8 @@ def print_summary(result: dict, problem, out: Path) -> None:
             K = problem.space.K
             where = ("the edge relays it" if b["k2"] == b["k"] else
                      f"the edge runs blocks {b['k']}..{b['k2'] - 1}" + (" and answers" if b["k2"] == K else
-                                                                       f", sends {b['edge_bytes']:.0f} bytes on"))
+                                                                       f", sends {b['edge_bytes']:.0f} bytes on as "
+                                                                       f"{split_via(b['codec'])[2]}"))
             print(f"  tiers: end device blocks 0..{b['k'] - 1}, {where}" +
                   ("" if b["k2"] == K else f", the cloud runs blocks {b['k2']}..{K - 1}"))
             edge = (f" + edge {b['edge_ms']:.3f} + edge runtime {b['edge_overhead_ms']:.3f} + edge-cloud transfer "
