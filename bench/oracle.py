@@ -102,7 +102,8 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
     """Mean per-request latency (ms) of one deployment, the share of requests sent being `sent_share`.
 
     `edge` = (Tables of the device and the edge profile, edge-to-cloud bandwidth, rtt): the sent request
-    goes to the edge, which relays it, runs some blocks and sends on, or runs the rest, whichever is fastest.
+    goes to the edge, which relays it, runs some blocks and sends on, or runs the rest, whichever is fastest
+    once every part is priced (idle curves included) at this share sent.
     Cold device parts are slowed by the device's idle curve at the time it waits for a reply, the cloud's
     tail by the server's, averaged over the times from its reply to the next sent request; the edge's blocks
     by the edge's, over the times from the end of its blocks to the next sent request."""
@@ -134,7 +135,13 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
                 ways.append((up + _send(t.bytes[(k2, 0.0, "fp32")], bw2, rtt2, t.frame)
                              + t.overhead("link_overhead_ms", k2, 0.0, "fp32"), mid, mid_runtime,
                              t.overhead("server_overhead_ms", k2, 0.0, "fp32"), t.ms[("tail", k2, 0.0)]))
-    links, mid, mid_runtime, cloud_runtime, cloud_tail = min(ways, key=sum)
+    return min(_priced(t, w, head, exit_ms, dev_over, encode, with_exit, k, r, sent_share,
+                       None if edge is None else edge[0]) for w in ways)  # the fastest way once priced
+
+
+def _priced(t: Tables, way: tuple, head: float, exit_ms: float, dev_over: float, encode: float, with_exit: bool,
+            k: int, r: float, sent_share: float, e: Tables | None) -> float:
+    links, mid, mid_runtime, cloud_runtime, cloud_tail = way
     way = links + mid + mid_runtime
     cold = (head + exit_ms) * t.slower("device", way + cloud_runtime + cloud_tail)
     warm = min(cold, t.warm[("head", k, r)] + t.warm[("exit", k, r)]) if with_exit else cold
@@ -144,7 +151,7 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
     edge_gap = cold + dev_over + encode + links + cloud_runtime + cloud_tail
     cloud_tail *= t.slower_between_sends(cold + dev_over + encode + way, step, sent_share)
     if mid > 0:
-        mid *= edge[0].slower_between_sends(edge_gap, step, sent_share)
+        mid *= e.slower_between_sends(edge_gap, step, sent_share)
     path = cold + dev_over
     if with_exit:  # a request after an exited one (share 1 - sent) runs warm
         path -= (1.0 - sent_share) * (cold - warm)

@@ -294,18 +294,24 @@ def _overheads(device: Profile, server: Profile, k: int, r: float, codec: str) -
 
 
 def predict(device: Profile, server: Profile, network: Network, k: int, r: float, codec: str = "fp32",
-            exit_rate: float | None = None, n_bytes: float | None = None, edge: Edge | None = None) -> Breakdown:
+            exit_rate: float | None = None, n_bytes: float | None = None, edge: Edge | None = None,
+            k2: int | None = None) -> Breakdown:
     """Breakdown of the latency of (k, r) under `codec` with a measured exit rate.
 
     `n_bytes` gives the (mean) payload of a variable-size codec, measured per sample; fixed-size codecs
-    take the profile's bytes table.  With an `edge`, the second cut k2 is the fastest its tiers allow.
+    take the profile's bytes table.  With an `edge`, the second cut is `k2`, else the one with the lowest
+    mean latency at this exit rate once every part is priced (idle curves included) among those its tiers
+    allow; a two-link codec fixes it.
     """
     check_pair(device, server)
     rate = _check_rate(exit_rate, k, device.K)
-    first, k2, second = split_via(codec)  # a two-link codec fixes the edge's cut and its codec to the cloud
-    if k2 is not None and (edge is None or k2 not in edge.second_cuts(k, device.K) or not k < k2 < device.K):
-        raise ValueError(f"codec {codec} sends on from an edge at cut {k2}: that needs an edge tier whose "
+    first, fixed, second = split_via(codec)  # a two-link codec fixes the edge's cut and its codec to the cloud
+    if fixed is not None and (edge is None or fixed not in edge.second_cuts(k, device.K) or not k < fixed < device.K):
+        raise ValueError(f"codec {codec} sends on from an edge at cut {fixed}: that needs an edge tier whose "
                          f"second cuts include it, between k={k} and K={device.K}")
+    if k2 is not None and (edge is None or k2 not in edge.second_cuts(k, device.K) or fixed not in (None, k2)):
+        raise ValueError(f"second cut k2={k2} is not one this scene allows at k={k} under codec {codec}")
+    k2 = fixed if fixed is not None else k2
     if n_bytes is None:
         n_bytes = device.tensor_bytes(k, r, "fp32" if k == 0 and first == "raw" else first)
     if k == device.K:
@@ -318,13 +324,13 @@ def predict(device: Profile, server: Profile, network: Network, k: int, r: float
                   **_overheads(device, server, k, r, first))
     if k == device.K:
         return b
-    if edge is not None:
-        b = min((_via_edge(b, device, server, edge, cut, second) for cut in ([k2] if k2 is not None else
-                                                                            edge.second_cuts(k, device.K))),
-                key=lambda x: x.sent_ms)
     with_exit = exit_rate is not None and 0 < k
     warm = device.ms("head", k, r, warm=True) + device.ms("exit", k, r, warm=True) if with_exit else None
-    return _after_idle(b, device, server, warm)
+    if edge is None:
+        return _after_idle(b, device, server, warm)
+    cuts = [k2] if k2 is not None else edge.second_cuts(k, device.K)
+    return min((_after_idle(_via_edge(b, device, server, edge, cut, second), device, server, warm) for cut in cuts),
+               key=lambda x: x.expected_ms)
 
 
 def _after_idle(b: Breakdown, device: Profile, server: Profile, warm_ms: float | None) -> Breakdown:

@@ -271,12 +271,20 @@ def _bytes(problem: Problem, config: Config, ev: Evaluation) -> tuple[float | No
     return mean, net.transfer_ms_many(sizes) - net.transfer_ms(mean)
 
 
-def breakdown_for(problem: Problem, config: Config, ev: Evaluation) -> tuple[Breakdown, np.ndarray | None]:
-    """`config`'s latency breakdown (exit rate 0) with the bytes measured on `ev`, and the per-sample
-    transfer deviations a quantile objective needs."""
+def second_cuts(problem: Problem, config: Config) -> list[int | None]:
+    """The second cuts `config` may use (None: the latency model's choice, as without an edge)."""
+    if problem.edge is None or config.k == problem.space.K or split_via(config.codec)[1] is not None:
+        return [None]
+    return list(problem.edge.second_cuts(config.k, problem.space.K))
+
+
+def breakdown_for(problem: Problem, config: Config, ev: Evaluation,
+                  k2: int | None = None) -> tuple[Breakdown, np.ndarray | None]:
+    """`config`'s latency breakdown (exit rate 0; second cut `k2`, else the model's choice) with the bytes
+    measured on `ev`, and the per-sample transfer deviations a quantile objective needs."""
     n_bytes, extra = _bytes(problem, config, ev)
     b = predict(problem.device, problem.server, problem.network, config.k, config.r, config.codec,
-                exit_rate=0.0 if config.t is not None else None, n_bytes=n_bytes, edge=problem.edge)
+                exit_rate=0.0 if config.t is not None else None, n_bytes=n_bytes, edge=problem.edge, k2=k2)
     if extra is not None and b.k2 == config.k:  # relayed: the variable-size payload crosses both links
         sizes = ev.sample_bytes(config.codec)
         net = problem.edge.network
@@ -308,11 +316,13 @@ def accuracy_bounds(problem: Problem, ev: Evaluation, codec: str) -> tuple[np.nd
 def score(problem: Problem, config: Config, evaluations: dict[str, Evaluation]) -> Score:
     """Promised latency (bounded share sent) and accuracy bound on the selection split; delivery on test."""
     sel, test = evaluations["selection"], evaluations["test"]
-    b, extra = breakdown_for(problem, config, sel)
     n = len(sel.label)
     rate = float(sel.exit_rate([config.t])[0])
     promised = float(promised_rates(problem, [rate], n)[0]) if config.t is not None else 0.0
-    b = b.with_exit_rate(promised)
+    # with an edge, the second cut whose promise is lowest at this exit rate (the objective's, not the mean's)
+    ways = [(b.with_exit_rate(promised), extra) for b, extra in
+            (breakdown_for(problem, config, sel, k2) for k2 in second_cuts(problem, config))]
+    b, extra = min(ways, key=lambda w: w[0].objective_at(problem.objective, [promised], w[1])[0])
     acc = float(sel.accuracy([config.t], config.codec, problem.metric)[0])
     acc_bound = float(bounds.lower(acc, n, problem.bound_confidence))
     if config.t is not None and sel.exit_conf is not None:
@@ -321,7 +331,7 @@ def score(problem: Problem, config: Config, evaluations: dict[str, Evaluation]) 
         if passed:
             acc_bound = float(lb[passed - 1])
     test_rate = float(test.exit_rate([config.t])[0])
-    tb, textra = breakdown_for(problem, config, test)
+    tb, textra = breakdown_for(problem, config, test, b.k2)  # delivery of the same deployment
     return Score(config, b, problem.objective, float(b.objective_at(problem.objective, [promised], extra)[0]),
                  acc, acc_bound, rate, float(test.accuracy([config.t], config.codec, problem.metric)[0]), test_rate,
                  float(tb.objective_at(problem.objective, [test_rate], textra)[0]))
@@ -337,8 +347,9 @@ def best_threshold(problem: Problem, k: int, r: float, codec: str, evaluations: 
         return base
     sel = evaluations["selection"]
     ts, _, rate, acc_lb = accuracy_bounds(problem, sel, codec)
-    b, extra = breakdown_for(problem, Config(k, r, 0.5, codec), sel)
-    lat = b.objective_at(problem.objective, promised_rates(problem, rate, len(sel.label)), extra)
+    config, promised = Config(k, r, 0.5, codec), promised_rates(problem, rate, len(sel.label))
+    lat = np.min([b.objective_at(problem.objective, promised, extra) for b, extra in
+                  (breakdown_for(problem, config, sel, k2) for k2 in second_cuts(problem, config))], axis=0)
     key = objective_key(problem)
     best, best_key = None, key(base.latency_ms, base.acc_bound)
     for i in range(len(ts)):

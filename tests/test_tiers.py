@@ -90,6 +90,23 @@ def test_the_edge_blocks_slow_down_by_the_edge_curve_at_the_edge_wait():
     assert spaced.with_exit_rate(0.0).edge_ms == pytest.approx(2.0 * f)
 
 
+def test_the_second_cut_is_chosen_once_every_part_is_priced():
+    """Edge-to-cloud 10 Mbit/s, rtt 0.1 ms, an edge that runs 3x slower after its wait (idle curve flat at 3).
+    Unpriced, k2 = 2 is the fastest way on (1 + 0.1 + 0.0512 + 0.1 = 1.2512 against the relay's
+    0.1 + 1.6384 + 0.2 = 1.9384), but its edge block costs 3 x 1 ms once priced: 3.2512.  The relay computes
+    nothing at the edge, so it is the fastest way: 1 + 21.384 + 1.9384 (before this, the model kept k2 = 2)."""
+    d, s, e = _scene()
+    doc = copy.deepcopy(e.doc)
+    doc["meta"]["idle"] = {"gap_ms": [1.0, 2.0], "factor": [3.0, 3.0]}
+    link, edge = Network(1.0, 5.0), Edge(Profile(doc, "e"), Network(10.0, 0.1))
+    b = predict(d, s, link, 1, 0.5, "fp32", edge=edge)
+    assert b.k2 == 1 and b.expected_ms == pytest.approx(1 + 21.384 + 1.9384)
+    forced = predict(d, s, link, 1, 0.5, "fp32", edge=edge, k2=2)
+    assert forced.k2 == 2 and forced.expected_ms == pytest.approx(1 + 21.384 + 3.2512)
+    with pytest.raises(ValueError, match="second cut k2=2 is not one this scene allows"):
+        predict(d, s, link, 1, 0.5, "fp32", edge=edge.only("relay"), k2=2)
+
+
 def test_an_edge_needs_a_server_role_profile_and_known_tiers():
     d, s, e = _scene()
     with pytest.raises(ValueError, match="needs a server-role profile"):
