@@ -267,7 +267,7 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
         edge_slowdown=float(edge.profile.meta.get("slowdown", 1.0)),
         edge_threads=int(edge.profile.meta.get("threads", 1)),
         server_threads=int(problem.server.meta.get("threads", 1)),
-        end_edge_link_ms=edge.profile.overhead(k, r, best["codec"])["link_overhead_ms"] if k < K else 0.0,
+        end_edge_link_ms=edge.profile.overhead(k, r, codecs.first(best["codec"]))["link_overhead_ms"] if k < K else 0.0,
         csv=out / "end.csv", progress=progress)
     print(f"\n== deployed on three tiers over loopback (end-edge {problem.network}, edge-cloud {edge.network}, "
           f"edge {edge.profile.device}), {summary['n']} test samples")
