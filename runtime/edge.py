@@ -363,7 +363,8 @@ def summarize(df: "pd.DataFrame | Iterable[Mapping[str, Any]]", attrs: Mapping[s
     out.update(stalls=int(stalled.sum()), longest_ms=float(total.max()) if n else float("nan"),
                mean_ms_without_stalls=mean(total[~stalled]),
                steal_ms=float(steal.sum()), stall_steal_ms=float(steal[stalled].sum()),
-               stall_wall_ms=float(total[stalled].sum()))
+               stall_wall_ms=float(total[stalled].sum()),
+               stall_head_ms=float(np.nansum([row.get("head_ms", math.nan) for row, s in zip(rows, stalled) if s])))
     out.update({k: v for k, v in attrs.items() if k != "model_dir"})
     return out
 
@@ -375,6 +376,10 @@ def stall_line(summary: Mapping[str, Any], predicted_ms: float) -> str | None:
     m, steal = summary["mean_ms_without_stalls"], summary.get("stall_steal_ms", math.nan)
     cause = ("the hypervisor's steal time is not counted here" if math.isnan(steal) else
              f"the hypervisor stole {steal:.0f} ms of CPU time during them ({summary['stall_wall_ms']:.0f} ms wall)")
+    f, head = float(summary.get("slowdown") or 1.0), summary.get("stall_head_ms", 0.0)
+    if f > 1 and head:  # a hiccup of this host inside the model call is multiplied like the model's own time
+        cause += (f"; this host's own head.onnx runs took {head:.1f} ms of it, which the emulated slowdown "
+                  f"multiplied by {f:g} to {f * head:.0f} ms")
     return (f"{summary['stalls']} sample(s) stalled (longest {summary['longest_ms']:.0f} ms, over {STALL_FACTOR:g}x the "
             f"median {summary['p50_ms']:.3f} ms; {cause}): mean without them {m:.3f} ms "
             f"({100 * (m / predicted_ms - 1):+.1f}% against the prediction)")

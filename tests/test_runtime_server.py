@@ -459,6 +459,13 @@ def test_a_stalled_sample_is_counted_and_named_beside_the_mean():
     s = summarize(rows)
     assert s["steal_ms"] == 3910.0 and s["stall_steal_ms"] == 3900.0 and s["stall_wall_ms"] == 4000.0
     assert "the hypervisor stole 3900 ms of CPU time during them (4000 ms wall)" in stall_line(s, 4.0)
+    # on an emulated device, a hiccup inside the host's own model call is multiplied with it: named
+    rows[50]["head_ms"] = 79.0
+    s = summarize(rows, {"slowdown": 50.0})
+    assert s["stall_head_ms"] == 79.0
+    assert ("this host's own head.onnx runs took 79.0 ms of it, which the emulated slowdown multiplied by 50 to "
+            "3950 ms") in stall_line(s, 4.0)
+    assert "head.onnx" not in stall_line(summarize(rows, {"slowdown": 1.0}), 4.0)
 
 
 def test_steal_time_is_the_eighth_field_of_the_cpu_line_in_ticks():
