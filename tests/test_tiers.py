@@ -220,6 +220,60 @@ def test_product_three_tier_optimum_agrees_with_the_oracle(device, seed_, up, on
     assert ours.breakdown.k2 == {"relay": ours.config.k, "edge": land.K}[k2]  # the tier the case is about
 
 
+@pytest.mark.parametrize("edge_factor, on", [(4.0, 1.0), (20.0, 1.0), (20.0, 10.0)])
+def test_product_and_oracle_agree_on_two_link_codecs(edge_factor, on):
+    """A drawn landscape whose candidates also answer for "fp32>K2:int8" (their own answers: some samples
+    flipped), an edge box `edge_factor` x the server, its cloud link `on` Mbit/s: the product's exhaustive
+    answer over every codec, two-link ones included, is the oracle's, which parses and prices them itself,
+    and so is the latency of every two-link deployment (none of them wins on these 32 px profiles)."""
+    from bench import oracle
+    from bench.landscapes import load_doc, regrid, synthetic
+    from bench.search_efficiency import problem_for
+
+    land = synthetic("resnet18", 3, n_ratios=6, device="emulated-10x")
+    rng = np.random.default_rng(0)
+    for (k, r), splits in land.arrays.items():
+        for k2 in range(k + 1, land.K) if 0 < k < land.K else ():
+            flips = rng.random(len(splits["selection"]["label"])) < 0.01  # the second link's loss, drawn
+            for split in splits.values():
+                split["final"][f"fp32>{k2}:int8"] = np.where(flips[:len(split["label"])], 1 - split["final"]["fp32"],
+                                                             split["final"]["fp32"])
+    base = float(np.mean(land.arrays[(0, 0.0)]["selection"]["final"]["fp32"] == 0))
+    A0 = round(base - 0.05, 4)
+    edge_doc = regrid(load_doc("server", "resnet18", 32), land.ratios)
+    edge_doc["meta"]["device"] = "edge-by-hand"
+    for row in edge_doc["latency"]:
+        row["mean_ms"] = row["median_ms"] = row["mean_ms"] * edge_factor
+    problem = problem_for(land, A0, 20.0)
+    problem.edge = Edge(Profile(edge_doc, "edge"), Network(on, 1.0))
+    problem.space = replace(problem.space, edge_codecs=("int8",))
+    problem.families = sum(len(problem.codecs_at(k)) for k, _ in problem.space.candidates())
+    joint = next(m for m in methods(problem) if m.name == "joint optimum (exhaustive)")
+    rows = {kr: {s: _Ev(a[s]["label"], {("raw" if kr[0] == 0 and c == "fp32" else c): f for c, f in a[s]["final"].items()})
+                 for s in ("selection", "test")} for kr, a in land.arrays.items()}
+    ours, complete = best_of(problem, MeasuredPool(rows, None), joint)
+    ref = oracle.optimum(land.device, land.server, land.arrays, A0, 20.0, 5.0, families=problem.families,
+                         codecs={k: list(problem.codecs_at(k)) if k else ["fp32"] for k in range(land.K + 1)},
+                         edge=edge_doc,
+                         edge_bandwidth=on, edge_rtt=1.0)
+    assert complete and ref is not None and ours.feasible(problem)
+    assert ours.latency_ms == pytest.approx(ref["latency_ms"], rel=1e-6)
+    assert (ours.config.k, ours.config.r) == (ref["k"], ref["r"])
+    assert ours.config.codec == (ref["codec"] if ours.config.k else "raw")  # the image as it is, named fp32 there
+    # and every two-link deployment is priced alike, one by one (no exit: every request sent)
+    from search.space import score
+
+    t, tiers = oracle.Tables(land.device, land.server), (oracle.Tables(land.device, edge_doc), on, 1.0)
+    checked = 0
+    for k, r in problem.space.candidates():
+        for codec in (c for c in problem.codecs_at(k) if ">" in c and rows[(k, r)]["selection"].has(c)):
+            mine = score(problem, problem.space.canonical(k, r, None, codec), rows[(k, r)])
+            theirs = oracle.latency(t, k, r, codec, False, 1.0, 20.0, 5.0, None, tiers)
+            assert mine.latency_ms == pytest.approx(theirs, rel=1e-6), (k, r, codec)
+            checked += 1
+    assert checked >= 5 * 4 * len(land.ratios) // 2  # every split with a second cut after it, every ratio
+
+
 def test_a_two_link_codec_fixes_the_second_cut_and_prices_its_own_bytes_by_hand():
     """The scene of the first test without the small tensor: bytes at k = 2, r = 0 are 64 x 16 x 4 = 4096
     in fp32, 1024 in int8.  fp32 picks the fastest cut: the edge answers (blocks [1, 3) = 2 ms; k2 = 2 would
