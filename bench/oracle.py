@@ -111,6 +111,7 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
     # a two-link codec "FIRST>K2:SECOND": FIRST to the edge, which runs [k, K2) and sends SECOND on
     codec, _, second_link = codec.partition(">")
     fixed, _, second = second_link.partition(":")
+    second = second or "fp32"  # what an edge that computes sends on
     head = t.ms.get(("head", k, r), 0.0)
     exit_ms = t.ms[("exit", k, r)] if with_exit else 0.0
     dev_over = t.overhead("device_overhead_ms", k, r, codec)
@@ -134,13 +135,12 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
         for k2 in ([int(fixed)] if fixed else range(k + 1, K + 1)):
             mid = max(e.ms[("tail", k, r)] - (e.ms[("tail", k2, 0.0)] if k2 < K else 0.0), 0.0)
             mid_runtime = e.overhead("server_overhead_ms", k, r, codec)
-            on = second or "fp32"
             if k2 == K:
                 ways.append((up, mid, mid_runtime, 0.0, 0.0))
             else:
-                ways.append((up + _send(t.bytes[(k2, 0.0, on)], bw2, rtt2, t.frame)
-                             + t.overhead("link_overhead_ms", k2, 0.0, on), mid, mid_runtime,
-                             t.overhead("server_overhead_ms", k2, 0.0, on), t.ms[("tail", k2, 0.0)]))
+                ways.append((up + _send(t.bytes[(k2, 0.0, second)], bw2, rtt2, t.frame)
+                             + t.overhead("link_overhead_ms", k2, 0.0, second), mid, mid_runtime,
+                             t.overhead("server_overhead_ms", k2, 0.0, second), t.ms[("tail", k2, 0.0)]))
     return min(_priced(t, w, head, exit_ms, dev_over, encode, with_exit, k, r, sent_share,
                        None if edge is None else edge[0]) for w in ways)  # the fastest way once priced
 

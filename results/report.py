@@ -14,7 +14,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from compress.codec import split_via  # noqa: E402
 from search.latency import CURVES, PARTS, PRICING  # noqa: E402
-from search.space import Config, breakdown_for, score, second_cuts  # noqa: E402
+from search.space import Config, breakdowns, score  # noqa: E402
 
 
 def trials_frame(study) -> pd.DataFrame:
@@ -134,8 +134,7 @@ def threshold_plot(problem, evaluations, config: Config, path: Path) -> None:
     ev = evaluations["selection"]
     acc = ev.accuracy(list(ts), config.codec, problem.metric)
     rate = ev.exit_rate(list(ts))
-    lat = np.min([breakdown_for(problem, config, ev, k2)[0].expected_at(rate) for k2 in second_cuts(problem, config)],
-                 axis=0)
+    lat = np.min([b.expected_at(rate) for b, _ in breakdowns(problem, config, ev)], axis=0)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ts, lat, "b-", label="expected latency")
     ax.set_xlabel("exit threshold t")

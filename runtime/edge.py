@@ -181,12 +181,13 @@ def run_rows(model_dir: str | Path, server: str | tuple[str, int] | None = None,
             pass
     try:
         stolen, read_at = stolen_ms(), time.perf_counter()  # read between samples, outside their timing
+        counted = not math.isnan(stolen)
         for i in iterator:
             row = device.answer(i, samples[i:i + 1], int(labels[i]), remote, second)
-            row["steal_ms"] = 0.0 if stolen == stolen else math.nan
+            row["steal_ms"] = 0.0 if counted else math.nan
             # reading /proc/stat costs the next model call about 10 us (measured, x the emulated slowdown):
             # read after a slow sample, else at most once a second
-            if stolen == stolen and (row["total_ms"] >= STALL_MIN_MS or time.perf_counter() - read_at >= STEAL_EVERY_S):
+            if counted and (row["total_ms"] >= STALL_MIN_MS or time.perf_counter() - read_at >= STEAL_EVERY_S):
                 now = stolen_ms()
                 row["steal_ms"], stolen, read_at = now - stolen, now, time.perf_counter()
             rows.append(row)
@@ -338,6 +339,9 @@ def summarize(df: "pd.DataFrame | Iterable[Mapping[str, Any]]", attrs: Mapping[s
     def col(name: str) -> np.ndarray:
         return np.array([row[name] for row in rows], dtype=float)
 
+    def optional(name: str) -> np.ndarray:  # a column older rows may lack: NaN there
+        return np.array([row.get(name, math.nan) for row in rows], dtype=float)
+
     def mean(values: np.ndarray) -> float:
         return float(values.mean()) if len(values) else float("nan")
 
@@ -357,14 +361,13 @@ def summarize(df: "pd.DataFrame | Iterable[Mapping[str, Any]]", attrs: Mapping[s
     }
     for part in ("device_ms", "exit_ms", "transfer_ms", "server_ms"):
         out[part] = mean(col(part))
-    out["head_ms"] = mean(np.array([row.get("head_ms", math.nan) for row in rows], dtype=float))
+    head, steal = optional("head_ms"), optional("steal_ms")
+    out["head_ms"] = mean(head)
     stalled = total > max(STALL_FACTOR * out["p50_ms"], out["p50_ms"] + STALL_MIN_MS) if n else np.zeros(0, bool)
-    steal = np.array([row.get("steal_ms", math.nan) for row in rows], dtype=float)
     out.update(stalls=int(stalled.sum()), longest_ms=float(total.max()) if n else float("nan"),
                mean_ms_without_stalls=mean(total[~stalled]),
                steal_ms=float(steal.sum()), stall_steal_ms=float(steal[stalled].sum()),
-               stall_wall_ms=float(total[stalled].sum()),
-               stall_head_ms=float(np.nansum([row.get("head_ms", math.nan) for row, s in zip(rows, stalled) if s])))
+               stall_wall_ms=float(total[stalled].sum()), stall_head_ms=float(np.nansum(head[stalled])))
     out.update({k: v for k, v in attrs.items() if k != "model_dir"})
     return out
 

@@ -27,11 +27,12 @@ goes to the edge, which runs blocks [k, k2) and sends on to the cloud, which run
 
     sent part  S = encode + T_N1(bytes k) + link + T_E(k..k2) + O_E + T_N2(bytes k2) + T_C(tail k2) + O_C
 
-with k2 chosen per candidate (it changes no answer: the edge's blocks are the network's own and the second
-link carries fp32): k2 = k relays the tensor as is (end to cloud through the edge), k2 = K answers at the
+with k2 chosen per candidate, the fastest once every part is priced (it changes no answer: the edge's blocks
+are the network's own and the second link carries fp32): k2 = k relays the tensor as is (end to cloud through the edge), k2 = K answers at the
 edge (no cloud).  A two-link codec (compress.codec.via, e.g. "int8>3:fp16") fixes k < k2 < K instead and
-sends bytes(k2) under its second codec: it changes answers, so the search takes it only where evaluated.  T_E(k..k2) = T_E(tail k, r) - T_E(tail k2, 0), both measured on the edge profile: the
-pruning of the end part trims only the input of block k, so the blocks from k2 > k on are unpruned.
+sends bytes(k2) under its second codec: it changes answers, so the search takes it only where evaluated.
+T_E(k..k2) = T_E(tail k, r) - T_E(tail k2, 0), both measured on the edge profile: the pruning of the end
+part trims only the input of block k, so the blocks from k2 > k on are unpruned.
 
 O_D, encode, link and O_C are the per-request runtime overheads measured beside the model's compute
 (`Profile.overhead`; 0 for a profile measured without them).  T_N counts the request's frame header with

@@ -24,7 +24,7 @@ import numpy as np
 from compress.candidate import Evaluation
 from compress.codec import is_variable
 from search import bounds
-from search.latency import expected_ms_many, lower_bound_ms
+from search.latency import expected_ms_many
 from search.space import Problem, Score, available_codecs, best_setting, objective_key, score
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[t
     for k, r in p.space.candidates():
         if (k, r) in measured or (k, r) in busy:
             continue
-        bound = min(lower_bound_ms(p.device, p.server, p.network, k, r, c, p.edge) for c in p.codecs_at(k))
+        bound = p.lower_bound_ms(k, r)
         if bound >= best_ms:
             out.ruled_out += 1
             continue

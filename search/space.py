@@ -11,7 +11,7 @@ from compress.candidate import Evaluation, exit_allowed
 from compress.codec import FEATURE_CODECS, INPUT_CODECS, is_variable, split_via, via
 from profiles import Network, Profile
 from search import bounds
-from search.latency import EDGE_PARTS, OVERHEADS, Breakdown, Edge, check_objective, predict
+from search.latency import EDGE_PARTS, OVERHEADS, Breakdown, Edge, check_objective, lower_bound_ms, predict
 
 T_RANGE = (0.1, 1.0)  # max softmax over >= 2 classes is above 1/classes; 1.0 answers only certain samples
 
@@ -88,7 +88,7 @@ class SearchSpace:
         return own + tuple(via(c, k2, c2) for c in own for k2 in range(k + 1, self.K) for c2 in self.edge_codecs)
 
     def vias(self) -> list[str]:
-        """The second link's choices as one Optuna parameter ("K2:CODEC"; "-" for fp32 at the fastest cut)."""
+        """The second link's choices as one Optuna parameter ("K2:CODEC"; "-": fp32 at the cut the latency model picks)."""
         return ["-"] + [f"{k2}:{c2}" for k2 in range(1, self.K) for c2 in self.edge_codecs]
 
     def ratio_distribution(self):
@@ -210,7 +210,13 @@ class Problem:
         """The space's codecs at split k that this problem's tiers can carry (a two-link codec needs an edge
         whose second cuts include its k2)."""
         cuts = self.edge.second_cuts(k, self.space.K) if self.edge is not None else ()
-        return tuple(c for c in self.space.codecs_at(k) if split_via(c)[1] is None or split_via(c)[1] in cuts)
+        return tuple(c for c in self.space.codecs_at(k) if (k2 := split_via(c)[1]) is None or k2 in cuts)
+
+    def lower_bound_ms(self, k: int, r: float) -> float:
+        """The lowest latency (k, r) can reach under any of its codecs and thresholds: one fine-tune answers
+        for all of them, so this decides whether it is worth one."""
+        return min(lower_bound_ms(self.device, self.server, self.network, k, r, c, self.edge)
+                   for c in self.codecs_at(k))
 
     @property
     def bound_confidence(self) -> float:
@@ -292,6 +298,11 @@ def breakdown_for(problem: Problem, config: Config, ev: Evaluation,
     return b, extra
 
 
+def breakdowns(problem: Problem, config: Config, ev: Evaluation) -> list[tuple[Breakdown, np.ndarray | None]]:
+    """`breakdown_for` at each second cut `config` may use (one entry without an edge)."""
+    return [breakdown_for(problem, config, ev, k2) for k2 in second_cuts(problem, config)]
+
+
 def promised_rates(problem: Problem, point_rates, n: int) -> np.ndarray:
     """Exit rates the latency promise uses: 1 - the upper bound of the share sent."""
     return 1.0 - bounds.upper(1.0 - np.asarray(point_rates, dtype=float), n, problem.bound_confidence)
@@ -320,8 +331,7 @@ def score(problem: Problem, config: Config, evaluations: dict[str, Evaluation]) 
     rate = float(sel.exit_rate([config.t])[0])
     promised = float(promised_rates(problem, [rate], n)[0]) if config.t is not None else 0.0
     # with an edge, the second cut whose promise is lowest at this exit rate (the objective's, not the mean's)
-    ways = [(b.with_exit_rate(promised), extra) for b, extra in
-            (breakdown_for(problem, config, sel, k2) for k2 in second_cuts(problem, config))]
+    ways = [(b.with_exit_rate(promised), extra) for b, extra in breakdowns(problem, config, sel)]
     b, extra = min(ways, key=lambda w: w[0].objective_at(problem.objective, [promised], w[1])[0])
     acc = float(sel.accuracy([config.t], config.codec, problem.metric)[0])
     acc_bound = float(bounds.lower(acc, n, problem.bound_confidence))
@@ -348,8 +358,8 @@ def best_threshold(problem: Problem, k: int, r: float, codec: str, evaluations: 
     sel = evaluations["selection"]
     ts, _, rate, acc_lb = accuracy_bounds(problem, sel, codec)
     config, promised = Config(k, r, 0.5, codec), promised_rates(problem, rate, len(sel.label))
-    lat = np.min([b.objective_at(problem.objective, promised, extra) for b, extra in
-                  (breakdown_for(problem, config, sel, k2) for k2 in second_cuts(problem, config))], axis=0)
+    lat = np.min([b.objective_at(problem.objective, promised, extra) for b, extra in breakdowns(problem, config, sel)],
+                 axis=0)
     key = objective_key(problem)
     best, best_key = None, key(base.latency_ms, base.acc_bound)
     for i in range(len(ts)):

@@ -11,7 +11,6 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from results.db import check_url, first_start, redact
-from search.latency import lower_bound_ms
 from search.plan import Known, Plan, known, plan
 from search.pool import Abandoned, CandidatePool
 from search.space import T_RANGE, Problem, best_setting, score, violation
@@ -80,9 +79,8 @@ class Objective:
         """Why (k, r) is not worth a fine-tune, judged from latency alone; None if it is."""
         if self.multi or not self.skip_hopeless or self.pool.known(config.k, config.r):
             return None
-        p = self.problem  # a fine-tune answers for every codec at k (polished for free): bound them all
-        bound = min(lower_bound_ms(p.device, p.server, p.network, config.k, config.r, c, p.edge)
-                    for c in p.codecs_at(config.k))
+        p = self.problem
+        bound = p.lower_bound_ms(config.k, config.r)
         if p.T0 is not None:
             return f"latency lower bound {bound:.2f} ms > T0" if bound > p.T0 else None
         best = best_feasible_ms(trial.study)
@@ -194,7 +192,7 @@ def seed_order(problem: Problem) -> list[int]:
         if not 0 < k < K:
             return 0, float(k)
         r = p.space.ratios_at(k)[0]
-        return 1, min(lower_bound_ms(p.device, p.server, p.network, k, r, c, p.edge) for c in p.codecs_at(k))
+        return 1, p.lower_bound_ms(k, r)
 
     return sorted((k for k in p.space.splits if p.space.ratios_at(k) and p.space.has(k, p.space.ratios_at(k)[0])),
                   key=key)
