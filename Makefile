@@ -50,7 +50,7 @@ profiles: $(STAMP)
 # confidence on Fashion-MNIST 32 px (uplinks 0.1 to 100 Mbit/s), with the answers deployed; 43 min on 2 cores
 # with resnet18's base cached (session 12; mobilenet_v2's base trained in it).
 bench: $(STAMP) $(FASHION)
-	$(BIN)/python bench/promises.py --out runs/bench/promises
+	$(BIN)/python bench/promises.py --profiles-now --out runs/bench/promises
 	$(BIN)/python bench/promises_report.py --run runs/bench/promises --out docs/benchmarks.md
 
 bench-quick: $(STAMP) $(FASHION)

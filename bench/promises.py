@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.machine import profiles_now  # noqa: E402
 from profiles import Network, load_profile  # noqa: E402
 from search.reference import reference_table  # noqa: E402
 from search.run import RunSpec, context, versions  # noqa: E402
@@ -42,14 +43,19 @@ def spec_for(model: str, ratios: list[float], finetune_epochs: int, out: Path, f
                    run_dir=str(out / model)).resolved()
 
 
+def profile(ctx, name: str, paths: dict[str, str] | None = None):
+    """The profile `name` of the context's model, from `paths` (profiles timed in the run) where it has one."""
+    return load_profile((paths or {}).get(name, name), ctx.spec.model, ctx.spec.input_size)
+
+
 def problems(ctx, devices, bandwidths, drops, rtt: float, base_acc: float, confidences=(0.95,),
-             families: int | None = None):
+             families: int | None = None, paths: dict[str, str] | None = None):
     """Each scenario's Problem over the context's search space, in the order device x bandwidth x A0 drop x
     confidence, with A0 = base_acc minus the drop in points: (device, bandwidth, drop, problem).
-    `families` defaults to the context's (the bound the run itself would use)."""
-    server = load_profile(ctx.spec.server, ctx.spec.model, ctx.spec.input_size)
+    `families` defaults to the context's (the bound the run itself would use); `paths` as `profile`."""
+    server = profile(ctx, ctx.spec.server, paths)
     for device in devices:
-        dev = load_profile(device, ctx.spec.model, ctx.spec.input_size)
+        dev = profile(ctx, device, paths)
         for bw in bandwidths:
             for drop in drops:
                 for conf in confidences:
@@ -59,11 +65,12 @@ def problems(ctx, devices, bandwidths, drops, rtt: float, base_acc: float, confi
                     yield device, bw, drop, problem
 
 
-def scenarios(ctx, devices, bandwidths, drops, confidences, rtt: float) -> pd.DataFrame:
+def scenarios(ctx, devices, bandwidths, drops, confidences, rtt: float,
+              paths: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per (scenario, method): promise and delivery of each method's exact best."""
     base_sel = float(ctx.pool.evaluations(0, 0.0)["selection"].accuracy([None], "raw")[0])
     frames = []
-    for device, bw, drop, problem in problems(ctx, devices, bandwidths, drops, rtt, base_sel, confidences):
+    for device, bw, drop, problem in problems(ctx, devices, bandwidths, drops, rtt, base_sel, confidences, paths=paths):
         t = reference_table(problem, ctx.pool, build=False, progress=False)
         t.insert(0, "scenario", f"{ctx.spec.model} {device} {bw:g}Mbps A0-{drop:g}")
         t = t.assign(model=ctx.spec.model, device=device, bandwidth_mbps=bw, A0=problem.A0,
@@ -111,7 +118,8 @@ def headline(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def deploy_answers(ctx, df: pd.DataFrame, out: Path, limit: int, rtt: float, repeats: int = 3) -> pd.DataFrame:
+def deploy_answers(ctx, df: pd.DataFrame, out: Path, limit: int, rtt: float, repeats: int = 3,
+                   paths: dict[str, str] | None = None) -> pd.DataFrame:
     """Deploy each distinct answer per (device, bandwidth) `repeats` times: the median run (by its mean;
     its parts add up to it) measured against prediction and promise, with the spread of the runs' means
     (one run on a shared 2-core VM moves by 20% and more)."""
@@ -119,13 +127,13 @@ def deploy_answers(ctx, df: pd.DataFrame, out: Path, limit: int, rtt: float, rep
     from search.latency import PARTS, PRICING
 
     ours = df[(df.method == OURS) & (df.feasible == True)]  # noqa: E712
-    server = load_profile(ctx.spec.server, ctx.spec.model, ctx.spec.input_size)
+    server = profile(ctx, ctx.spec.server, paths)
     rows, done = [], {}
     for _, s in ours.iterrows():
         t = None if pd.isna(s.t) else float(s.t)
         key = (s.device, s.bandwidth_mbps, int(s.k), float(s.r), t, s.codec)
         if key not in done:
-            dev = load_profile(s.device, ctx.spec.model, ctx.spec.input_size)
+            dev = profile(ctx, s.device, paths)
             where = out / "deploy" / ctx.spec.model / "-".join(map(str, key))
             parts = {p: float(s[p]) for p in PARTS + PRICING + ("bytes",) if p in s and pd.notna(s[p])}  # 2-tier
             parts["server_idle_curve"] = server.idle_curve()
@@ -171,6 +179,9 @@ def main() -> None:
     p.add_argument("--deploy-repeats", type=int, default=3, help="runs per deployed answer (the median run counts)")
     p.add_argument("--per-candidate-bound", action="store_true",
                    help="bound each candidate at the confidence (not the chosen one among all candidates)")
+    p.add_argument("--profiles-now", action="store_true",
+                   help="price and deploy with host and server profiles timed on this machine in the run (and the "
+                        "emulations made from them as the shipped ones are), not the shipped files")
     p.add_argument("--out", default="runs/bench/promises")
     a = p.parse_args()
     out = Path(a.out)
@@ -179,16 +190,18 @@ def main() -> None:
     frames, deps, bases = [], [], {}
     for model in a.models.split(","):
         t0 = time.perf_counter()
-        ctx = context(spec_for(model, [float(x) for x in a.ratios.split(",")], a.finetune_epochs, out,
-                               not a.per_candidate_bound), log=print)
+        spec = spec_for(model, [float(x) for x in a.ratios.split(",")], a.finetune_epochs, out, not a.per_candidate_bound)
+        # timed first, on a quiet machine, and so that a failure shows before the fine-tunes
+        paths = profiles_now(model, spec.input_size, spec.ratios, out / "profiles") if a.profiles_now else {}
+        ctx = context(spec, log=print)
         reference_table(ctx.problem, ctx.pool, build=True, progress=True)  # the whole grid, once
         bases[model] = {**{k: ctx.pool.base.meta.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds")},
                         "data": ctx.pool.data.sizes(), "grid_seconds": round(time.perf_counter() - t0, 1)}
         df = scenarios(ctx, a.devices.split(","), [float(x) for x in a.bandwidths.split(",")],
-                       [float(x) for x in a.drops.split(",")], [float(x) for x in a.confidences.split(",")], a.rtt)
+                       [float(x) for x in a.drops.split(",")], [float(x) for x in a.confidences.split(",")], a.rtt, paths)
         frames.append(df)
         if a.deploy_limit:
-            deps.append(deploy_answers(ctx, df, out, a.deploy_limit, a.rtt, a.deploy_repeats))
+            deps.append(deploy_answers(ctx, df, out, a.deploy_limit, a.rtt, a.deploy_repeats, paths))
         ctx.db.dispose()
         print(f"{model} done in {time.perf_counter() - t0:.0f} s", flush=True)
     methods = pd.concat(frames, ignore_index=True)

@@ -62,13 +62,15 @@ def write(run: Path, out: Path, familywise: Path | None = None) -> None:
     csv_dir.mkdir(parents=True, exist_ok=True)
     for name in ("headline.csv", "methods.csv", "deployed.csv"):
         shutil.copy(run / name, csv_dir / f"promises-{name}")
+    which = ("those timed on this machine in the run (--profiles-now: host and server measured, the emulations "
+             "made from them)" if meta["args"].get("profiles_now") else "the shipped")
     parts = [f"# Benchmarks\n\nWritten by `bench/promises_report.py` on {datetime.now(timezone.utc):%Y-%m-%d} from "
              f"`{meta['command']}` ({meta['seconds'] / 60:.1f} min on this 2-core machine, base models and fine-tunes "
              f"included unless they were cached: train_seconds below is what a base cost when it was trained). "
              f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}. CSVs in "
              f"`docs/benchmarks/csv/promises-*.csv`.\n",
              "Data: Fashion-MNIST at 32 px (Debian's dataset-fashion-mnist), roles train / val / selection / test "
-             "as printed below; profiles: the shipped 32 px `host`, `emulated-10x`, `emulated-50x` (end devices) "
+             f"as printed below; profiles: {which} 32 px `host`, `emulated-10x`, `emulated-50x` (end devices) "
              "and `server`, rtt 5 ms. A0 = the base model's selection accuracy minus 1 or 3 points. The answer of "
              "each scenario is the exhaustive optimum of the search space (every candidate of the grid fine-tuned "
              "and evaluated; the search's own efficiency is not measured here); each baseline is its family's "

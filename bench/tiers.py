@@ -36,6 +36,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.landscapes import load_doc, measured, regrid, synthetic, to_csv  # noqa: E402
+from bench.machine import profiles_now  # noqa: E402
 from bench.search_efficiency import BUDGET, families, problem_for, run_ours  # noqa: E402
 from compress import measurements  # noqa: E402
 from profiles import Network  # noqa: E402
@@ -160,28 +161,6 @@ def main() -> None:
 
 
 DEPLOY_ROWS = ("device+exit", "end-edge transfer", "edge", "edge-cloud transfer", "cloud", "mean total")
-
-
-def profiles_now(model: str, size: int, ratios: list[float], root: Path) -> dict[str, str]:
-    """Profiles of this machine timed now (host: 1 thread, server: 2, each with its overhead) and the emulated
-    end devices and edge made from them as the shipped ones are: {shipped name: profile path}."""
-    started = time.perf_counter()
-
-    def profiles(*argv: str) -> None:
-        cmd = [sys.executable, "-m", "profiles", "--root", str(root), *argv]
-        got = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
-        if got.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[2:])} failed: {got.stderr.strip()[-500:]}")
-
-    common = ["--model", model, "--input-size", str(size), "--ratios", ",".join(f"{r:g}" for r in ratios), "--overhead"]
-    profiles("measure", "--device", "host", "--role", "device", "--threads", "1", *common)
-    profiles("measure", "--device", "server", "--role", "server", "--threads", "2", *common)
-    for name, source, factor in (("emulated-10x", "host", 10), ("emulated-50x", "host", 50),
-                                 ("emulated-edge-4x", "server", 4)):
-        profiles("emulate", "--from", source, "--factor", str(factor), "--name", name, "--input-size", str(size))
-    print(f"profiles of this machine timed in {time.perf_counter() - started:.0f} s -> {root}", flush=True)
-    return {name: str(root / name / f"{model}-{size}px.json")
-            for name in ("host", "server", "emulated-10x", "emulated-50x", "emulated-edge-4x")}
 
 
 def deployed(args, device: str, A0: float, up: float, on: float, ratios: list[float],
