@@ -256,7 +256,7 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
     from pathlib import Path
 
     from profiles.profile import foreign_profiles
-    from runtime.deploy import deploy_candidate
+    from runtime.deploy import deploy_candidate, drift_line, profile_check, retimed_ms
     from runtime.edge import stall_line
     from search.run import context
 
@@ -269,6 +269,7 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
         return deploy_searched(ctx, cand, result, out, limit, progress=spec.progress)
     # a device profile measured under a CPU quota (profiles.quota): the edge runs under the same one
     quota = ctx.problem.device.meta.get("cpu_quota") or {}
+    check = profile_check(ctx.problem.device, ctx.problem.server, cand.k, cand.ratio)  # timed right before
     # predicted for exactly the test samples the edge sends: their exit decisions come from the evaluation
     _, summary = deploy_candidate(cand, ctx.pool.data, out, best["t"], best["codec"], result["predicted"], seed=spec.seed,
                                   bandwidth=spec.bandwidth, rtt=spec.rtt,
@@ -314,11 +315,13 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
     kept = summary["mean_ms"] <= 1.10 * mean_promise
     print(f"mean within 10% of the prediction: {'yes' if within else 'NO'}; "
           f"not above the promise by more than 10%: {'yes' if kept else 'NO'}")
+    print(drift_line(check, predicted, summary["mean_ms"]))
     stalls = stall_line(summary, predicted["total_ms"])
     if stalls:
         print(stalls)
     summary.update(promised_mean_ms=mean_promise, within_10pct_of_prediction=within,
-                   within_10pct_of_promise=kept, foreign_profiles=foreign)
+                   within_10pct_of_promise=kept, foreign_profiles=foreign, profile_check=check,
+                   retimed_ms=retimed_ms(predicted, check) if check else None)
     (out / "deploy.json").write_text(json.dumps({"predicted": predicted, "measured": summary}, indent=2,
                                                 default=str))
     return summary

@@ -124,8 +124,9 @@ def emulate(source: str, factor: float, name: str, root: str | Path | None = Non
 
 
 def validate(device: Profile, server: Profile, repeats: int | None = None, warmup: int | None = None,
-             min_ms: float | None = None, progress: bool = True) -> pd.DataFrame:
-    """Predicted vs freshly measured compute time of every (k, r): device (head + exit) and server (tail).
+             min_ms: float | None = None, progress: bool = True, at: tuple[int, float] | None = None) -> pd.DataFrame:
+    """Predicted vs freshly measured compute time of every (k, r), or of the one (k, r) `at`: device
+    (head + exit) and server (tail).
 
     The device side is measured as one graph (head with its exit, as the runtime runs it) so the check
     also covers the additivity of the profile's separate head and exit rows.  An emulated device's
@@ -140,14 +141,15 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
     min_ms = float(device.meta.get("min_ms", 0.0)) if min_ms is None else min_ms  # as the profile was timed
     rows = []
     with tempfile.TemporaryDirectory(prefix="validate-") as tmp:
-        bundle = export_parts(device.model, device.input_size, tmp, "both", device.ratios, device.num_classes,
-                              progress, standalone=False)
+        bundle = export_parts(device.model, device.input_size, tmp, "both", device.ratios if at is None else [at[1]],
+                              device.num_classes, progress, standalone=False)
         K = bundle["K"]
-        dev_ids = [job["fused"] if exit_allowed(job["k"], K) else job["head"] for job in bundle["jobs"] if job["k"] > 0]
+        jobs = [job for job in bundle["jobs"] if at is None or job["k"] == at[0]]
+        dev_ids = [job["fused"] if exit_allowed(job["k"], K) else job["head"] for job in jobs if job["k"] > 0]
         on_device = runner.time_parts(tmp, dev_ids, device.threads, repeats, warmup, min_ms, bundle=bundle)
-        on_server = runner.time_parts(tmp, [job["tail"] for job in bundle["jobs"] if job["tail"]], server.threads,
+        on_server = runner.time_parts(tmp, [job["tail"] for job in jobs if job["tail"]], server.threads,
                                       repeats, warmup, min_ms, bundle=bundle)
-    for job in bundle["jobs"]:
+    for job in jobs:
         k, r = job["k"], job["r"]
         dev_ms = on_device[job["fused"] if exit_allowed(k, K) else job["head"]][STAT] * device.slowdown if k > 0 else 0.0
         srv_ms = on_server[job["tail"]][STAT] if job["tail"] else 0.0
@@ -163,6 +165,19 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
     table.attrs.update({"device": device.device, "server": server.device, "model": device.model,
                         "input_size": device.input_size, "repeats": repeats, "min_ms": min_ms})
     return table
+
+
+def drift(device: Profile, server: Profile, k: int, r: float) -> dict[str, float]:
+    """How much slower (> 1) or faster (< 1) this machine runs one (k, r)'s parts now than their profile rows
+    say: freshly measured over profiled compute time per side ("device", "server"; NaN for a side that runs
+    nothing), with both times.  A shared VM's speed drifts, and a deployment inherits the drift before its
+    runtime adds anything (README: What a run prints)."""
+    row = validate(device, server, progress=False, at=(k, r)).iloc[0]
+    out = {col: float(row[col]) for col in ("pred_device_ms", "meas_device_ms", "pred_server_ms", "meas_server_ms")}
+    for side in ("device", "server"):
+        pred = out[f"pred_{side}_ms"]
+        out[side] = out[f"meas_{side}_ms"] / pred if pred > 0 else float("nan")
+    return out
 
 
 def _ape(pred: pd.Series, meas: pd.Series) -> pd.Series:

@@ -131,6 +131,51 @@ def deploy_candidate(candidate, data, out_dir: str | Path, threshold: float | No
     return df, summary
 
 
+# One re-timing is itself noisy on a shared VM: in `make bench` (2026-12-06) the drift-scaled prediction moved 12
+# of 36 deployments into 10% of the measurement and 12 others out, so only a larger drift earns a warning.
+DRIFT_WARN = 0.20
+
+
+def profile_check(device, server, k: int, r: float) -> dict[str, float] | None:
+    """`profiles.profiler.drift` of the deployed (k, r), timed right before the deployment; None for a device
+    profiled under a CPU quota (validate times without one)."""
+    if device.meta.get("cpu_quota"):
+        return None
+    from profiles.profiler import drift
+
+    return drift(device, server, k, r)
+
+
+def retimed_ms(predicted: dict, check: dict[str, float]) -> float:
+    """The mean predicted total with each side's compute scaled by its drift (`profile_check`): what the
+    latency model predicts once the parts are timed now, the transfer unchanged."""
+    def scale(side: str) -> float:
+        f = check[side]
+        return 1.0 if f != f else f  # NaN: that side runs nothing
+
+    return (predicted["mean_device_exit_ms"] * scale("device") + predicted["mean_transfer_ms"]
+            + predicted["mean_server_ms"] * scale("server"))
+
+
+def drift_line(check: dict[str, float] | None, predicted: dict, measured_ms: float) -> str:
+    """The profile check in one or two lines: each side's drift, the re-timed prediction, and a warning when
+    a side these samples use has drifted more than DRIFT_WARN from its profile."""
+    if check is None:
+        return "profile check: skipped (the device was profiled under a CPU quota)"
+    sides = [f"{side} x{check[side]:.2f} ({check[f'meas_{side}_ms']:.3f} vs {check[f'pred_{side}_ms']:.3f} ms)"
+             for side in ("device", "server") if check[side] == check[side]]
+    again = retimed_ms(predicted, check)
+    text = (f"profile check (this split's parts timed now, as the rows were): {', '.join(sides)}; predicted with "
+            f"them: {again:.3f} ms, measured {100 * (measured_ms / again - 1):+.1f}% against it")
+    runs = {"device": predicted["mean_device_exit_ms"], "server": predicted["mean_server_ms"]}
+    off = [side for side in ("device", "server") if abs(check[side] - 1) > DRIFT_WARN and runs[side] > 0]
+    if off:
+        text += (f"\nthe {' and '.join(off)} part{'s' if len(off) > 1 else ''} now run{'' if len(off) > 1 else 's'} "
+                 f"more than {DRIFT_WARN:.0%} off the profile: the prediction inherits that before the runtime adds "
+                 "anything (re-time it on a quiet machine: python -m profiles measure, README: Profiling)")
+    return text
+
+
 def evaluated_answers(candidate, threshold: float | None, codec: str,
                       limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(exited, answer, label) of the first `limit` test samples as the candidate's evaluation has them,

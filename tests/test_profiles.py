@@ -454,3 +454,44 @@ def test_profiles_from_another_cpu_are_named(dev, srv):
     assert line.startswith("note:") and "\n" not in line
     assert f"{dev.device} ({here}" in line and f"{srv.device} ({here}" in line and "Some Other CPU 9000" in line
     assert f"--input-size {dev.input_size}" in line
+
+
+def test_drift_times_one_split_against_its_rows(root, dev, srv):
+    """The deploy's profile check: one (k, r) re-timed now against its rows.  A profile whose rows claim 5x
+    faster parts than this machine runs is reported about 5x off on the device side; an honest emulation of
+    the same host (rows x 10, slowdown 10) is not reported 10x off; a side that runs nothing has no ratio."""
+    from profiles.profiler import drift
+
+    doc = scaled(_doc(root), 0.2, "stale", "dev")
+    doc["meta"]["slowdown"] = 1.0  # not an emulation: rows that are simply too fast for this machine
+    stale = Profile(doc, "stale")
+    got = drift(stale, srv, 2, 0.5)
+    assert got["pred_device_ms"] == pytest.approx(stale.ms("head", 2, 0.5) + stale.ms("exit", 2, 0.5))
+    assert got["pred_server_ms"] == pytest.approx(srv.ms("tail", 2, 0.5))
+    assert got["device"] == pytest.approx(got["meas_device_ms"] / got["pred_device_ms"])
+    assert got["device"] > 2.5  # 5x by construction; the margin absorbs a noisy machine
+    emu = drift(load_profile("dev-10x", MODEL, SIZE, root=root), srv, 2, 0.5)
+    assert emu["device"] < got["device"] / 2
+    cloud_only = drift(dev, srv, 0, 0.0)
+    assert math.isnan(cloud_only["device"]) and cloud_only["server"] > 0
+
+
+def test_drift_line_and_retimed_prediction():
+    """The re-timed prediction scales each side's compute by its drift, the transfer not; the warning names
+    only the sides more than 20% off."""
+    from runtime.deploy import drift_line, retimed_ms
+
+    predicted = {"mean_device_exit_ms": 2.0, "mean_transfer_ms": 0.5, "mean_server_ms": 1.0}
+    check = {"device": 1.5, "server": 1.05, "pred_device_ms": 1.0, "meas_device_ms": 1.5,
+             "pred_server_ms": 2.0, "meas_server_ms": 2.1}
+    assert retimed_ms(predicted, check) == pytest.approx(2.0 * 1.5 + 0.5 + 1.0 * 1.05)
+    line = drift_line(check, predicted, 4.55 * 1.1)
+    assert "device x1.50 (1.500 vs 1.000 ms)" in line and "server x1.05" in line and "+10.0%" in line
+    assert "the device part now runs more than 20% off" in line and "server part" not in line
+    assert "\n" not in drift_line({**check, "device": 0.95}, predicted, 4.0)  # nothing off: no warning
+    nothing_served = {**check, "server": float("nan")}
+    assert retimed_ms(predicted, nothing_served) == pytest.approx(2.0 * 1.5 + 0.5 + 1.0)
+    assert "server" not in drift_line(nothing_served, predicted, 4.0)
+    assert "skipped" in drift_line(None, predicted, 4.0)
+    exit_answers_all = {**predicted, "mean_server_ms": 0.0}  # the tail never runs: its drift changes nothing
+    assert "server part" not in drift_line({**check, "server": 1.5}, exit_answers_all, 4.0)
