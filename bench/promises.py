@@ -123,12 +123,12 @@ def deploy_answers(ctx, df: pd.DataFrame, out: Path, limit: int, rtt: float, rep
     """Deploy each distinct answer per (device, bandwidth) `repeats` times: the median run (by its mean;
     its parts add up to it) measured against prediction and promise, with the spread of the runs' means
     (one run on a shared 2-core VM moves by 20% and more)."""
-    from runtime.deploy import deploy, deploy_candidate
+    from runtime.deploy import deploy, deploy_candidate, profile_check, retimed_ms
     from search.latency import PARTS, PRICING
 
     ours = df[(df.method == OURS) & (df.feasible == True)]  # noqa: E712
     server = profile(ctx, ctx.spec.server, paths)
-    rows, done = [], {}
+    rows, done, checks = [], {}, {}
     for _, s in ours.iterrows():
         t = None if pd.isna(s.t) else float(s.t)
         key = (s.device, s.bandwidth_mbps, int(s.k), float(s.r), t, s.codec)
@@ -139,6 +139,9 @@ def deploy_answers(ctx, df: pd.DataFrame, out: Path, limit: int, rtt: float, rep
             parts["server_idle_curve"] = server.idle_curve()
             how = dict(bandwidth=s.bandwidth_mbps, rtt=rtt, slowdown=float(dev.meta.get("slowdown", 1.0)),
                        server_threads=int(server.meta.get("threads", 1)), limit=limit)
+            if (s.device, key[2], key[3]) not in checks:  # the machine's drift from the profiles, timed now
+                checks[(s.device, key[2], key[3])] = profile_check(dev, server, key[2], key[3])
+            check = checks[(s.device, key[2], key[3])]
             _, first = deploy_candidate(ctx.pool.candidate(key[2], key[3]), ctx.pool.data, where, t, s.codec, parts,
                                         seed=ctx.spec.seed, **how)
             runs = [first] + [deploy(where, ctx.pool.data, **how)[1] for _ in range(repeats - 1)]
@@ -152,6 +155,9 @@ def deploy_answers(ctx, df: pd.DataFrame, out: Path, limit: int, rtt: float, rep
                          "pred_server_ms": p["mean_server_ms"], "meas_server_ms": m["server_ms"],
                          "meas_exit_rate": m["exit_rate"], "meas_accuracy": m["accuracy"],
                          "agreement": first["agreement"],
+                         "device_drift": check["device"] if check else np.nan,
+                         "server_drift": check["server"] if check else np.nan,
+                         "pred_retimed_ms": retimed_ms(p, check) if check else np.nan,
                          "bytes_per_request": m["bytes_per_request"]}
         t_text = "no-exit" if t is None else f"t={t:.3f}"
         rows.append({"scenario": s.scenario, "confidence": s.confidence,
@@ -161,6 +167,7 @@ def deploy_answers(ctx, df: pd.DataFrame, out: Path, limit: int, rtt: float, rep
     if len(res):
         res["vs_prediction_pct"] = 100 * (res.meas_mean_ms / res.pred_mean_ms - 1)
         res["vs_promise_pct"] = 100 * (res.meas_mean_ms / res.promised_ms - 1)
+        res["vs_retimed_pct"] = 100 * (res.meas_mean_ms / res.pred_retimed_ms - 1)
     return res
 
 
@@ -190,15 +197,18 @@ def main() -> None:
     frames, deps, bases = [], [], {}
     for model in a.models.split(","):
         t0 = time.perf_counter()
-        spec = spec_for(model, [float(x) for x in a.ratios.split(",")], a.finetune_epochs, out, not a.per_candidate_bound)
-        # timed first, on a quiet machine, and so that a failure shows before the fine-tunes
-        paths = profiles_now(model, spec.input_size, spec.ratios, out / "profiles") if a.profiles_now else {}
+        spec = spec_for(model, [float(x) for x in a.ratios.split(",")], a.finetune_epochs, out,
+                        not a.per_candidate_bound)
         ctx = context(spec, log=print)
         reference_table(ctx.problem, ctx.pool, build=True, progress=True)  # the whole grid, once
+        # timed after the fine-tunes, right before the answers are chosen and deployed: this VM's speed drifted
+        # by 28-35% within an hour (profiles validate), so profiles timed before a 45-minute grid are stale
+        paths = profiles_now(model, spec.input_size, spec.ratios, out / "profiles") if a.profiles_now else {}
         bases[model] = {**{k: ctx.pool.base.meta.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds")},
                         "data": ctx.pool.data.sizes(), "grid_seconds": round(time.perf_counter() - t0, 1)}
         df = scenarios(ctx, a.devices.split(","), [float(x) for x in a.bandwidths.split(",")],
-                       [float(x) for x in a.drops.split(",")], [float(x) for x in a.confidences.split(",")], a.rtt, paths)
+                       [float(x) for x in a.drops.split(",")], [float(x) for x in a.confidences.split(",")], a.rtt,
+                       paths)
         frames.append(df)
         if a.deploy_limit:
             deps.append(deploy_answers(ctx, df, out, a.deploy_limit, a.rtt, a.deploy_repeats, paths))

@@ -50,6 +50,11 @@ def trust_summary(head: pd.DataFrame, dep: pd.DataFrame) -> pd.DataFrame:
             "deployed vs promise % (median)": float(d.vs_promise_pct.median()) if len(d) else np.nan,
             "deployed vs promise % (worst)": float(d.vs_promise_pct.max()) if len(d) else np.nan,
             "deployed vs prediction % (median abs error)": float(d.vs_prediction_pct.abs().median()) if len(d) else np.nan,
+            "within 10% of the prediction":
+                f"{int((d.vs_prediction_pct.abs() <= 10).sum())}/{len(d)}" if len(d) else "-",
+            **({"deployed vs re-timed prediction % (median abs error)": float(d.vs_retimed_pct.abs().median()),
+                "within 10% of the re-timed prediction": f"{int((d.vs_retimed_pct.abs() <= 10).sum())}/{len(d)}"}
+               if "vs_retimed_pct" in d else {}),
             "split and send": int(ok.splits_and_sends.sum()), "exit answers all": int(ok.exit_answers_all.sum())})
     return pd.DataFrame(rows)
 
@@ -118,8 +123,15 @@ def write(run: Path, out: Path, familywise: Path | None = None) -> None:
                      "`predicted` = the latency model for exactly these samples' exit decisions, `promised` = what "
                      "the search promised from the selection split (mean, at the bounded exit rate).\n")
         spread = ["meas_min_ms", "meas_max_ms"] if "meas_min_ms" in dep else []
+        retimed = (["device_drift", "server_drift", "pred_retimed_ms", "vs_retimed_pct"] if "vs_retimed_pct" in dep
+                   else [])
+        if retimed:
+            parts.append("`device_drift`/`server_drift`: the answer's parts timed right before its deployment, as the "
+                         "profile rows were, over those rows (1 = the machine runs as profiled; `profiles.profiler."
+                         "drift`, printed by `auto.py --deploy`); `pred_retimed_ms`: the prediction with each side's "
+                         "compute scaled by its drift, the transfer unchanged.\n")
         dcols = ["scenario", "confidence", "choice", "n", "promised_ms", "pred_mean_ms", "meas_mean_ms", *spread,
-                 "vs_prediction_pct", "vs_promise_pct", "pred_device_ms", "meas_device_ms", "pred_transfer_ms",
+                 "vs_prediction_pct", "vs_promise_pct", *retimed, "pred_device_ms", "meas_device_ms", "pred_transfer_ms",
                  "meas_transfer_ms", "pred_server_ms", "meas_server_ms", "meas_exit_rate", "agreement"]
         parts.append(_md(dep[dcols]) + "\n")
     out.write_text("\n".join(parts))

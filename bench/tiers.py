@@ -11,8 +11,8 @@ over the same measured candidates (replayed from a measurements file, every thre
 
 Latencies in that table are predictions of the latency model from the shipped (measured, or
 named-emulated) profiles.  With --deploy, a few scenes are then run through the product itself
-(auto.py --edge_device ... --exhaustive --deploy: the search over the cached candidates, the baselines,
-and the answer deployed on three tiers over loopback with both links shaped), and the per-tier
+(auto.py --edge_device ... --measurements ... --exhaustive --deploy: the search over the measured landscape, the
+baselines, and the answer deployed on three tiers over loopback with both links shaped), and the per-tier
 predicted and measured latencies are reported beside the promise.
 
     python bench/measure_grid.py --model resnet18 --ratios 0,0.3,0.6 --out runs/landscapes/resnet18-fashion-3r
@@ -166,8 +166,9 @@ DEPLOY_ROWS = ("device+exit", "end-edge transfer", "edge", "edge-cloud transfer"
 def deployed(args, device: str, A0: float, up: float, on: float, ratios: list[float],
              paths: dict[str, str] | None = None) -> dict:
     """One scene through auto.py (a separate process, as a user runs it): its answer, its baselines and its
-    three-tier deployment; the candidates come from the cache the measured landscape filled.  `paths` maps
-    profile names to the files to use instead of the shipped ones."""
+    three-tier deployment.  The search reads the measured landscape (--measurements: no fine-tune), so only
+    the answer's candidate is built for its export (taken from the cache where measure_grid left it).
+    `paths` maps profile names to the files to use instead of the shipped ones."""
     paths = paths or {}
     run_dir = Path(args.deploy_dir) / f"{args.model}-{device}-{up:g}-{on:g}-A0{A0:g}"
     argv = [sys.executable, str(Path(__file__).resolve().parent.parent / "auto.py"), "--model", args.model,
@@ -175,7 +176,8 @@ def deployed(args, device: str, A0: float, up: float, on: float, ratios: list[fl
             paths.get("server", "server"), "--edge_device", paths.get(args.edge, args.edge), "--bandwidth", f"{up:g}",
             "--rtt", f"{args.rtt:g}", "--edge_cloud_bandwidth", f"{on:g}", "--edge_cloud_rtt", f"{args.rtt:g}",
             "--A0", f"{A0:g}", "--ratios", ",".join(f"{r:g}" for r in ratios), "--exhaustive", "--no-progress",
-            "--deploy", "--deploy-limit", str(args.deploy_limit), "--run-dir", str(run_dir)]
+            "--measurements", str(Path(args.measured).resolve()), "--deploy", "--deploy-limit", str(args.deploy_limit),
+            "--run-dir", str(run_dir)]
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -234,16 +236,20 @@ def report(df: pd.DataFrame, command: str, seconds: float, dep: pd.DataFrame | N
                          f"{g.isna().sum()}")
     if dep is not None and len(dep):
         lines += ["", "## Deployed on three tiers", "",
-                  "auto.py's own answer per scene (its search and baselines over the cached candidates), deployed "
-                  "over loopback with both links shaped; ms per request, predicted for exactly the test samples "
-                  "sent, measured by the end device (the edge and cloud parts from the reply's tier trailer):", "",
+                  "auto.py's own answer per scene (its search and baselines over the measured landscape, the "
+                  "answer's candidate built for the export), deployed over loopback with both links shaped; ms "
+                  "per request, predicted for exactly the test samples sent, measured by the end device (the edge "
+                  "and cloud parts from the reply's tier trailer):", "",
                   _markdown(dep.drop(columns=["exit_code"], errors="ignore")), ""]
         ok = dep.dropna(subset=["vs_prediction"])
         if len(ok):
+            computes = ok[ok["edge predicted"] > 0]  # where the edge runs blocks (not where it only relays)
+            edge = (f"the edge tier measured/predicted where it runs blocks ({len(computes)} scenes): median "
+                    f"{(computes['edge measured'] / computes['edge predicted']).median():.2f}x" if len(computes)
+                    else "the edge only relays in every scene")
             lines.append(f"Deployed mean against the prediction: median {100 * ok.vs_prediction.median():+.1f}%, worst "
                          f"{100 * ok.vs_prediction.abs().max():.1f}% off; against the promise: median "
-                         f"{100 * ok.vs_promise.median():+.1f}%; the edge tier measured/predicted: median "
-                         f"{(ok['edge measured'] / ok['edge predicted']).median():.2f}x; summed over the scenes, measured/predicted "
+                         f"{100 * ok.vs_promise.median():+.1f}%; {edge}; summed over the scenes, measured/predicted "
                          + ", ".join(f"{row} {ok[f'{row} measured'].sum() / ok[f'{row} predicted'].sum():.2f}x"
                                      for row in DEPLOY_ROWS if ok[f"{row} predicted"].sum() > 0) + ".")
     return "\n".join(lines) + "\n"
