@@ -129,9 +129,10 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
     (head + exit) and server (tail).
 
     The device side is measured as one graph (head with its exit, as the runtime runs it) so the check
-    also covers the additivity of the profile's separate head and exit rows.  An emulated device's
-    measured time is multiplied by its slowdown, as the runtime's spin does.  The parts come from one
-    bundle (profiles.bundle) timed by profiles.runner, as `measure` makes them.
+    also covers the additivity of the profile's separate head and exit rows.  An emulated profile's
+    measured time (a device's, or a server-role edge box's) is multiplied by its slowdown, as the runtime's
+    spin does.  The parts come from one bundle (profiles.bundle) timed by profiles.runner, as `measure`
+    makes them.
     """
     from profiles.bundle import export_parts
 
@@ -152,7 +153,7 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
     for job in jobs:
         k, r = job["k"], job["r"]
         dev_ms = on_device[job["fused"] if exit_allowed(k, K) else job["head"]][STAT] * device.slowdown if k > 0 else 0.0
-        srv_ms = on_server[job["tail"]][STAT] if job["tail"] else 0.0
+        srv_ms = on_server[job["tail"]][STAT] * server.slowdown if job["tail"] else 0.0
         pred_dev = device.ms("head", k, r) + device.ms("exit", k, r)
         pred_srv = server.ms("tail", k, r)
         rows.append({"k": k, "r": r, "pred_device_ms": pred_dev, "meas_device_ms": round(dev_ms, 4),

@@ -472,6 +472,8 @@ def test_drift_times_one_split_against_its_rows(root, dev, srv):
     assert got["device"] > 2.5  # 5x by construction; the margin absorbs a noisy machine
     emu = drift(load_profile("dev-10x", MODEL, SIZE, root=root), srv, 2, 0.5)
     assert emu["device"] < got["device"] / 2
+    edge_box = Profile(scaled(_doc(root, "srv"), 4.0, "srv-4x", "srv"), "srv-4x")  # a server-role emulation
+    assert drift(dev, edge_box, 2, 0.5)["server"] > 0.5  # x4 rows against x4 the host's time, not x1
     cloud_only = drift(dev, srv, 0, 0.0)
     assert math.isnan(cloud_only["device"]) and cloud_only["server"] > 0
 
