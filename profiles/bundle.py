@@ -163,10 +163,11 @@ def parts_method(role: str) -> str:
 
 def export_parts(model: str, input_size: int, out: str | Path, role: str = "device",
                  ratios: Iterable[float] = RATIO_GRID, num_classes: int = 10, progress: bool = True,
-                 standalone: bool = True) -> dict[str, Any]:
+                 standalone: bool = True, splits: Iterable[int] | None = None) -> dict[str, Any]:
     """Write the bundle of `model` at `input_size` for a `role` profile into `out`; returns bundle.json's
     content.  `standalone` also copies runner.py and quota.py in (what a device needs to run it);
-    role "both" (for profiles.profiler.validate) holds head, exit and tail parts in one bundle."""
+    role "both" (for profiles.profiler.validate) holds head, exit and tail parts in one bundle.  `splits`
+    keeps only those split points (validate of one (k, r)); None: every one."""
     ratios = _check(role, ratios, input_size)
     out = Path(out)
     if out.is_dir() and any(out.iterdir()):
@@ -180,7 +181,8 @@ def export_parts(model: str, input_size: int, out: str | Path, role: str = "devi
     jobs, nbytes = [], []
     with tempfile.TemporaryDirectory(prefix="bundle-") as scratch, quiet_torch():
         write = _Writer(out, Path(scratch))
-        todo = [(k, r) for k in range(K + 1) for r in ratios]
+        keep = set(range(K + 1)) if splits is None else {int(k) for k in splits}
+        todo = [(k, r) for k in range(K + 1) if k in keep for r in ratios]
         for k, r in tqdm(todo, desc=f"bundle {model} {input_size}px", disable=not progress, leave=False):
             pruned, x, feats = variant(base, k, r, input_size)
             nbytes += bytes_rows(split_info(base, k, feats), r)

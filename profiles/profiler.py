@@ -143,9 +143,8 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
     rows = []
     with tempfile.TemporaryDirectory(prefix="validate-") as tmp:
         bundle = export_parts(device.model, device.input_size, tmp, "both", device.ratios if at is None else [at[1]],
-                              device.num_classes, progress, standalone=False)
-        K = bundle["K"]
-        jobs = [job for job in bundle["jobs"] if at is None or job["k"] == at[0]]
+                              device.num_classes, progress, standalone=False, splits=None if at is None else [at[0]])
+        K, jobs = bundle["K"], bundle["jobs"]
         dev_ids = [job["fused"] if exit_allowed(job["k"], K) else job["head"] for job in jobs if job["k"] > 0]
         on_device = runner.time_parts(tmp, dev_ids, device.threads, repeats, warmup, min_ms, bundle=bundle)
         on_server = runner.time_parts(tmp, [job["tail"] for job in jobs if job["tail"]], server.threads,

@@ -175,7 +175,8 @@ def context(spec: RunSpec, log=print) -> Context:
         recipe = Recipe(**{**FINETUNE.key(), "epochs": finetune_epochs, "precision": spec.precision})
         # open_study's pruner cut-off, recorded with what it stops (a lower A0 later fine-tunes those again)
         cut = problem.A0 - PRUNE_MARGIN if problem.A0 is not None and not spec.multi else None
-        two_link = (lambda k: tuple(c for c in problem.codecs_at(k) if split_via(c)[1] is not None)) if problem.space.edge_codecs else None
+        two_link = ((lambda k: tuple(c for c in problem.codecs_at(k) if split_via(c)[1] is not None))
+                    if problem.space.edge_codecs else None)
         return CandidatePool(base, data, db, recipe=recipe, exit_epochs=spec.exit_epochs, seed=spec.seed,
                              progress=spec.progress, prune_below=cut, codecs_for=two_link)
 
