@@ -7,28 +7,19 @@ import sys
 import time
 from pathlib import Path
 
-from profiles.__main__ import DEFAULT_EMULATED
+from profiles.__main__ import DEFAULT_DEVICES, DEFAULT_EMULATED
 
 
 def profiles_now(model: str, size: int, ratios: list[float], root: Path) -> dict[str, str]:
-    """Profiles of this machine timed now (host: 1 thread, server: 2, each with its overhead and idle curve, as
-    `profiles defaults` makes the shipped ones) and the emulated end devices and edge made from them:
-    {shipped name: profile path}."""
+    """The shipped set timed on this machine now, as `python -m profiles defaults` makes it (host: 1 thread,
+    server: 2, each with its overhead section and idle curve, and the emulations made from them), for one
+    model, size and ratio grid: {shipped name: profile path}."""
     started = time.perf_counter()
-
-    def profiles(*argv: str) -> None:
-        cmd = [sys.executable, "-m", "profiles", "--root", str(root), *argv]
-        got = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
-        if got.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[2:])} failed: {got.stderr.strip()[-500:]}")
-
-    common = ["--model", model, "--input-size", str(size), "--ratios", ",".join(f"{r:g}" for r in ratios), "--overhead"]
-    profiles("measure", "--device", "host", "--role", "device", "--threads", "1", *common)
-    profiles("measure", "--device", "server", "--role", "server", "--threads", "2", *common)
-    for measured in ("host", "server"):
-        profiles("idle", "--model", model, "--input-size", str(size), "--device", measured)
-    for name, source, factor in DEFAULT_EMULATED:
-        profiles("emulate", "--from", source, "--factor", f"{factor:g}", "--name", name, "--input-size", str(size))
+    cmd = [sys.executable, "-m", "profiles", "--root", str(root), "defaults", "--models", model, "--input-size",
+           str(size), "--ratios", ",".join(f"{r:g}" for r in ratios)]
+    got = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
+    if got.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:])} failed: {got.stderr.strip()[-500:]}")
     print(f"profiles of this machine timed in {time.perf_counter() - started:.0f} s -> {root}", flush=True)
     return {name: str(root / name / f"{model}-{size}px.json")
-            for name in ("host", "server", *(e[0] for e in DEFAULT_EMULATED))}
+            for name in [d[0] for d in DEFAULT_DEVICES] + [e[0] for e in DEFAULT_EMULATED]}

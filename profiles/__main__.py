@@ -88,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
                                         "and -50x, each with its overhead section and idle curve")
     d.add_argument("--input-size", type=int, action="append", required=True, help="repeatable")
     d.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    d.add_argument("--ratios", type=_ratios, default=list(RATIO_GRID), help="comma-separated pruning ratios")
     d.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
     d.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
     d.add_argument("--min-ms", type=float, default=DEFAULT_MIN_MS)
@@ -234,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 for model in args.models.split(","):
                     for device, role, threads in DEFAULT_DEVICES:
                         path = profiler.measure_to_file(model, size, device, root=args.root, role=role,
-                                                        threads=threads, repeats=args.repeats, warmup=args.warmup,
-                                                        min_ms=args.min_ms)
+                                                        threads=threads, ratios=args.ratios, repeats=args.repeats,
+                                                        warmup=args.warmup, min_ms=args.min_ms)
                         print(f"wrote {path} ({profiler.read_json(path)['meta']['seconds']} s)")
                         _overhead(device, model, size, args.root)
                         _idle(device, model, size, args.root)
