@@ -167,16 +167,29 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
     return table
 
 
-def drift(device: Profile, server: Profile, k: int, r: float) -> dict[str, float]:
+def drift(device: Profile, server: Profile, k: int, r: float, edge: Profile | None = None,
+          k2: int | None = None) -> dict[str, float]:
     """How much slower (> 1) or faster (< 1) this machine runs one (k, r)'s parts now than their profile rows
-    say: freshly measured over profiled compute time per side ("device", "server"; NaN for a side that runs
-    nothing), with both times.  A shared VM's speed drifts, and a deployment inherits the drift before its
-    runtime adds anything (README: What a run prints)."""
-    row = validate(device, server, progress=False, at=(k, r)).iloc[0]
+    say: freshly measured over profiled compute time per side, with both times (NaN for a side that runs
+    nothing).  A shared VM's speed drifts, and a deployment inherits the drift before its runtime adds
+    anything (README: What a run prints).
+
+    Two tiers: sides "device" (head + exit) and "server" (the tail).  With an `edge` profile (three tiers,
+    the edge running blocks [k, k2)): "device", "edge" and "cloud" (the tail from k2, on `server`).  The edge
+    is timed on its tail from k, blocks [k, K): its rows price [k, k2) as the difference of two tails, which
+    a ratio of one of them tracks without timing a second graph that differs only in its length."""
+    row = validate(device, edge or server, progress=False, at=(k, r)).iloc[0]
     out = {col: float(row[col]) for col in ("pred_device_ms", "meas_device_ms", "pred_server_ms", "meas_server_ms")}
-    for side in ("device", "server"):
-        pred = out[f"pred_{side}_ms"]
-        out[side] = out[f"meas_{side}_ms"] / pred if pred > 0 else float("nan")
+    if edge is not None:
+        out["pred_edge_ms"], out["meas_edge_ms"] = out.pop("pred_server_ms"), out.pop("meas_server_ms")
+        cloud = {"pred_server_ms": 0.0, "meas_server_ms": 0.0}
+        if k2 is not None and k2 < device.K:
+            cloud = validate(device, server, progress=False, at=(k2, 0.0)).iloc[0]
+        out["pred_cloud_ms"], out["meas_cloud_ms"] = float(cloud["pred_server_ms"]), float(cloud["meas_server_ms"])
+    for side in ("device", "server", "edge", "cloud"):
+        if f"pred_{side}_ms" in out:
+            pred = out[f"pred_{side}_ms"]
+            out[side] = out[f"meas_{side}_ms"] / pred if pred > 0 else float("nan")
     return out
 
 

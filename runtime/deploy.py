@@ -136,25 +136,31 @@ def deploy_candidate(candidate, data, out_dir: str | Path, threshold: float | No
 DRIFT_WARN = 0.20
 
 
-def profile_check(device, server, k: int, r: float) -> dict[str, float] | None:
-    """`profiles.profiler.drift` of the deployed (k, r), timed right before the deployment; None for a device
-    profiled under a CPU quota (validate times without one)."""
+def profile_check(device, server, k: int, r: float, edge=None, k2: int | None = None) -> dict[str, float] | None:
+    """`profiles.profiler.drift` of the deployed (k, r) (with an `edge` profile: the three tiers, the edge's
+    blocks [k, k2)), timed right before the deployment; None for a device profiled under a CPU quota
+    (validate times without one)."""
     if device.meta.get("cpu_quota"):
         return None
     from profiles.profiler import drift
 
-    return drift(device, server, k, r)
+    return drift(device, server, k, r, edge=edge, k2=k2)
+
+
+def side_compute(predicted: dict) -> tuple[dict[str, float], float]:
+    """(predicted compute ms per side, predicted mean total) of a deployment's prediction: two tiers'
+    (`predicted_per_sample`) or three tiers' (runtime.tiers, rows by tier)."""
+    if "mean total" in predicted:
+        return {side: predicted[row] for side, row in (("device", "device+exit"), ("edge", "edge"), ("cloud", "cloud"))
+                }, predicted["mean total"]
+    return {"device": predicted["mean_device_exit_ms"], "server": predicted["mean_server_ms"]}, predicted["total_ms"]
 
 
 def retimed_ms(predicted: dict, check: dict[str, float]) -> float:
     """The mean predicted total with each side's compute scaled by its drift (`profile_check`): what the
-    latency model predicts once the parts are timed now, the transfer unchanged."""
-    def scale(side: str) -> float:
-        f = check[side]
-        return 1.0 if f != f else f  # NaN: that side runs nothing
-
-    return (predicted["mean_device_exit_ms"] * scale("device") + predicted["mean_transfer_ms"]
-            + predicted["mean_server_ms"] * scale("server"))
+    latency model predicts once the parts are timed now, the transfers unchanged."""
+    compute, total = side_compute(predicted)
+    return total + sum(ms * (check[side] - 1) for side, ms in compute.items() if check[side] == check[side])
 
 
 def drift_line(check: dict[str, float] | None, predicted: dict, measured_ms: float) -> str:
@@ -162,13 +168,13 @@ def drift_line(check: dict[str, float] | None, predicted: dict, measured_ms: flo
     a side these samples use has drifted more than DRIFT_WARN from its profile."""
     if check is None:
         return "profile check: skipped (the device was profiled under a CPU quota)"
+    compute, _ = side_compute(predicted)
     sides = [f"{side} x{check[side]:.2f} ({check[f'meas_{side}_ms']:.3f} vs {check[f'pred_{side}_ms']:.3f} ms)"
-             for side in ("device", "server") if check[side] == check[side]]
+             for side in compute if check[side] == check[side]]
     again = retimed_ms(predicted, check)
     text = (f"profile check (this split's parts timed now, as the rows were): {', '.join(sides)}; predicted with "
             f"them: {again:.3f} ms, measured {100 * (measured_ms / again - 1):+.1f}% against it")
-    runs = {"device": predicted["mean_device_exit_ms"], "server": predicted["mean_server_ms"]}
-    off = [side for side in ("device", "server") if abs(check[side] - 1) > DRIFT_WARN and runs[side] > 0]
+    off = [side for side, ms in compute.items() if abs(check[side] - 1) > DRIFT_WARN and ms > 0]
     if off:
         text += (f"\nthe {' and '.join(off)} part{'s' if len(off) > 1 else ''} now run{'' if len(off) > 1 else 's'} "
                  f"more than {DRIFT_WARN:.0%} off the profile: the prediction inherits that before the runtime adds "

@@ -34,7 +34,7 @@ from profiles.profile import foreign_profiles
 from runtime import link as links
 from runtime import manifest as mf
 from runtime.cloud import CloudServer
-from runtime.deploy import agreement, evaluated_answers
+from runtime.deploy import agreement, drift_line, evaluated_answers, profile_check, retimed_ms
 from runtime.edge import run_edge, stall_line, summarize
 from runtime.export import ATOL, RTOL, SAMPLES, export_checked, export_split
 from runtime.relay import RelayServer
@@ -243,7 +243,8 @@ def tiers_line(k: int, k2: int | None, K: int) -> str:
     if k == K or k2 is None:
         return f"end device blocks 0..{K - 1} (nothing sent)"
     edge = ("relays the tensor" if k2 == k else f"runs blocks {k}..{k2 - 1}" + (" and answers" if k2 == K else ""))
-    return (f"end device blocks 0..{k - 1}, edge {edge}" + ("" if k2 == K else f", cloud blocks {k2}..{K - 1}"))
+    end = f"end device blocks 0..{k - 1}" if k > 0 else "end device sends the image"
+    return f"{end}, edge {edge}" + ("" if k2 == K else f", cloud blocks {k2}..{K - 1}")
 
 
 def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progress: bool = False) -> dict[str, Any]:
@@ -259,6 +260,7 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
     if quota:  # runtime.deploy runs a quota'd device as its own process; the three-tier deploy does not yet
         print(f"note: the device profile was measured under a {quota.get('fraction')} CPU quota; the three-tier "
               "deploy runs the end device without it (only --slowdown)")
+    check = profile_check(problem.device, problem.server, k, r, edge=edge.profile, k2=k2)  # timed right before
     _, summary = deploy_three(
         cand, ctx.pool.data, out, best["t"], best["codec"], k2, parts, seed=ctx.spec.seed, limit=limit,
         bandwidth=problem.network.bandwidth_mbps, rtt=problem.network.rtt_ms,
@@ -290,10 +292,13 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
     kept = summary["mean_ms"] <= 1.10 * best["expected_ms"]
     print(f"mean within 10% of the prediction: {'yes' if within else 'NO'}; "
           f"not above the promise by more than 10%: {'yes' if kept else 'NO'}")
+    if p:
+        print(drift_line(check, p, summary["mean_ms"]))
     stalls = stall_line(summary, p["mean total"]) if p else None
     if stalls:
         print(stalls)
     summary.update(promised_mean_ms=best["expected_ms"], within_10pct_of_prediction=within,
-                   within_10pct_of_promise=kept, foreign_profiles=foreign)
+                   within_10pct_of_promise=kept, foreign_profiles=foreign, profile_check=check,
+                   retimed_ms=retimed_ms(p, check) if check and p else None)
     (out / "deploy.json").write_text(json.dumps({"predicted": p, "measured": summary}, indent=2, default=str))
     return summary

@@ -476,6 +476,12 @@ def test_drift_times_one_split_against_its_rows(root, dev, srv):
     assert drift(dev, edge_box, 2, 0.5)["server"] > 0.5  # x4 rows against x4 the host's time, not x1
     cloud_only = drift(dev, srv, 0, 0.0)
     assert math.isnan(cloud_only["device"]) and cloud_only["server"] > 0
+    # three tiers: the edge box timed on its tail from k (x4 rows, x4 the host's time), the cloud from k2
+    three = drift(dev, srv, 2, 0.5, edge=edge_box, k2=4)
+    assert "server" not in three and three["pred_edge_ms"] == pytest.approx(edge_box.ms("tail", 2, 0.5))
+    assert three["pred_cloud_ms"] == pytest.approx(srv.ms("tail", 4, 0.0)) and three["cloud"] > 0
+    assert 0.5 < three["edge"] < 2.5
+    assert math.isnan(drift(dev, srv, 2, 0.5, edge=edge_box, k2=K)["cloud"])  # the edge answers: no cloud
 
 
 def test_drift_line_and_retimed_prediction():
@@ -483,7 +489,7 @@ def test_drift_line_and_retimed_prediction():
     only the sides more than 20% off."""
     from runtime.deploy import drift_line, retimed_ms
 
-    predicted = {"mean_device_exit_ms": 2.0, "mean_transfer_ms": 0.5, "mean_server_ms": 1.0}
+    predicted = {"mean_device_exit_ms": 2.0, "mean_transfer_ms": 0.5, "mean_server_ms": 1.0, "total_ms": 3.5}
     check = {"device": 1.5, "server": 1.05, "pred_device_ms": 1.0, "meas_device_ms": 1.5,
              "pred_server_ms": 2.0, "meas_server_ms": 2.1}
     assert retimed_ms(predicted, check) == pytest.approx(2.0 * 1.5 + 0.5 + 1.0 * 1.05)
@@ -497,3 +503,15 @@ def test_drift_line_and_retimed_prediction():
     assert "skipped" in drift_line(None, predicted, 4.0)
     exit_answers_all = {**predicted, "mean_server_ms": 0.0}  # the tail never runs: its drift changes nothing
     assert "server part" not in drift_line({**check, "server": 1.5}, exit_answers_all, 4.0)
+    # three tiers (runtime.tiers' rows): the edge and the cloud each scaled by their own drift
+    tiers = {"device+exit": 2.0, "end-edge transfer": 0.5, "edge": 3.0, "edge-cloud transfer": 0.25, "cloud": 1.0,
+             "mean total": 6.75}
+    check3 = {"device": 1.0, "edge": 1.3, "cloud": 0.9, "pred_device_ms": 2.0, "meas_device_ms": 2.0,
+              "pred_edge_ms": 3.0, "meas_edge_ms": 3.9, "pred_cloud_ms": 1.0, "meas_cloud_ms": 0.9}
+    assert retimed_ms(tiers, check3) == pytest.approx(2.0 + 0.5 + 3.0 * 1.3 + 0.25 + 1.0 * 0.9)
+    line = drift_line(check3, tiers, 7.0)
+    assert "edge x1.30 (3.900 vs 3.000 ms)" in line and "cloud x0.90" in line
+    assert "the edge part now runs more than 20% off" in line and "cloud part" not in line
+    relayed = {**tiers, "edge": 0.0, "mean total": 3.75}  # the edge only relays: its drift changes nothing
+    assert retimed_ms(relayed, check3) == pytest.approx(3.75 + 1.0 * (0.9 - 1))
+    assert "edge part" not in drift_line(check3, relayed, 4.0)

@@ -378,3 +378,12 @@ def _Ev(label, finals):
     from compress.candidate import Evaluation
 
     return Evaluation(label, None, None, None, finals, {c: v == label for c, v in finals.items()})
+
+
+def test_tiers_line_names_each_tier_and_the_image_sent():
+    from runtime.tiers import tiers_line
+
+    assert tiers_line(0, 6, 6) == "end device sends the image, edge runs blocks 0..5 and answers"
+    assert tiers_line(2, 2, 6) == "end device blocks 0..1, edge relays the tensor, cloud blocks 2..5"
+    assert tiers_line(2, 4, 6) == "end device blocks 0..1, edge runs blocks 2..3, cloud blocks 4..5"
+    assert tiers_line(6, None, 6) == "end device blocks 0..5 (nothing sent)"
