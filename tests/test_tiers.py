@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -387,3 +388,36 @@ def test_tiers_line_names_each_tier_and_the_image_sent():
     assert tiers_line(2, 2, 6) == "end device blocks 0..1, edge relays the tensor, cloud blocks 2..5"
     assert tiers_line(2, 4, 6) == "end device blocks 0..1, edge runs blocks 2..3, cloud blocks 4..5"
     assert tiers_line(6, None, 6) == "end device blocks 0..5 (nothing sent)"
+
+
+def test_edge_exit_bound_on_the_measured_landscape():
+    """bench/edge_exit: the bound with an edge exit is never above the same space without one; where it
+    uses one, its (t1, t2) recomputed from the raw arrays reaches A0 and the edge answers what it says."""
+    import numpy as np
+
+    from bench import oracle
+    from bench.edge_exit import edge_exit_bound
+    from bench.landscapes import load_doc, measured, regrid
+    from bench.search_efficiency import families
+
+    land = measured(Path(__file__).resolve().parent.parent / "docs/benchmarks/landscapes/resnet18-fashion-3r/measurements.csv", "resnet18", "emulated-50x")
+    edge = regrid(load_doc("emulated-edge-4x", "resnet18", 32), sorted({r for _, r in land.arrays}), keep_exits=True)
+    sel = land.arrays[(land.K, 0.0)]["selection"]
+    A0 = round(float(np.mean(sel["final"]["fp32"] == sel["label"])) - 0.025, 4)
+    M = families(land)
+    without = edge_exit_bound(land, edge, A0, 100, 100, 5.0, M, edge_exits=False)
+    best = edge_exit_bound(land, edge, A0, 100, 100, 5.0, M)
+    priced = edge_exit_bound(land, edge, A0, 100, 100, 5.0, M, priced=True)
+    assert without["t2"] is None and without["k2"] is None
+    assert best["latency_ms"] < without["latency_ms"]
+    assert best["latency_ms"] <= priced["latency_ms"]  # the exit's own cost only adds
+    k, k2, t1, t2 = best["k"], best["k2"], best["t1"], best["t2"]
+    assert t2 is not None and k < k2 < land.K
+    head, mid = land.arrays[(k, 0.0)]["selection"], land.arrays[(k2, 0.0)]["selection"]
+    e1 = head["exit_conf"] >= t1 if t1 is not None else np.zeros(len(sel["label"]), bool)
+    e2 = (mid["exit_conf"] >= t2) & ~e1
+    final_ok = head["final"][best["codec"]] == sel["label"]
+    right = np.where(e1, head["exit_pred"] == sel["label"] if t1 is not None else final_ok,
+                     np.where(e2, mid["exit_pred"] == sel["label"], final_ok))
+    assert oracle.wilson(float(right.mean()), len(right), 1 - 0.05 / M) >= A0
+    assert best["edge_exit_share"] == pytest.approx(e2.sum() / (~e1).sum())
