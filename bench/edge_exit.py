@@ -10,9 +10,10 @@ latency with the second cut fixed at k2 (both links, overheads, idle curves), mi
 edge answers, the whole edge-to-cloud send, the cloud's runtime and its tail at the server's slowest idle
 factor; the edge exit's own cost is taken as 0, and each (t1, t2) is bounded at the Bonferroni share
 without the fixed-sequence test.  Every simplification favours the edge exit, so where even this bound
-is not below the best answer without one, an edge exit cannot pay on that scene.  Not covered: pruned
-heads (their fine-tune changes the tensor at k2, so no measured exit matches) and lossy first links
-(the edge exit's answers are measured on the exact tensor only: raw or png images, fp32 features).
+is not below the best answer without one, an edge exit cannot pay on that scene, within what is covered:
+unpruned heads (a pruned head's fine-tune changes the tensor at k2, so no measured exit matches), lossless
+first links (the edge exit's answers are measured on the exact tensor only: raw or png images, fp32
+features) and thresholds on a grid of 41 quantiles of each exit's confidence.
 
     python bench/edge_exit.py --measured docs/benchmarks/landscapes/resnet18-fashion-3r/measurements.csv \
         --report docs/edge_exit.md

@@ -202,6 +202,9 @@ def deployed(args, device: str, A0: float, up: float, on: float, ratios: list[fl
                fallbacks=measured.get("fallbacks"),
                vs_prediction=measured["mean_ms"] / row["mean total predicted"] - 1,
                vs_promise=measured["mean_ms"] / b["expected_ms"] - 1)
+    check = measured.get("profile_check") or {}  # each tier's parts timed right before deploying (auto.py)
+    row.update({f"{side} drift": check.get(side, np.nan) for side in ("device", "edge", "cloud")})
+    row["vs_retimed"] = measured["mean_ms"] / measured["retimed_ms"] - 1 if measured.get("retimed_ms") else np.nan
     print(f"scene {up:g}:{on:g}: k={row['k']} r={row['r']} k2={row['k2']}, measured {measured['mean_ms']:.3f} ms, "
           f"predicted {row['mean total predicted']:.3f}, promised {b['expected_ms']:.3f}", flush=True)
     return row
@@ -252,6 +255,15 @@ def report(df: pd.DataFrame, command: str, seconds: float, dep: pd.DataFrame | N
                          f"{100 * ok.vs_promise.median():+.1f}%; {edge}; summed over the scenes, measured/predicted "
                          + ", ".join(f"{row} {ok[f'{row} measured'].sum() / ok[f'{row} predicted'].sum():.2f}x"
                                      for row in DEPLOY_ROWS if ok[f"{row} predicted"].sum() > 0) + ".")
+            if "vs_retimed" in ok and ok.vs_retimed.notna().any():
+                runs = {"device": "device+exit predicted", "edge": "edge predicted", "cloud": "cloud predicted"}
+                lines.append("")
+                lines.append(f"Against the prediction re-timed by each deployment's profile check (each tier's parts "
+                             f"timed right before deploying, `profile check` in auto.py's output): median "
+                             f"{100 * ok.vs_retimed.median():+.1f}%, worst {100 * ok.vs_retimed.abs().max():.1f}% off; "
+                             "median drift of the tiers that compute: " + ", ".join(
+                                 f"{side} x{ok.loc[ok[col] > 0, f'{side} drift'].median():.2f}"
+                                 for side, col in runs.items() if (ok[col] > 0).any()) + ".")
     return "\n".join(lines) + "\n"
 
 
