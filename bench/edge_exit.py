@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 from bench import oracle  # noqa: E402
 from bench.landscapes import load_doc, measured, regrid  # noqa: E402
 from bench.search_efficiency import _markdown, families  # noqa: E402
+from bench.tiers import scene_arguments  # noqa: E402
 
 LOSSLESS = ("raw", "png", "fp32")
 LEVELS = np.linspace(0.0, 1.0, 41)  # threshold grid: quantiles of each exit's confidence
@@ -165,13 +166,7 @@ def main() -> None:
     ap.add_argument("--measured", required=True, help="a measurements.csv with per-sample arrays (bench/measure_grid.py)")
     ap.add_argument("--table", default="docs/benchmarks/csv/tiers.csv",
                     help="bench/tiers.py's rows for the same landscape and scenes: the best answers without an edge exit")
-    ap.add_argument("--model", default="resnet18")
-    ap.add_argument("--devices", default="emulated-10x,emulated-50x")
-    ap.add_argument("--edge", default="emulated-edge-4x")
-    ap.add_argument("--end-edge", default="1,20,100", help="end-to-edge bandwidths, Mbit/s")
-    ap.add_argument("--edge-cloud", default="1,10,100", help="edge-to-cloud bandwidths, Mbit/s")
-    ap.add_argument("--drops", default="0.025,0.05", help="A0 = the unpruned accuracy minus each of these")
-    ap.add_argument("--rtt", type=float, default=5.0, help="round-trip time of each link, ms")
+    scene_arguments(ap, drops="0.025,0.05")  # the scenes of docs/tiers.md
     ap.add_argument("--out", default="runs/bench/edge_exit.csv")
     ap.add_argument("--report", default=None)
     args = ap.parse_args()

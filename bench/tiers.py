@@ -85,19 +85,24 @@ def _tiers(s, K: int) -> str:
     return "end+edge+cloud" if k > 0 else "edge+cloud"
 
 
+def scene_arguments(ap: argparse.ArgumentParser, drops: str) -> None:
+    """The scenes of a three-tier bench: model, end devices, edge box, both links' bandwidths, A0 drops, rtt."""
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--devices", default="emulated-10x,emulated-50x")
+    ap.add_argument("--edge", default="emulated-edge-4x")
+    ap.add_argument("--end-edge", default="1,20,100", help="end-to-edge bandwidths, Mbit/s (CNNPC fixes 20)")
+    ap.add_argument("--edge-cloud", default="1,10,100", help="edge-to-cloud bandwidths, Mbit/s")
+    ap.add_argument("--drops", default=drops, help="A0 = the unpruned accuracy minus each of these")
+    ap.add_argument("--rtt", type=float, default=5.0, help="round-trip time of each link, ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--measured", default=None, help="a measurements.csv written by bench/measure_grid.py")
     ap.add_argument("--synthetic", type=int, default=0, metavar="SEEDS",
                     help="also this many synthetic landscapes per device (bench/landscapes.py: no exits, 10 ratios)")
-    ap.add_argument("--model", default="resnet18")
+    scene_arguments(ap, drops="0.05,0.1")
     ap.add_argument("--input-size", type=int, default=32, help="input size of the synthetic landscapes' profiles")
-    ap.add_argument("--devices", default="emulated-10x,emulated-50x")
-    ap.add_argument("--edge", default="emulated-edge-4x")
-    ap.add_argument("--end-edge", default="1,20,100", help="end-to-edge bandwidths, Mbit/s (CNNPC fixes 20)")
-    ap.add_argument("--edge-cloud", default="1,10,100", help="edge-to-cloud bandwidths, Mbit/s")
-    ap.add_argument("--drops", default="0.05,0.1", help="A0 = the unpruned accuracy minus each of these")
-    ap.add_argument("--rtt", type=float, default=5.0, help="round-trip time of each link, ms")
     ap.add_argument("--out", default="runs/bench/tiers.csv")
     ap.add_argument("--report", default=None)
     ap.add_argument("--deploy", default="", metavar="UP:ON,...",
