@@ -284,18 +284,36 @@ def print_summary(result: dict, problem, out: Path) -> None:
           f"search {s['search_seconds']} s" + (f"; {s['measured_rows']} candidates from the measurements file"
                                                if s.get("measured_rows") else ""))
     if "proven_optimal" in s:
-        if s["proven_optimal"]:
+        if s["proven_optimal"] and not result.get("feasible"):
+            print("optimality: every candidate of the grid was evaluated: none reaches the target")
+        elif s["proven_optimal"]:
             print("optimality: PROVEN over the grid: no untried candidate's latency lower bound is below the answer")
         else:
             print(f"optimality: not proven: {s['can_still_beat']} untried candidates could still beat it by their "
                   f"latency bounds ({s['set_aside']} of them probably below A0: at their split a smaller ratio "
                   f"already is); more trials, or --exhaustive, settle it")
+        note = noise_note(problem.A0, s.get("unpruned_bound"))
+        if note:
+            print(note)
     if result.get("baselines"):
         df = pd.DataFrame(result["baselines"])
         cols = [c for c in ("method", "k", "r", "t", "codec", "k2", "latency_ms", "delivered_ms", "acc_bound", "test_acc",
                             "bytes", "feasible", "complete", "speedup_of_ours") if c in df]
         print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"outputs: {out}")
+
+
+def noise_note(A0: float | None, unpruned_bound: float | None) -> str | None:
+    """A line when A0 lies above the unpruned network's own accuracy bound (and not above its plausible
+    reach, which `Plan.unreachable` reports): pruning rarely adds accuracy, so the candidates that reach A0
+    are those whose selection accuracy came out high by chance.  On replayed landscapes every scene the
+    search missed within its budget was of this kind (2026-12-07, synthetic mobilenet_v2, seeds 0-14)."""
+    if A0 is None or unpruned_bound is None or unpruned_bound >= A0:
+        return None
+    return (f"note: A0 = {A0:g} is above the unpruned network's own accuracy bound ({unpruned_bound:.4f}): a "
+            "candidate reaches it only where its selection accuracy came out high by chance, so few do and the "
+            "fastest of them may take many trials to find; each promise keeps its confidence (the bound is "
+            "shared among the candidates)")
 
 
 def suggestions(problem, pl, n: int, outside: int = 0) -> dict:
@@ -322,6 +340,8 @@ def suggestions(problem, pl, n: int, outside: int = 0) -> dict:
         lines.append("A0 looks unreachable: it is above even the upper confidence bound of the unpruned network's "
                      "accuracy (a pruned one would have to be significantly more accurate); the candidates below "
                      "would test that")
+    elif noise_note(p.A0, pl.unpruned_bound):
+        lines.append(noise_note(p.A0, pl.unpruned_bound))
     left = len(pl.order)
     if rows:
         lines.append(f"next {len(rows)} of {left} candidates that can still beat it "

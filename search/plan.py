@@ -50,6 +50,7 @@ class Plan:
     reasons: dict[tuple[int, float], str] = field(default_factory=dict)
     bounds: dict[tuple[int, float], float] = field(default_factory=dict)  # latency lower bound of each in `order`
     unreachable: bool = False  # A0 is above what the unpruned network can plausibly reach (see `plan`)
+    unpruned_bound: float | None = None  # the unpruned network's accuracy bound, once measured (`noise_note`)
 
     @property
     def proven(self) -> bool:
@@ -87,7 +88,7 @@ def plan(problem: Problem, measured: dict[tuple[int, float], Known], busy: set[t
                    default=None)
     live: dict[int, list[tuple[float, float]]] = {}  # k -> [(estimate, r)]
     aside: dict[int, list[tuple[float, float]]] = {}  # k -> [(r, bound)]
-    out = Plan(incumbent, [])
+    out = Plan(incumbent, [], unpruned_bound=None if unpruned is None else unpruned.cap)
     for k, r in p.space.candidates():
         if (k, r) in measured or (k, r) in busy:
             continue

@@ -249,8 +249,13 @@ def test_suggest_asks_for_fine_tunes_and_a_full_file_proves_the_answer(tmp_path,
     assert auto.main(args + ["--measurements", str(f), "--suggest", "3"]) == 0
     out = capsys.readouterr().out
     assert "proven optimal over the grid" in out and not [x for x in out.splitlines() if x.startswith("  k=")]
+    assert "unpruned network's own accuracy bound" not in out
     assert auto.main(args[:2] + ["--A0", "0.99", "--measurements", str(unpruned), "--suggest", "2"]) == 0
     assert "A0 looks unreachable" in capsys.readouterr().out
+    # between the unpruned network's bound (about 0.907 here) and its upper bound: only noise can reach A0
+    assert auto.main(args[:2] + ["--A0", "0.915", "--measurements", str(unpruned), "--suggest", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "A0 = 0.915 is above the unpruned network's own accuracy bound (0.9" in out and "unreachable" not in out
     assert auto.main(args + ["--measurements", str(tmp_path / "missing.csv"), "--suggest", "2"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -361,6 +366,7 @@ def test_measured_only_searches_the_rows_and_trains_nothing(tmp_path):
     result = run(spec, log=lambda *_: None)
     assert result["feasible"] and result["spent"]["fine_tunes"] == 0
     assert result["best"]["r"] in (0.0, 0.3, 0.6)
+    assert 0.9 < result["spent"]["unpruned_bound"] < 0.92  # 0.92 measured on 4000: its bound, not above A0
     assert result["base"] == {}  # no base model was built or trained
     trials = pd.read_csv(tmp_path / "run" / "trials.csv")
     assert set(trials.dropna(subset=["r"]).r.round(4)) <= {0.0, 0.3, 0.6}
@@ -456,3 +462,18 @@ def test_set_aside_candidates_go_by_their_chance_of_being_the_optimum():
     pl = plan(problem, measured)
     assert pl.order == pl.set_aside and pl.order[0] == (1, 0.25)
     assert pl.order.index((1, 0.5)) < pl.order.index((2, 0.5))
+
+
+def test_a0_above_the_unpruned_bound_is_named_and_a_full_grid_without_an_answer_says_so(tmp_path, capsys):
+    """A0 between the unpruned network's bound and its upper bound: the run says that only noise can reach
+    it; having evaluated every candidate without an answer, it says so (not "PROVEN" about no answer)."""
+    f, _ = _small_landscape_csv(tmp_path)
+    args = ["--model", "resnet18", "--bandwidth", "1", "--codecs", "fp32", "--input-codecs", "raw",
+            "--measurements", str(f), "--measured-only", "--trials", "80", "--no-progress"]
+    assert auto.main(args + ["--A0", "0.915", "--run-dir", str(tmp_path / "a")]) == 1
+    out = capsys.readouterr().out
+    assert "A0 = 0.915 is above the unpruned network's own accuracy bound" in out
+    assert "every candidate of the grid was evaluated: none reaches the target" in out and "PROVEN" not in out
+    assert auto.main(args + ["--A0", "0.86", "--run-dir", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "own accuracy bound" not in out and "none reaches the target" not in out
