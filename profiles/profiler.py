@@ -146,7 +146,9 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
                               device.num_classes, progress, standalone=False, splits=None if at is None else [at[0]])
         K, jobs = bundle["K"], bundle["jobs"]
         dev_ids = [job["fused"] if exit_allowed(job["k"], K) else job["head"] for job in jobs if job["k"] > 0]
-        on_device = runner.time_parts(tmp, dev_ids, device.threads, repeats, warmup, min_ms, bundle=bundle)
+        # one split (the deploy's check): also back to back, as a request after an on-device answer runs
+        on_device = runner.time_parts(tmp, dev_ids, device.threads, repeats, warmup, min_ms, bundle=bundle,
+                                      warm=at is not None)
         on_server = runner.time_parts(tmp, [job["tail"] for job in jobs if job["tail"]], server.threads,
                                       repeats, warmup, min_ms, bundle=bundle)
     for job in jobs:
@@ -158,6 +160,10 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
         rows.append({"k": k, "r": r, "pred_device_ms": pred_dev, "meas_device_ms": round(dev_ms, 4),
                      "pred_server_ms": pred_srv, "meas_server_ms": round(srv_ms, 4),
                      "pred_ms": pred_dev + pred_srv, "meas_ms": round(dev_ms + srv_ms, 4)})
+        warm = on_device[job["fused"] if exit_allowed(k, K) else job["head"]].get("warm_ms") if k > 0 else None
+        if warm is not None:
+            rows[-1].update(pred_device_warm_ms=device.ms("head", k, r, warm=True) + device.ms("exit", k, r, warm=True),
+                            meas_device_warm_ms=round(warm * device.slowdown, 4))
     table = pd.DataFrame(rows)
     table["ape"] = _ape(table.pred_ms, table.meas_ms)
     table["device_ape"] = _ape(table.pred_device_ms, table.meas_device_ms)
@@ -174,19 +180,21 @@ def drift(device: Profile, server: Profile, k: int, r: float, edge: Profile | No
     nothing).  A shared VM's speed drifts, and a deployment inherits the drift before its runtime adds
     anything (README: What a run prints).
 
-    Two tiers: sides "device" (head + exit) and "server" (the tail).  With an `edge` profile (three tiers,
+    Two tiers: sides "device" (head + exit, cold as the rows time it), "device_warm" (the same back to
+    back, as after an on-device answer; against the rows' warm_ms) and "server" (the tail).  With an `edge` profile (three tiers,
     the edge running blocks [k, k2)): "device", "edge" and "cloud" (the tail from k2, on `server`).  The edge
     is timed on its tail from k, blocks [k, K): its rows price [k, k2) as the difference of two tails, which
     a ratio of one of them tracks without timing a second graph that differs only in its length."""
     row = validate(device, edge or server, progress=False, at=(k, r)).iloc[0]
-    out = {col: float(row[col]) for col in ("pred_device_ms", "meas_device_ms", "pred_server_ms", "meas_server_ms")}
+    out = {col: float(row[col]) for col in ("pred_device_ms", "meas_device_ms", "pred_server_ms", "meas_server_ms",
+                                            "pred_device_warm_ms", "meas_device_warm_ms") if col in row}
     if edge is not None:
         out["pred_edge_ms"], out["meas_edge_ms"] = out.pop("pred_server_ms"), out.pop("meas_server_ms")
         cloud = {"pred_server_ms": 0.0, "meas_server_ms": 0.0}
         if k2 is not None and k2 < device.K:
             cloud = validate(device, server, progress=False, at=(k2, 0.0)).iloc[0]
         out["pred_cloud_ms"], out["meas_cloud_ms"] = float(cloud["pred_server_ms"]), float(cloud["meas_server_ms"])
-    for side in ("device", "server", "edge", "cloud"):
+    for side in ("device", "device_warm", "server", "edge", "cloud"):
         if f"pred_{side}_ms" in out:
             pred = out[f"pred_{side}_ms"]
             out[side] = out[f"meas_{side}_ms"] / pred if pred > 0 else float("nan")

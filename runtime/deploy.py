@@ -151,16 +151,25 @@ def side_compute(predicted: dict) -> tuple[dict[str, float], float]:
     """(predicted compute ms per side, predicted mean total) of a deployment's prediction: two tiers'
     (`predicted_per_sample`) or three tiers' (runtime.tiers, rows by tier)."""
     if "mean total" in predicted:
-        return {side: predicted[row] for side, row in (("device", "device+exit"), ("edge", "edge"), ("cloud", "cloud"))
-                }, predicted["mean total"]
-    return {"device": predicted["mean_device_exit_ms"], "server": predicted["mean_server_ms"]}, predicted["total_ms"]
+        device, warm = predicted["device+exit"], predicted.get("device warm", 0.0)
+        rest, total = {"edge": predicted["edge"], "cloud": predicted["cloud"]}, predicted["mean total"]
+    else:
+        device, warm = predicted["mean_device_exit_ms"], predicted.get("mean_device_warm_ms", 0.0)
+        rest, total = {"server": predicted["mean_server_ms"]}, predicted["total_ms"]
+    return {"device": device - warm, "device_warm": warm, **rest}, total
+
+
+def _ratio(check: dict[str, float], side: str) -> float:
+    """A side's drift; the warm device part without its own timing takes the cold one's; 1 for none."""
+    f = check.get(side, check.get("device", float("nan")) if side == "device_warm" else float("nan"))
+    return 1.0 if f != f else f
 
 
 def retimed_ms(predicted: dict, check: dict[str, float]) -> float:
     """The mean predicted total with each side's compute scaled by its drift (`profile_check`): what the
     latency model predicts once the parts are timed now, the transfers unchanged."""
     compute, total = side_compute(predicted)
-    return total + sum(ms * (check[side] - 1) for side, ms in compute.items() if check[side] == check[side])
+    return total + sum(ms * (_ratio(check, side) - 1) for side, ms in compute.items())
 
 
 def drift_line(check: dict[str, float] | None, predicted: dict, measured_ms: float) -> str:
@@ -169,12 +178,13 @@ def drift_line(check: dict[str, float] | None, predicted: dict, measured_ms: flo
     if check is None:
         return "profile check: skipped (the device was profiled under a CPU quota)"
     compute, _ = side_compute(predicted)
-    sides = [f"{side} x{check[side]:.2f} ({check[f'meas_{side}_ms']:.3f} vs {check[f'pred_{side}_ms']:.3f} ms)"
-             for side in compute if check[side] == check[side]]
+    sides = [f"{side.replace('_', ' ')} x{check[side]:.2f} ({check[f'meas_{side}_ms']:.3f} vs "
+             f"{check[f'pred_{side}_ms']:.3f} ms)" for side in compute if check.get(side, float("nan")) == check.get(side)]
     again = retimed_ms(predicted, check)
     text = (f"profile check (this split's parts timed now, as the rows were): {', '.join(sides)}; predicted with "
             f"them: {again:.3f} ms, measured {100 * (measured_ms / again - 1):+.1f}% against it")
-    off = [side for side, ms in compute.items() if abs(check[side] - 1) > DRIFT_WARN and ms > 0]
+    off = [side.replace("_", " ") for side, ms in compute.items()  # only the sides timed on their own
+           if side in check and abs(_ratio(check, side) - 1) > DRIFT_WARN and ms > 0]
     if off:
         text += (f"\nthe {' and '.join(off)} part{'s' if len(off) > 1 else ''} now run{'' if len(off) > 1 else 's'} "
                  f"more than {DRIFT_WARN:.0%} off the profile: the prediction inherits that before the runtime adds "

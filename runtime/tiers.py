@@ -147,7 +147,7 @@ def predicted_tiers(parts: dict[str, Any], exited, end_edge_link_ms: float = 0.0
     p = predicted_per_sample(parts, exited)
     sent = 1.0 - p["exit_rate"]
     first = min(float(end_edge_link_ms), p["link_overhead_ms"])
-    tiers = {"device+exit": p["mean_device_exit_ms"],
+    tiers = {"device+exit": p["mean_device_exit_ms"], "device warm": p["mean_device_warm_ms"],  # a share of it
              "end-edge transfer": sent * (p["transfer_ms"] + first),
              "edge": p["mean_edge_ms"],  # each sent sample priced after its own wait, as the cloud
              "edge-cloud transfer": sent * (p["edge_transfer_ms"] + p["link_overhead_ms"] - first),

@@ -246,6 +246,11 @@ def test_a_request_after_an_on_device_answer_runs_warm(host, server):
     parts = b.as_dict()
     got = predicted_per_sample(parts, [True, True, False, True])
     assert got["total_ms"] == pytest.approx((1.2 + 0.7 + (0.7 + sent) + 1.2) / 4)
+    # the warm share of the device's part (what the profile check scales by the back-to-back drift): the two
+    # samples after an exit; device only, every sample
+    assert got["mean_device_warm_ms"] == pytest.approx((0.7 + 0.7) / 4)
+    only = predicted_per_sample(predict(dev, srv, net, K, 0.0).as_dict(), [False] * 4)
+    assert only["mean_device_warm_ms"] == pytest.approx(only["mean_device_exit_ms"]) == pytest.approx(3.0)
     # a profile without warm rows predicts as before (cold for every request)
     cold = _warm(host, {("head", 2, 0.0): (1.0, 1.0), ("exit", 2, 0.0): (0.2, 0.2)})
     assert predict(cold, srv, net, 2, 0.0, "fp32", 0.8).warm_saving_ms == 0.0

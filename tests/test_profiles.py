@@ -458,10 +458,14 @@ def test_profiles_from_another_cpu_are_named(dev, srv):
 
 def test_drift_times_one_split_against_its_rows(root, dev, srv):
     """The deploy's profile check: one (k, r) re-timed now against its rows.  A profile whose rows claim 5x
-    faster parts than this machine runs is reported about 5x off on the device side; an honest emulation of
-    the same host (rows x 10, slowdown 10) is not reported 10x off; a side that runs nothing has no ratio."""
+    faster parts than this machine runs is reported about 5x further off than the honest profile timed beside
+    it; an honest emulation of the same host (rows x 10, slowdown 10) is not; a server-role emulation (an edge
+    box) is timed at its slowdown too; a side that runs nothing has no ratio.  Each claim compares two
+    timings made side by side, so a machine slower or faster than when the fixture's rows were timed moves
+    both alike."""
     from profiles.profiler import drift
 
+    plain = drift(dev, srv, 2, 0.5)  # the fixture's own rows: the reference every ratio below is taken against
     doc = scaled(_doc(root), 0.2, "stale", "dev")
     doc["meta"]["slowdown"] = 1.0  # not an emulation: rows that are simply too fast for this machine
     stale = Profile(doc, "stale")
@@ -469,18 +473,23 @@ def test_drift_times_one_split_against_its_rows(root, dev, srv):
     assert got["pred_device_ms"] == pytest.approx(stale.ms("head", 2, 0.5) + stale.ms("exit", 2, 0.5))
     assert got["pred_server_ms"] == pytest.approx(srv.ms("tail", 2, 0.5))
     assert got["device"] == pytest.approx(got["meas_device_ms"] / got["pred_device_ms"])
-    assert got["device"] > 2.5  # 5x by construction; the margin absorbs a noisy machine
+    assert got["device"] > 2.5 * plain["device"]  # 5x by construction; the margin absorbs a noisy machine
+    # back to back as well (a request after an on-device answer), against the rows' warm_ms
+    assert got["pred_device_warm_ms"] == pytest.approx(stale.ms("head", 2, 0.5, warm=True)
+                                                       + stale.ms("exit", 2, 0.5, warm=True))
+    assert got["device_warm"] == pytest.approx(got["meas_device_warm_ms"] / got["pred_device_warm_ms"])
+    assert got["device_warm"] > 2.5 * plain["device_warm"]
     emu = drift(load_profile("dev-10x", MODEL, SIZE, root=root), srv, 2, 0.5)
-    assert emu["device"] < got["device"] / 2
+    assert emu["device"] < 2 * plain["device"] and emu["device_warm"] < 2 * plain["device_warm"]
     edge_box = Profile(scaled(_doc(root, "srv"), 4.0, "srv-4x", "srv"), "srv-4x")  # a server-role emulation
-    assert drift(dev, edge_box, 2, 0.5)["server"] > 0.5  # x4 rows against x4 the host's time, not x1
+    assert drift(dev, edge_box, 2, 0.5)["server"] > 0.5 * plain["server"]  # x4 rows against x4 the time, not x1
     cloud_only = drift(dev, srv, 0, 0.0)
     assert math.isnan(cloud_only["device"]) and cloud_only["server"] > 0
     # three tiers: the edge box timed on its tail from k (x4 rows, x4 the host's time), the cloud from k2
     three = drift(dev, srv, 2, 0.5, edge=edge_box, k2=4)
     assert "server" not in three and three["pred_edge_ms"] == pytest.approx(edge_box.ms("tail", 2, 0.5))
     assert three["pred_cloud_ms"] == pytest.approx(srv.ms("tail", 4, 0.0)) and three["cloud"] > 0
-    assert 0.5 < three["edge"] < 2.5
+    assert 0.5 * plain["server"] < three["edge"] < 2 * plain["server"]
     assert math.isnan(drift(dev, srv, 2, 0.5, edge=edge_box, k2=K)["cloud"])  # the edge answers: no cloud
 
 
@@ -503,6 +512,14 @@ def test_drift_line_and_retimed_prediction():
     assert "skipped" in drift_line(None, predicted, 4.0)
     exit_answers_all = {**predicted, "mean_server_ms": 0.0}  # the tail never runs: its drift changes nothing
     assert "server part" not in drift_line({**check, "server": 1.5}, exit_answers_all, 4.0)
+    # the warm share of the device's part (after on-device answers) scaled by the back-to-back drift
+    with_warm = {**predicted, "mean_device_warm_ms": 0.5}
+    assert retimed_ms(with_warm, {**check, "device_warm": 2.0, "pred_device_warm_ms": 0.2, "meas_device_warm_ms": 0.4}
+                      ) == pytest.approx(1.5 * 1.5 + 0.5 * 2.0 + 0.5 + 1.0 * 1.05)
+    assert retimed_ms(with_warm, check) == pytest.approx(retimed_ms(predicted, check))  # untimed: the cold ratio
+    line = drift_line({**check, "device_warm": 2.0, "pred_device_warm_ms": 0.2, "meas_device_warm_ms": 0.4},
+                      with_warm, 4.0)
+    assert "device warm x2.00 (0.400 vs 0.200 ms)" in line and "device and device warm parts now run" in line
     # three tiers (runtime.tiers' rows): the edge and the cloud each scaled by their own drift
     tiers = {"device+exit": 2.0, "end-edge transfer": 0.5, "edge": 3.0, "edge-cloud transfer": 0.25, "cloud": 1.0,
              "mean total": 6.75}
