@@ -43,20 +43,21 @@ def _thresholds(conf: np.ndarray) -> list[float | None]:
     return [None, *sorted(set(np.quantile(conf, LEVELS).tolist()))]
 
 
-def edge_exit_bound(land, edge_doc: dict, A0: float, up: float, on: float, rtt: float, M: int,
-                    edge_exits: bool = True, priced: bool = False) -> dict | None:
-    """The lowest latency bound of any (k, r = 0, lossless codec, t1, k2, t2) reaching A0 (None: none does).
-    Without `edge_exits`: the same space's best without one (t2 never set, every way of serving priced
-    as bench/oracle prices it: relayed, the edge answering, or any second cut).  `priced`: the edge exit's
-    own cost added (an estimate, no longer a bound)."""
+def edge_exit_bounds(land, edge_doc: dict, A0: float, up: float, on: float, rtt: float, M: int
+                     ) -> dict[str, dict | None]:
+    """In one pass over (k, r = 0, lossless codec, t1, k2, t2), the fastest reaching A0 (None: none does):
+    "bound", the lowest latency bound with an edge exit allowed; "priced", the same with the edge exit's own
+    cost added (an estimate, no longer a bound); "same", the same space's best without an edge exit (t2
+    never set, every way of serving priced as bench/oracle prices it: relayed, the edge answering, or any
+    second cut)."""
     t, e = oracle.Tables(land.device, land.server), oracle.Tables(land.device, edge_doc)
     K, each = t.K, 1 - 0.05 / M
     # the exit branch on the edge: the device's row at (k2, 0) brought back to the host, at the edge's slowdown
-    # (both are emulations of this project's host); `priced` adds it to every sample the edge receives
+    # (both are emulations of this project's host); "priced" adds it to every sample the edge receives
     per_host = float(edge_doc["meta"].get("slowdown", 1.0)) / float(land.device["meta"].get("slowdown", 1.0))
     idle = land.server["meta"].get("idle")
     slowest = max([1.0, *idle["factor"]]) if idle else 1.0
-    best = None
+    best: dict[str, dict | None] = {"bound": None, "priced": None, "same": None}
     for k in range(K):
         sel = land.arrays[(k, 0.0)]["selection"]
         n, label = len(sel["label"]), sel["label"]
@@ -65,7 +66,7 @@ def edge_exit_bound(land, edge_doc: dict, A0: float, up: float, on: float, rtt: 
             final_ok = sel["final"][codec] == label
             nb = sel.get("nbytes", {}).get(codec)
             mean_bytes = float(np.mean(nb)) if nb is not None else None
-            for k2 in ([None, *range(k + 1, K)] if edge_exits else [None]):  # None: no edge exit
+            for k2 in [None, *range(k + 1, K)]:  # None: no edge exit
                 conf2, ok2 = np.zeros(n), final_ok  # no edge exit
                 if k2 is not None:
                     mid = land.arrays[(k2, 0.0)]["selection"]
@@ -87,11 +88,12 @@ def edge_exit_bound(land, edge_doc: dict, A0: float, up: float, on: float, rtt: 
                             continue
                         q = float(e2.sum() / max((~e1).sum(), 1))
                         ms = fixed - share * q * saved
-                        if priced and t2 is not None:
-                            ms += share * t.ms[("exit", k2, 0.0)] * per_host
-                        if best is None or ms < best["latency_ms"]:
-                            best = {"k": k, "codec": codec, "t1": t1, "k2": k2, "t2": t2, "latency_ms": ms,
-                                    "acc_bound": bound, "edge_exit_share": q}
+                        exit_ms = share * t.ms[("exit", k2, 0.0)] * per_host if t2 is not None else 0.0
+                        for name, value in (("bound", ms), ("priced", ms + exit_ms),
+                                            *((("same", ms),) if k2 is None else ())):
+                            if best[name] is None or value < best[name]["latency_ms"]:
+                                best[name] = {"k": k, "codec": codec, "t1": t1, "k2": k2, "t2": t2,
+                                              "latency_ms": value, "acc_bound": bound, "edge_exit_share": q}
     return best
 
 
@@ -121,11 +123,9 @@ def scenes(args) -> pd.DataFrame:
                 for on in map(float, args.edge_cloud.split(",")):
                     at = table[(table.device == device) & np.isclose(table.A0, A0) & (table.end_edge_mbps == up)
                                & (table.edge_cloud_mbps == on)].set_index("method").latency_ms
-                    bound = edge_exit_bound(land, edge_doc, A0, up, on, args.rtt, M)
-                    same = edge_exit_bound(land, edge_doc, A0, up, on, args.rtt, M, edge_exits=False)
-                    priced = edge_exit_bound(land, edge_doc, A0, up, on, args.rtt, M, priced=True)
-                    ms = {name: np.nan if b is None else b["latency_ms"]
-                          for name, b in (("bound", bound), ("same", same), ("priced", priced))}
+                    found = edge_exit_bounds(land, edge_doc, A0, up, on, args.rtt, M)
+                    bound = found["bound"]
+                    ms = {name: np.nan if b is None else b["latency_ms"] for name, b in found.items()}
                     best = float(np.nanmin([at.get("2-tier direct (no edge)", np.nan), at.get("3-tier joint", np.nan)]))
                     rows.append({"device": device, "A0": A0, "end_edge_mbps": up, "edge_cloud_mbps": on,
                                  "2-tier direct": at.get("2-tier direct (no edge)", np.nan),

@@ -145,7 +145,11 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
         bundle = export_parts(device.model, device.input_size, tmp, "both", device.ratios if at is None else [at[1]],
                               device.num_classes, progress, standalone=False, splits=None if at is None else [at[0]])
         K, jobs = bundle["K"], bundle["jobs"]
-        dev_ids = [job["fused"] if exit_allowed(job["k"], K) else job["head"] for job in jobs if job["k"] > 0]
+
+        def on_dev(job: dict) -> str:  # the device's graph: head with its exit where the split has one
+            return job["fused"] if exit_allowed(job["k"], K) else job["head"]
+
+        dev_ids = [on_dev(job) for job in jobs if job["k"] > 0]
         # one split (the deploy's check): also back to back, as a request after an on-device answer runs
         on_device = runner.time_parts(tmp, dev_ids, device.threads, repeats, warmup, min_ms, bundle=bundle,
                                       warm=at is not None)
@@ -153,14 +157,14 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
                                       repeats, warmup, min_ms, bundle=bundle)
     for job in jobs:
         k, r = job["k"], job["r"]
-        dev_ms = on_device[job["fused"] if exit_allowed(k, K) else job["head"]][STAT] * device.slowdown if k > 0 else 0.0
+        dev_ms = on_device[on_dev(job)][STAT] * device.slowdown if k > 0 else 0.0
         srv_ms = on_server[job["tail"]][STAT] * server.slowdown if job["tail"] else 0.0
         pred_dev = device.ms("head", k, r) + device.ms("exit", k, r)
         pred_srv = server.ms("tail", k, r)
         rows.append({"k": k, "r": r, "pred_device_ms": pred_dev, "meas_device_ms": round(dev_ms, 4),
                      "pred_server_ms": pred_srv, "meas_server_ms": round(srv_ms, 4),
                      "pred_ms": pred_dev + pred_srv, "meas_ms": round(dev_ms + srv_ms, 4)})
-        warm = on_device[job["fused"] if exit_allowed(k, K) else job["head"]].get("warm_ms") if k > 0 else None
+        warm = on_device[on_dev(job)].get("warm_ms") if k > 0 else None
         if warm is not None:
             rows[-1].update(pred_device_warm_ms=device.ms("head", k, r, warm=True) + device.ms("exit", k, r, warm=True),
                             meas_device_warm_ms=round(warm * device.slowdown, 4))
@@ -181,8 +185,9 @@ def drift(device: Profile, server: Profile, k: int, r: float, edge: Profile | No
     anything (README: What a run prints).
 
     Two tiers: sides "device" (head + exit, cold as the rows time it), "device_warm" (the same back to
-    back, as after an on-device answer; against the rows' warm_ms) and "server" (the tail).  With an `edge` profile (three tiers,
-    the edge running blocks [k, k2)): "device", "edge" and "cloud" (the tail from k2, on `server`).  The edge
+    back, as after an on-device answer; against the rows' warm_ms) and "server" (the tail).  With an `edge`
+    profile (three tiers, the edge running blocks [k, k2)): "device", "device_warm", "edge" and "cloud" (the
+    tail from k2, on `server`).  The edge
     is timed on its tail from k, blocks [k, K): its rows price [k, k2) as the difference of two tails, which
     a ratio of one of them tracks without timing a second graph that differs only in its length."""
     row = validate(device, edge or server, progress=False, at=(k, r)).iloc[0]

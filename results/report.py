@@ -304,9 +304,9 @@ def print_summary(result: dict, problem, out: Path) -> None:
 
 
 def noise_note(A0: float | None, unpruned_bound: float | None) -> str | None:
-    """A line when A0 lies above the unpruned network's own accuracy bound (and not above its plausible
-    reach, which `Plan.unreachable` reports): pruning rarely adds accuracy, so the candidates that reach A0
-    are those whose selection accuracy came out high by chance.  On replayed landscapes every scene the
+    """A line when A0 lies above the unpruned network's own accuracy bound (--suggest says "unreachable"
+    instead where A0 is above even its upper bound, `Plan.unreachable`): pruning rarely adds accuracy, so the
+    candidates that reach A0 are those whose selection accuracy came out high by chance.  On replayed landscapes every scene the
     search missed within its budget was of this kind (2026-12-07, synthetic mobilenet_v2, seeds 0-14)."""
     if A0 is None or unpruned_bound is None or unpruned_bound >= A0:
         return None
@@ -340,8 +340,8 @@ def suggestions(problem, pl, n: int, outside: int = 0) -> dict:
         lines.append("A0 looks unreachable: it is above even the upper confidence bound of the unpruned network's "
                      "accuracy (a pruned one would have to be significantly more accurate); the candidates below "
                      "would test that")
-    elif noise_note(p.A0, pl.unpruned_bound):
-        lines.append(noise_note(p.A0, pl.unpruned_bound))
+    elif note := noise_note(p.A0, pl.unpruned_bound):
+        lines.append(note)
     left = len(pl.order)
     if rows:
         lines.append(f"next {len(rows)} of {left} candidates that can still beat it "

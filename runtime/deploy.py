@@ -179,7 +179,7 @@ def drift_line(check: dict[str, float] | None, predicted: dict, measured_ms: flo
         return "profile check: skipped (the device was profiled under a CPU quota)"
     compute, _ = side_compute(predicted)
     sides = [f"{side.replace('_', ' ')} x{check[side]:.2f} ({check[f'meas_{side}_ms']:.3f} vs "
-             f"{check[f'pred_{side}_ms']:.3f} ms)" for side in compute if check.get(side, float("nan")) == check.get(side)]
+             f"{check[f'pred_{side}_ms']:.3f} ms)" for side in compute if side in check and check[side] == check[side]]
     again = retimed_ms(predicted, check)
     text = (f"profile check (this split's parts timed now, as the rows were): {', '.join(sides)}; predicted with "
             f"them: {again:.3f} ms, measured {100 * (measured_ms / again - 1):+.1f}% against it")

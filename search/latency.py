@@ -270,11 +270,14 @@ def predicted_per_sample(parts: dict, exited) -> dict[str, float]:
     mean_edge = float(np.where(exited, 0.0, edge).mean()) if exited.size else sent * b.edge_ms
     # the share of the device's part run back to back (after an on-device answer), which drifts on its own;
     # with nothing sent (k = K, the only split with no bytes) every request follows an on-device answer
+    device = float(path.mean()) if exited.size else b.exit_path_ms
     if b.bytes == 0:
-        warm = float(path.mean()) if exited.size else b.exit_path_ms
+        warm = device
+    elif exited.size:
+        warm = float(np.where(after_answer, path, 0.0).mean())
     else:
-        warm = float(np.where(after_answer, path, 0.0).mean()) if exited.size else out["exit_rate"] * float(b.exit_path_at(1.0))
-    out.update(mean_device_exit_ms=(float(path.mean()) if exited.size else b.exit_path_ms) + sent * b.encode_ms,
+        warm = out["exit_rate"] * float(b.exit_path_at(1.0))
+    out.update(mean_device_exit_ms=device + sent * b.encode_ms,
                mean_device_warm_ms=warm,
                mean_transfer_ms=sent * (b.transfer_ms + b.link_overhead_ms),
                mean_server_ms=mean_server + sent * b.server_overhead_ms,

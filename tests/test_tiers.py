@@ -396,7 +396,7 @@ def test_edge_exit_bound_on_the_measured_landscape():
     import numpy as np
 
     from bench import oracle
-    from bench.edge_exit import edge_exit_bound
+    from bench.edge_exit import edge_exit_bounds
     from bench.landscapes import load_doc, measured, regrid
     from bench.search_efficiency import families
 
@@ -405,9 +405,8 @@ def test_edge_exit_bound_on_the_measured_landscape():
     sel = land.arrays[(land.K, 0.0)]["selection"]
     A0 = round(float(np.mean(sel["final"]["fp32"] == sel["label"])) - 0.025, 4)
     M = families(land)
-    without = edge_exit_bound(land, edge, A0, 100, 100, 5.0, M, edge_exits=False)
-    best = edge_exit_bound(land, edge, A0, 100, 100, 5.0, M)
-    priced = edge_exit_bound(land, edge, A0, 100, 100, 5.0, M, priced=True)
+    found = edge_exit_bounds(land, edge, A0, 100, 100, 5.0, M)
+    without, best, priced = found["same"], found["bound"], found["priced"]
     assert without["t2"] is None and without["k2"] is None
     assert best["latency_ms"] < without["latency_ms"]
     assert best["latency_ms"] <= priced["latency_ms"]  # the exit's own cost only adds
