@@ -256,7 +256,7 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
     from pathlib import Path
 
     from profiles.profile import foreign_profiles
-    from runtime.deploy import deploy_candidate, drift_line, profile_check, retimed_ms
+    from runtime.deploy import deploy_candidate, drift_line, profile_check, quota_line, retimed_ms
     from runtime.edge import stall_line
     from search.run import context
 
@@ -278,10 +278,7 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
                                   csv=out / "edge.csv", progress=spec.progress,
                                   cpu_quota=quota.get("fraction"), quota_period_ms=quota.get("period_ms"))
     if summary.get("cpu_quota"):
-        q = summary["cpu_quota"]
-        print(f"edge ran under a CPU quota of {q['fraction']:g} CPU (period {q['period_ms']:g} ms, {q['mechanism']}), "
-              f"as the device profile was measured; throttled {summary.get('throttled_ms') or 0:.0f} ms in all"
-              + (f"; no cgroup could be used: {q['why_not_cgroup']}" if q.get("why_not_cgroup") else ""))
+        print(quota_line(summary))
     predicted = summary["predicted"]
     promised = {"mean total": result["best"]["expected_ms"]}  # at the promised (bounded) exit rate
     if spec.objective == "p95":

@@ -40,43 +40,48 @@ def deploy(out_dir: str | Path, data=None, *, bandwidth: float | str | None = 10
     `cpu_quota` (CPUs, e.g. 0.1) runs the edge as a process under that quota (profiles.quota); the
     summary then also holds `cpu_quota` (fraction, period, limiter) and `throttled_ms`.
     """
-    if cpu_quota is not None:
-        return _deploy_under_quota(out_dir, data, cpu_quota, quota_period_ms, bandwidth=bandwidth, rtt=rtt,
-                                   slowdown=slowdown, limit=limit, server_threads=server_threads, csv=csv,
-                                   secret=secret, timeout=timeout)
     manifest = mf.load(out_dir)
-    if manifest["tail"] is None:  # k = K: nothing to serve, the device answers every sample
-        df = run_edge(out_dir, None, bandwidth=bandwidth, rtt=rtt, slowdown=slowdown, limit=limit, csv=csv,
-                      data=data, progress=progress)
-        return df, summarize(df)
-    with CloudServer(out_dir, "127.0.0.1", 0, threads=server_threads, secret=secret) as server:
-        df = run_edge(out_dir, ("127.0.0.1", server.port), bandwidth=bandwidth, rtt=rtt, slowdown=slowdown,
-                      limit=limit, csv=csv, secret=secret, timeout=timeout, data=data, progress=progress)
-        summary = summarize(df)
-        summary["server_stats"] = dict(server.stats)
+    with ExitStack() as stack:
+        server = None
+        if manifest["tail"] is not None:  # k = K: nothing to serve, the device answers every sample
+            server = stack.enter_context(CloudServer(out_dir, "127.0.0.1", 0, threads=server_threads, secret=secret))
+        df, summary = run_end(out_dir, None if server is None else ("127.0.0.1", server.port), data,
+                              cpu_quota=cpu_quota, quota_period_ms=quota_period_ms, bandwidth=bandwidth, rtt=rtt,
+                              slowdown=slowdown, limit=limit, csv=csv, secret=secret, timeout=timeout,
+                              progress=progress)
+        if server is not None:
+            summary["server_stats"] = dict(server.stats)
     return df, summary
 
 
-def _deploy_under_quota(out_dir: str | Path, data, fraction: float, period_ms: float | None, *,
-                        bandwidth: float | str | None, rtt: float, slowdown: float, limit: int | None,
-                        server_threads: int, csv: str | Path | None, secret: bytes | None,
-                        timeout: float) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """`deploy` with the edge as `python -m runtime.edge` under a CPU quota (profiles.quota)."""
+def run_end(model_dir: str | Path, server: tuple[str, int] | None, data=None, *, cpu_quota: float | None = None,
+            quota_period_ms: float | None = None, csv: str | Path | None = None, secret: bytes | None = None,
+            **kwargs) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The end device (runtime.edge) over `model_dir`'s test split against `server` (a cloud or an edge
+    server); (per-sample rows, summary).  In this process, or with `cpu_quota` as `python -m runtime.edge`
+    under that quota (profiles.quota), fed the samples as a file, so the quota slows the end device alone;
+    the summary then also holds `cpu_quota` (fraction, period, limiter) and `throttled_ms`.  Takes
+    run_rows' bandwidth, rtt, slowdown, limit, timeout and progress."""
+    if cpu_quota is None:
+        df = run_edge(model_dir, server, data=data, csv=csv, secret=secret, **kwargs)
+        return df, summarize(df)
     from profiles import quota
     from runtime.edge import _test_split
 
-    out = Path(out_dir)
-    manifest = mf.load(out)
-    images, labels = _test_split(manifest, data, None)
+    out = Path(model_dir)
+    images, labels = _test_split(mf.load(out), data, None)
+    limit = kwargs.get("limit")
     n = len(images) if limit is None else min(int(limit), len(images))
     samples = mf.save_samples(out / "samples.npz", images[:n], labels[:n])
     csv = Path(csv) if csv is not None else out / "edge.csv"
     summary_json = out / "edge-summary.json"
     cmd = [sys.executable, "-m", "runtime.edge", "--model-dir", str(out), "--images", str(samples), "--csv", str(csv),
-           "--summary-json", str(summary_json), "--rtt", str(rtt), "--slowdown", str(slowdown),
-           "--timeout", str(timeout), "--quiet"]
-    if bandwidth is not None:
-        cmd += ["--bandwidth", str(bandwidth)]
+           "--summary-json", str(summary_json), "--quiet"]
+    for flag in ("rtt", "slowdown", "timeout", "bandwidth"):
+        if kwargs.get(flag) is not None:
+            cmd += [f"--{flag}", str(kwargs[flag])]
+    if server is not None:
+        cmd += ["--server", f"{server[0]}:{server[1]}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
         if secret is not None:
@@ -85,26 +90,26 @@ def _deploy_under_quota(out_dir: str | Path, data, fraction: float, period_ms: f
             key.chmod(0o600)
             cmd += ["--secret-file", str(key)]
         log = Path(tmp) / "edge.log"
-        with ExitStack() as stack:
-            server = None
-            if manifest["tail"] is not None:  # k = K: nothing to serve
-                server = stack.enter_context(CloudServer(out, "127.0.0.1", 0, threads=server_threads, secret=secret))
-                cmd += ["--server", f"127.0.0.1:{server.port}"]
-            with open(log, "w") as err, quota.Limited(cmd, fraction, period_ms, env=env, cwd=str(ROOT),
-                                                      stdout=err, stderr=err) as edge:
-                code = edge.wait()
-                info, throttled = edge.info(), edge.throttled_ms()
-            if code != 0:
-                tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
-                raise RuntimeError(f"the edge under a {fraction:g} CPU quota exited with {code}: {tail[0]}")
-            stats = dict(server.stats) if server is not None else None
+        with open(log, "w") as err, quota.Limited(cmd, cpu_quota, quota_period_ms, env=env, cwd=str(ROOT),
+                                                  stdout=err, stderr=err) as edge:
+            code = edge.wait()
+            info, throttled = edge.info(), edge.throttled_ms()
+        if code != 0:
+            tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"the end device (runtime.edge) under a {cpu_quota:g} CPU quota exited with {code}: {tail[0]}")
     df = pd.read_csv(csv, keep_default_na=False, dtype={"error": str})
     df.attrs.update(json.loads(summary_json.read_text())["attrs"])
     summary = summarize(df)
     summary.update(cpu_quota=info, throttled_ms=throttled)
-    if stats is not None:
-        summary["server_stats"] = stats
     return df, summary
+
+
+def quota_line(summary: dict[str, Any]) -> str:
+    """What a deploy under a CPU quota says about it (run_end's `cpu_quota` and `throttled_ms`)."""
+    q = summary["cpu_quota"]
+    return (f"end device ran under a CPU quota of {q['fraction']:g} CPU (period {q['period_ms']:g} ms, "
+            f"{q['mechanism']}), as its profile was measured; throttled {summary.get('throttled_ms') or 0:.0f} ms in all"
+            + (f"; no cgroup could be used: {q['why_not_cgroup']}" if q.get("why_not_cgroup") else ""))
 
 
 def deploy_candidate(candidate, data, out_dir: str | Path, threshold: float | None, codec: str,

@@ -34,8 +34,8 @@ from profiles.profile import foreign_profiles
 from runtime import link as links
 from runtime import manifest as mf
 from runtime.cloud import CloudServer
-from runtime.deploy import agreement, drift_line, evaluated_answers, profile_check, retimed_ms
-from runtime.edge import run_edge, stall_line, summarize
+from runtime.deploy import agreement, drift_line, evaluated_answers, profile_check, quota_line, retimed_ms, run_end
+from runtime.edge import stall_line
 from runtime.export import ATOL, RTOL, SAMPLES, export_checked, export_split
 from runtime.relay import RelayServer
 from search.latency import predicted_per_sample
@@ -174,13 +174,15 @@ def deploy_three(candidate, data, out_dir: str | Path, threshold: float | None, 
                  edge_cloud_rtt: float = 10.0, slowdown: float = 1.0, edge_slowdown: float = 1.0,
                  edge_threads: int = 1, server_threads: int = 1, end_edge_link_ms: float = 0.0,
                  secret: bytes | None = None, cloud_timeout: float = 2.0, cloud_retries: int = 1,
-                 csv: str | Path | None = None, progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+                 csv: str | Path | None = None, progress: bool = False, cpu_quota: float | None = None,
+                 quota_period_ms: float | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Export the three parts of (candidate, t, codec, k2), serve the cloud and the edge on 127.0.0.1, run the
     end device over the first `limit` test samples; (per-sample rows, summary).
 
     `bandwidth`/`rtt` shape the end-to-edge link (at the end device), `edge_cloud_bandwidth`/`edge_cloud_rtt`
     the edge-to-cloud link (at the edge); `slowdown` and `edge_slowdown` emulate the end device and the
-    edge box (their profiles' factors).  With `parts` (a Breakdown's dict for this k2), the summary holds
+    edge box (their profiles' factors); `cpu_quota` runs the end device under that CPU quota instead
+    (runtime.deploy.run_end), as a device profiled under one was measured.  With `parts` (a Breakdown's dict for this k2), the summary holds
     `tiers`: {row: {"predicted", "measured"}} for the rows of TIER_ROWS, the prediction made for exactly
     the samples sent, and `agreement`, the share of samples answered as the candidate's evaluation says.
     The summary also holds runtime.edge.summarize's keys and both servers' stats.
@@ -210,9 +212,9 @@ def deploy_three(candidate, data, out_dir: str | Path, threshold: float | None, 
                 cloud_timeout=cloud_timeout, cloud_retries=cloud_retries, host="127.0.0.1", port=0,
                 threads=edge_threads, secret=secret))
             server = ("127.0.0.1", relay.port)
-        df = run_edge(dirs[END], server, bandwidth=bandwidth, rtt=rtt, slowdown=slowdown, limit=limit, csv=csv,
-                      secret=secret, timeout=timeout, data=data, progress=progress)
-        summary = summarize(df)
+        df, summary = run_end(dirs[END], server, data, cpu_quota=cpu_quota, quota_period_ms=quota_period_ms,
+                              bandwidth=bandwidth, rtt=rtt, slowdown=slowdown, limit=limit, csv=csv, secret=secret,
+                              timeout=timeout, progress=progress)
         summary["edge_stats"] = dict(relay.stats) if relay is not None else None
         summary["cloud_stats"] = dict(cloud.stats) if cloud is not None else None
     summary.update(k2=k2, edge_cloud_bandwidth_mbps=edge_cloud_bandwidth, edge_cloud_rtt_ms=edge_cloud_rtt,
@@ -256,10 +258,7 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
     k2 = K if k == K else int(best["k2"])
     edge = problem.edge
     parts = {**result["predicted"], "k2": k2}
-    quota = problem.device.meta.get("cpu_quota")
-    if quota:  # runtime.deploy runs a quota'd device as its own process; the three-tier deploy does not yet
-        print(f"note: the device profile was measured under a {quota.get('fraction')} CPU quota; the three-tier "
-              "deploy runs the end device without it (only --slowdown)")
+    quota = problem.device.meta.get("cpu_quota") or {}  # the end device runs under the quota it was profiled under
     check = profile_check(problem.device, problem.server, k, r, edge=edge.profile, k2=k2)  # timed right before
     _, summary = deploy_three(
         cand, ctx.pool.data, out, best["t"], best["codec"], k2, parts, seed=ctx.spec.seed, limit=limit,
@@ -270,10 +269,12 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
         edge_threads=int(edge.profile.meta.get("threads", 1)),
         server_threads=int(problem.server.meta.get("threads", 1)),
         end_edge_link_ms=edge.profile.overhead(k, r, codecs.first(best["codec"]))["link_overhead_ms"] if k < K else 0.0,
-        csv=out / "end.csv", progress=progress)
+        csv=out / "end.csv", progress=progress, cpu_quota=quota.get("fraction"), quota_period_ms=quota.get("period_ms"))
     print(f"\n== deployed on three tiers over loopback (end-edge {problem.network}, edge-cloud {edge.network}, "
           f"edge {edge.profile.device}), {summary['n']} test samples")
     print(f"tiers: {tiers_line(k, k2, K)}")
+    if summary.get("cpu_quota"):
+        print(quota_line(summary))
     foreign = foreign_profiles(problem.device, edge.profile, problem.server)
     if foreign:
         print(foreign)

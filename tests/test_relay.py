@@ -198,6 +198,24 @@ def test_deploy_three_answers_as_pytorch(candidate, digits32, tmp_path, k2):
     assert "edge-cloud transfer" in format_tiers(s)
 
 
+def test_deploy_three_runs_the_end_device_under_a_cpu_quota(candidate, digits32, tmp_path):
+    """A device profiled under a CPU quota is deployed under it on three tiers too: the end device runs as its
+    own process (runtime.deploy.run_end), answers every sample as the evaluation says through the edge and
+    the cloud, and the summary names the limiter."""
+    t = _threshold(candidate)
+    df, s = deploy_three(candidate, digits32, tmp_path, t, "int8", 4, _parts(K_SPLIT, 0.0, "int8", 4), limit=N,
+                         bandwidth=None, rtt=0.0, edge_cloud_bandwidth=None, edge_cloud_rtt=0.0, cpu_quota=0.5)
+    exited, answer = candidate.evaluations["test"].answers(t, "int8")
+    np.testing.assert_array_equal(df.exited, exited[:N])
+    np.testing.assert_array_equal(df.pred, answer[:N])
+    q = s["cpu_quota"]
+    assert q["fraction"] == 0.5 and q["mechanism"] in ("cgroup2", "cgroup1", "sigstop")
+    assert s["agreement"] == 1.0 and s["fallbacks"] == 0 and s["n"] == N
+    sent = df[~df.exited]
+    assert len(sent) and (sent.edge_ms > 0).all() and (sent.cloud_ms > 0).all()  # the tier trailer survived the file
+    assert s["edge_stats"]["requests"] == len(sent) and s["cloud_stats"]["requests"] == len(sent)
+
+
 @pytest.mark.parametrize("second", ["fp16", "int8"])
 def test_a_two_link_codec_is_deployed_as_evaluated(candidate, digits32, tmp_path, second):
     """"int8>4:SECOND": the end device sends int8 at k = 3, the edge runs block 3 and sends the tensor at k2 = 4
