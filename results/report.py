@@ -292,7 +292,7 @@ def print_summary(result: dict, problem, out: Path) -> None:
             print(f"optimality: not proven: {s['can_still_beat']} untried candidates could still beat it by their "
                   f"latency bounds ({s['set_aside']} of them probably below A0: at their split a smaller ratio "
                   f"already is); more trials, or --exhaustive, settle it")
-        note = noise_note(problem.A0, s.get("unpruned_bound"))
+        note = noise_note(problem.A0, s.get("unpruned_bound"), s.get("unreachable", False))
         if note:
             print(note)
     if result.get("baselines"):
@@ -303,11 +303,15 @@ def print_summary(result: dict, problem, out: Path) -> None:
     print(f"outputs: {out}")
 
 
-def noise_note(A0: float | None, unpruned_bound: float | None) -> str | None:
-    """A line when A0 lies above the unpruned network's own accuracy bound (--suggest says "unreachable"
-    instead where A0 is above even its upper bound, `Plan.unreachable`): pruning rarely adds accuracy, so the
-    candidates that reach A0 are those whose selection accuracy came out high by chance.  On replayed landscapes every scene the
-    search missed within its budget was of this kind (2026-12-07, synthetic mobilenet_v2, seeds 0-14)."""
+def noise_note(A0: float | None, unpruned_bound: float | None, unreachable: bool = False) -> str | None:
+    """A line when A0 lies above the unpruned network's own accuracy bound, for a run's report and --suggest
+    alike: "unreachable" where A0 is above even its upper bound (`Plan.unreachable`, the planner stops), else
+    that pruning rarely adds accuracy, so the candidates that reach A0 are those whose selection accuracy
+    came out high by chance.  On replayed landscapes every scene the search missed within its budget was of
+    the second kind (2026-12-07, synthetic mobilenet_v2, seeds 0-14)."""
+    if unreachable:
+        return ("A0 looks unreachable: it is above even the upper confidence bound of the unpruned network's "
+                "accuracy (a pruned one would have to be significantly more accurate)")
     if A0 is None or unpruned_bound is None or unpruned_bound >= A0:
         return None
     return (f"note: A0 = {A0:g} is above the unpruned network's own accuracy bound ({unpruned_bound:.4f}): a "
@@ -336,12 +340,8 @@ def suggestions(problem, pl, n: int, outside: int = 0) -> dict:
                      "cost": "fine-tune" if 0 < k and r > 0 else "exit training" if p.space.exit_at(k) else "evaluation"})
     if pl.proven:
         lines.append("proven optimal over the grid: no unmeasured candidate's latency lower bound is below it")
-    elif pl.unreachable:
-        lines.append("A0 looks unreachable: it is above even the upper confidence bound of the unpruned network's "
-                     "accuracy (a pruned one would have to be significantly more accurate); the candidates below "
-                     "would test that")
-    elif note := noise_note(p.A0, pl.unpruned_bound):
-        lines.append(note)
+    elif note := noise_note(p.A0, pl.unpruned_bound, pl.unreachable):
+        lines.append(note + ("; the candidates below would test that" if pl.unreachable else ""))
     left = len(pl.order)
     if rows:
         lines.append(f"next {len(rows)} of {left} candidates that can still beat it "

@@ -258,7 +258,7 @@ def run(spec: RunSpec, argv: list[str] | None = None, log=print) -> dict:
             settled = Objective(ctx.problem, ctx.pool).plan(study)
             spent.update(proven_optimal=settled.proven, can_still_beat=len(settled.order),
                          set_aside=len(settled.set_aside), stopped=study.user_attrs.get("stopped", "budget"),
-                         unpruned_bound=settled.unpruned_bound)
+                         unpruned_bound=settled.unpruned_bound, unreachable=settled.unreachable)
         reference = None if spec.multi else reference_table(ctx.problem, ctx.pool, build=spec.exhaustive,
                                                             progress=spec.progress)
         if reference is not None and adopt(study, ctx.problem, ctx.pool, reference):

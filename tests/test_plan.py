@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -477,3 +478,8 @@ def test_a0_above_the_unpruned_bound_is_named_and_a_full_grid_without_an_answer_
     assert auto.main(args + ["--A0", "0.86", "--run-dir", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "own accuracy bound" not in out and "none reaches the target" not in out
+    # above even the unpruned network's upper bound: the run says so, as --suggest does
+    assert auto.main(args + ["--A0", "0.99", "--run-dir", str(tmp_path / "c")]) == 1
+    out = capsys.readouterr().out
+    assert "A0 looks unreachable" in out and "own accuracy bound" not in out
+    assert json.loads((tmp_path / "c" / "best.json").read_text())["spent"]["unreachable"]
