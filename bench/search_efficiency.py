@@ -68,6 +68,15 @@ def per_candidate(land: Landscape, A0: float, bandwidth: float, rtt: float = 5.0
     return out
 
 
+def unpruned_bound(land: Landscape, confidence: float = 0.95) -> float:
+    """The unpruned network's own selection accuracy bound (its final answer, no exit), shared among the
+    landscape's candidates as the oracle shares it: an A0 above it is reached only by candidates whose
+    selection accuracy came out high by chance (a lottery scene)."""
+    sel = land.arrays[(land.K, 0.0)]["selection"]
+    ok = next(iter(sel["final"].values())) == sel["label"]
+    return oracle.wilson(float(ok.mean()), len(ok), 1 - (1 - confidence) / families(land))
+
+
 def fine_tunes(keys) -> int:
     return sum(1 for k, r in keys if k > 0 and r > 0)
 
@@ -150,6 +159,7 @@ def one(land: Landscape, A0: float, bandwidth: float, seed_: int, work: Path) ->
     csv = land.csv or to_csv(land, work / f"{abs(hash(land.name))}.csv")
     rows = measurements.load(csv, land.K, land.ratios, need_n=True)  # every method reads the product's parse
     grid = fine_tunes(land.arrays)
+    lottery = A0 > unpruned_bound(land)
     out = []
     for method in METHODS:
         answer = None
@@ -173,6 +183,7 @@ def one(land: Landscape, A0: float, bandwidth: float, seed_: int, work: Path) ->
         out.append({"landscape": land.name.rsplit(" seed", 1)[0], "kind": land.kind, "seed": seed_, "A0": A0,
                     "optimum_k": opt_kr[0], "optimum_r": opt_kr[1], "optimum_pruned": opt_kr[1] > 0,
                     "bandwidth": bandwidth, "method": method, "grid_fine_tunes": grid,
+                    "a0_above_unpruned_bound": lottery,
                     "reached_in_budget": reached_after(within, values, optimum) is not None,
                     "fine_tunes_in_budget": fine_tunes(set(within)),
                     "fine_tunes_to_reach": reached_after(unlimited, values, optimum),
@@ -221,13 +232,23 @@ def report(df: pd.DataFrame, table: pd.DataFrame, command: str, seconds: float) 
         "`pruned_optimum` = yes: the optimum needs a fine-tune (r > 0); no: an unpruned split wins, which "
         "every method that evaluates the unpruned splits first reaches at once.", "",
         _markdown(table), "",
-        "## Goal check (landscapes with at least 40 rates, runs whose optimum needs a fine-tune)", ""]
+        "## Goal check (landscapes with at least 40 rates, runs whose optimum needs a fine-tune)", "",
+        "A *lottery scene* has A0 above the unpruned network's own selection accuracy bound (Wilson, shared among "
+        "the landscape's candidates, computed here from the arrays): pruning rarely adds accuracy, so only "
+        "candidates whose selection accuracy came out high by chance reach A0, and the optimum is the fastest of "
+        "a few lucky draws. auto.py names such an A0 in its output.", ""]
     for name, g in table[(table.pruned_optimum == "yes") & table.landscape.str.contains("40 ratios")].groupby(
             "landscape", sort=False):
         mine = g[g.method == "ours"].iloc[0]
         others = g[g.method != "ours"]
         grid = mine.grid_fine_tunes
-        lines.append(f"- {name}: reached in budget {mine.reached_in_budget_pct:.0f}% of {mine.runs} runs "
+        ours = df[(df.landscape == name) & df.optimum_pruned & (df.method == "ours")]
+        fair = ours[~ours.a0_above_unpruned_bound] if "a0_above_unpruned_bound" in ours else ours
+        lottery = ours[ours.a0_above_unpruned_bound] if "a0_above_unpruned_bound" in ours else ours.iloc[:0]
+        split = (f" ({100 * fair.reached_in_budget.mean():.0f}% of the {len(fair)} with A0 at or below the unpruned "
+                 f"network's own bound; {int(lottery.reached_in_budget.sum())} of the {len(lottery)} lottery scenes "
+                 f"above it)") if len(lottery) else ""
+        lines.append(f"- {name}: reached in budget {mine.reached_in_budget_pct:.0f}% of {mine.runs} runs{split} "
                      f"(goal >= 95%); median {mine.median_to_reach:g} fine-tunes = "
                      f"{100 * mine.median_to_reach / grid:.1f}% of the grid's {grid} (goal <= 10%); fewer than every "
                      f"other method: {'yes' if (others.median_to_reach.fillna(1e9) > mine.median_to_reach).all() else 'NO'} "

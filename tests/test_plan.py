@@ -13,7 +13,7 @@ import pytest
 import auto
 from bench import oracle
 from bench.landscapes import Landscape, counted, load_doc, regrid, synthetic, to_csv
-from bench.search_efficiency import families, per_candidate, problem_for, reached_after, run_ours
+from bench.search_efficiency import families, per_candidate, problem_for, reached_after, run_ours, unpruned_bound
 from compress import measurements
 from profiles import Network
 from profiles.profile import Profile
@@ -483,3 +483,17 @@ def test_a0_above_the_unpruned_bound_is_named_and_a_full_grid_without_an_answer_
     out = capsys.readouterr().out
     assert "A0 looks unreachable" in out and "own accuracy bound" not in out
     assert json.loads((tmp_path / "c" / "best.json").read_text())["spent"]["unreachable"]
+
+
+@pytest.mark.parametrize("model,seed_", [("mobilenet_v2", 2), ("resnet18", 4)])
+def test_the_benchmarks_lottery_flag_agrees_with_the_product_s_unpruned_bound(model, seed_):
+    """The efficiency benchmark flags a lottery scene (A0 above the unpruned network's own bound) from the raw
+    arrays with the oracle's Wilson bound; the product's planner computes the same bound through its own code
+    (search.bounds, Known.cap): they agree."""
+    land = synthetic(model, seed_, 40, device="emulated-10x")
+    base = float(np.mean(land.arrays[(0, 0.0)]["selection"]["final"]["fp32"] == 0))
+    problem = problem_for(land, round(base - 0.01, 4), 1.0)
+    rows = _rows(land)
+    pl = plan(problem, {(k, 0.0): known(problem, k, 0.0, rows[(k, 0.0)]) for k in range(land.K + 1)})
+    assert unpruned_bound(land) == pytest.approx(pl.unpruned_bound, abs=1e-12)
+    assert base - 0.03 < unpruned_bound(land) < base  # a bound, below the measured accuracy
