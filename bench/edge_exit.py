@@ -32,7 +32,8 @@ import pandas as pd  # noqa: E402
 
 from bench import oracle  # noqa: E402
 from bench.landscapes import load_doc, measured, regrid  # noqa: E402
-from bench.search_efficiency import _markdown, families  # noqa: E402
+from bench.search_efficiency import families  # noqa: E402
+from bench.tables import markdown  # noqa: E402
 from bench.tiers import scene_arguments  # noqa: E402
 
 LOSSLESS = ("raw", "png", "fp32")
@@ -148,7 +149,7 @@ def report(df: pd.DataFrame, command: str, seconds: float, table: str) -> str:
              "Latencies are predictions (ms, mean per request) from the shipped profiles; `best without` is the "
              "faster of 2-tier direct and the 3-tier joint optimum (every candidate, codec and threshold, no edge exit) "
              f"as bench/tiers.py found them (`{table}`).",
-             "", _markdown(df.round(4)), "",
+             "", markdown(df.round(4)), "",
              f"- The edge-exit bound is below the best answer without an edge exit in {len(pays)} of {len(df)} scenes"
              + (f" (by at most {100 * (1 - pays['bound vs best without'].min()):.1f}%)" if len(pays) else "") + ".",
              f"- With the edge exit's own cost added (the device's exit row at (k2, 0) brought to the edge's "

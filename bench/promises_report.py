@@ -7,27 +7,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.tables import markdown  # noqa: E402
 
 BASELINES = ("device only", "cloud only", "split (Neurosurgeon)", "split + exit (Edgent-like)",
              "split + pruning (CNNPC-like)")
-
-
-def _md(df: pd.DataFrame, digits: int = 3) -> str:
-    def fmt(x):
-        if isinstance(x, (bool, np.bool_)):
-            return "yes" if x else "no"
-        if isinstance(x, float):
-            return "-" if np.isnan(x) else f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:.0f}"
-        return str(x)
-
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def _bound_kind(run: Path) -> str:
@@ -83,7 +75,7 @@ def write(run: Path, out: Path, familywise: Path | None = None) -> None:
              "## Base models\n"]
     bases = pd.DataFrame([{"model": m, **{k: v for k, v in b.items() if k != "data"},
                            **{f"n {r}": n for r, n in b["data"].items()}} for m, b in meta["bases"].items()])
-    parts.append(_md(bases) + "\n")
+    parts.append(markdown(bases) + "\n")
     parts.append("## Promise against delivery, both confidence settings\n")
     parts.append("`confidence 0` is the old behaviour (point estimates on the split the choice was made on).\n")
     summary = trust_summary(head, dep)
@@ -95,7 +87,7 @@ def write(run: Path, out: Path, familywise: Path | None = None) -> None:
         parts.append(f"The family-wise rows come from `bench/promises.py --deploy-limit 0 --confidences 0.95 --out "
                      f"{familywise}` (the same grid, no deployment): each candidate bounded at 1 - 0.05 / M, M = the "
                      f"(k, r, codec) candidates of the space, so the chosen one's bound holds at 0.95.\n")
-    parts.append(_md(summary) + "\n")
+    parts.append(markdown(summary) + "\n")
     ok = head[(head.choice != "infeasible")]
     best = ok[ok.confidence == ok.confidence.max()]
     counts = best["best baseline"].value_counts()
@@ -109,7 +101,7 @@ def write(run: Path, out: Path, familywise: Path | None = None) -> None:
                      + ", ".join(f"{k} {v}" for k, v in where.items()) + ".\n")
     cols = ["scenario", "choice", "A0", "acc_bound", "test_acc", "meets_A0", "promised_ms", "delivered_ms",
             "test_exit_rate", "sent_bytes", "best baseline", *where_col] + [f"x {m}" for m in BASELINES]
-    parts.append(_md(best[cols]) + "\n")
+    parts.append(markdown(best[cols]) + "\n")
     parts.append("`x method` = that baseline's promised latency over ours (feasible baselines only; 1 = no gain).\n")
     no_gain = best[[r[[f"x {m}" for m in BASELINES]].dropna().min() <= 1.0001 for _, r in best.iterrows()]]
     parts.append(f"Scenarios where we do not beat the best baseline (a tie within 0.01%): {len(no_gain)} of {len(best)}"
@@ -133,7 +125,7 @@ def write(run: Path, out: Path, familywise: Path | None = None) -> None:
         dcols = ["scenario", "confidence", "choice", "n", "promised_ms", "pred_mean_ms", "meas_mean_ms", *spread,
                  "vs_prediction_pct", "vs_promise_pct", *retimed, "pred_device_ms", "meas_device_ms", "pred_transfer_ms",
                  "meas_transfer_ms", "pred_server_ms", "meas_server_ms", "meas_exit_rate", "agreement"]
-        parts.append(_md(dep[dcols]) + "\n")
+        parts.append(markdown(dep[dcols]) + "\n")
     out.write_text("\n".join(parts))
     print(f"wrote {out}")
 

@@ -32,6 +32,7 @@ import pandas as pd  # noqa: E402
 
 from bench import oracle  # noqa: E402
 from bench.landscapes import Landscape, measured, synthetic, to_csv  # noqa: E402
+from bench.tables import markdown  # noqa: E402
 from compress import measurements  # noqa: E402
 from profiles import Network  # noqa: E402
 from profiles.profile import Profile  # noqa: E402
@@ -231,7 +232,7 @@ def report(df: pd.DataFrame, table: pd.DataFrame, command: str, seconds: float) 
         "`max_answer_gap_pct`: the product's final answer against the oracle's optimum (ours only). "
         "`pruned_optimum` = yes: the optimum needs a fine-tune (r > 0); no: an unpruned split wins, which "
         "every method that evaluates the unpruned splits first reaches at once.", "",
-        _markdown(table), "",
+        markdown(table), "",
         "## Goal check (landscapes with at least 40 rates, runs whose optimum needs a fine-tune)", "",
         "A *lottery scene* has A0 above the unpruned network's own selection accuracy bound (Wilson, shared among "
         "the landscape's candidates, computed here from the arrays): pruning rarely adds accuracy, so only "
@@ -254,16 +255,6 @@ def report(df: pd.DataFrame, table: pd.DataFrame, command: str, seconds: float) 
                      f"other method: {'yes' if (others.median_to_reach.fillna(1e9) > mine.median_to_reach).all() else 'NO'} "
                      f"(" + ", ".join(f"{r.method} {r.median_to_reach:g}" for r in others.itertuples()) + ")")
     return "\n".join(lines) + "\n"
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    def fmt(x):
-        if isinstance(x, float):
-            return "-" if x != x else f"{x:.3g}"
-        return str(x)
-
-    out = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    return "\n".join(out + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)])
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ import pandas as pd  # noqa: E402
 from bench.landscapes import load_doc, measured, regrid, synthetic, to_csv  # noqa: E402
 from bench.machine import profiles_now  # noqa: E402
 from bench.search_efficiency import BUDGET, families, problem_for, run_ours  # noqa: E402
+from bench.tables import markdown  # noqa: E402
 from compress import measurements  # noqa: E402
 from profiles import Network  # noqa: E402
 from profiles.profile import Profile  # noqa: E402
@@ -226,7 +227,7 @@ def report(df: pd.DataFrame, command: str, seconds: float, dep: pd.DataFrame | N
              f"Written by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({seconds / 60:.1f} min). "
              + __doc__.split("\n\n")[1].replace("\n", " ") + " " + __doc__.split("\n\n")[2].replace("\n", " "), "",
              "Promised latency (ms, mean per request) of each method's best answer:", "",
-             _markdown(piv), "",
+             markdown(piv, 4), "",
              "What the 3-tier joint optimum uses: " + ", ".join(f"{k} {v}" for k, v in uses.value_counts().items())
              + f" (of {len(joint)} scenes).", ""]
     two = piv[["2-tier end+edge", "2-tier end+cloud (relayed)"]].min(axis=1)
@@ -248,7 +249,7 @@ def report(df: pd.DataFrame, command: str, seconds: float, dep: pd.DataFrame | N
                   "answer's candidate built for the export), deployed over loopback with both links shaped; ms "
                   "per request, predicted for exactly the test samples sent, measured by the end device (the edge "
                   "and cloud parts from the reply's tier trailer):", "",
-                  _markdown(dep.drop(columns=["exit_code"], errors="ignore")), ""]
+                  markdown(dep.drop(columns=["exit_code"], errors="ignore"), 4), ""]
         ok = dep.dropna(subset=["vs_prediction"])
         if len(ok):
             computes = ok[ok["edge predicted"] > 0]  # where the edge runs blocks (not where it only relays)
@@ -270,15 +271,6 @@ def report(df: pd.DataFrame, command: str, seconds: float, dep: pd.DataFrame | N
                                  f"{side} x{ok.loc[ok[col] > 0, f'{side} drift'].median():.2f}"
                                  for side, col in runs.items() if (ok[col] > 0).any()) + ".")
     return "\n".join(lines) + "\n"
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    out = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for row in df.itertuples(index=False):
-        out.append("| " + " | ".join("-" if isinstance(v, float) and v != v else f"{v:.4g}" if isinstance(v, float)
-                                     else str(v) for v in row) + " |")
-    return "\n".join(out)
 
 
 if __name__ == "__main__":
