@@ -318,7 +318,7 @@ def deploy(spec, result: dict, limit: int | None = None) -> dict:
         print(stalls)
     summary.update(promised_mean_ms=mean_promise, within_10pct_of_prediction=within,
                    within_10pct_of_promise=kept, foreign_profiles=foreign, profile_check=check,
-                   retimed_ms=retimed_ms(predicted, check) if check else None)
+                   retimed_ms=retimed_ms(predicted, check))
     (out / "deploy.json").write_text(json.dumps({"predicted": predicted, "measured": summary}, indent=2,
                                                 default=str))
     return summary

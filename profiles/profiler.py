@@ -151,8 +151,13 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
 
         dev_ids = [on_dev(job) for job in jobs if job["k"] > 0]
         # one split (the deploy's check): also back to back, as a request after an on-device answer runs
-        on_device = runner.time_parts(tmp, dev_ids, device.threads, repeats, warmup, min_ms, bundle=bundle,
-                                      warm=at is not None)
+        quota = device.meta.get("cpu_quota")
+        if quota:  # timed as the profile was: the runner's own timing in a process under the same quota
+            on_device = _time_under_quota(quota, tmp, dev_ids, device.threads, repeats, warmup, min_ms,
+                                          warm=at is not None)
+        else:
+            on_device = runner.time_parts(tmp, dev_ids, device.threads, repeats, warmup, min_ms, bundle=bundle,
+                                          warm=at is not None)
         on_server = runner.time_parts(tmp, [job["tail"] for job in jobs if job["tail"]], server.threads,
                                       repeats, warmup, min_ms, bundle=bundle)
     for job in jobs:
@@ -175,6 +180,36 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
     table.attrs.update({"device": device.device, "server": server.device, "model": device.model,
                         "input_size": device.input_size, "repeats": repeats, "min_ms": min_ms})
     return table
+
+
+_TIME_PARTS = ("import json, sys\nfrom profiles import runner\na = json.loads(sys.argv[1])\n"
+               "stats = runner.time_parts(a['dir'], a['ids'], a['threads'], a['repeats'], a['warmup'], a['min_ms'], "
+               "warm=a['warm'])\nopen(a['out'], 'w').write(json.dumps(stats))\n")
+
+
+def _time_under_quota(quota: dict, bundle_dir: str, ids: list[str], threads: int, repeats: int, warmup: int,
+                      min_ms: float, warm: bool) -> dict[str, dict]:
+    """`runner.time_parts` in a child process under the CPU quota a device profile records (profiles.quota),
+    so a quota'd device is re-timed as it was measured."""
+    import json
+    import subprocess
+
+    from profiles import quota as quotas
+
+    out = Path(bundle_dir) / "quota-stats.json"
+    args = json.dumps({"dir": str(bundle_dir), "ids": ids, "threads": threads, "repeats": repeats,
+                       "warmup": warmup, "min_ms": min_ms, "warm": warm, "out": str(out)})
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    log = Path(bundle_dir) / "quota-stats.log"
+    with open(log, "w") as err, quotas.Limited([sys.executable, "-c", _TIME_PARTS, args], float(quota["fraction"]),
+                                               quota.get("period_ms"), env=env, stdout=subprocess.DEVNULL,
+                                               stderr=err) as child:
+        code = child.wait()
+    if code:
+        tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"timing under a {quota['fraction']:g} CPU quota exited with {code}: {tail[0]}")
+    return json.loads(out.read_text())
 
 
 def drift(device: Profile, server: Profile, k: int, r: float, edge: Profile | None = None,

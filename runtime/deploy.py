@@ -141,12 +141,9 @@ def deploy_candidate(candidate, data, out_dir: str | Path, threshold: float | No
 DRIFT_WARN = 0.20
 
 
-def profile_check(device, server, k: int, r: float, edge=None, k2: int | None = None) -> dict[str, float] | None:
+def profile_check(device, server, k: int, r: float, edge=None, k2: int | None = None) -> dict[str, float]:
     """`profiles.profiler.drift` of the deployed (k, r) (with an `edge` profile: the three tiers, the edge's
-    blocks [k, k2)), timed right before the deployment; None for a device profiled under a CPU quota
-    (validate times without one)."""
-    if device.meta.get("cpu_quota"):
-        return None
+    blocks [k, k2)), timed right before the deployment (a device profiled under a CPU quota under that quota)."""
     from profiles.profiler import drift
 
     return drift(device, server, k, r, edge=edge, k2=k2)
@@ -177,11 +174,9 @@ def retimed_ms(predicted: dict, check: dict[str, float]) -> float:
     return total + sum(ms * (_ratio(check, side) - 1) for side, ms in compute.items())
 
 
-def drift_line(check: dict[str, float] | None, predicted: dict, measured_ms: float) -> str:
+def drift_line(check: dict[str, float], predicted: dict, measured_ms: float) -> str:
     """The profile check in one or two lines: each side's drift, the re-timed prediction, and a warning when
     a side these samples use has drifted more than DRIFT_WARN from its profile."""
-    if check is None:
-        return "profile check: skipped (the device was profiled under a CPU quota)"
     compute, _ = side_compute(predicted)
     sides = [f"{side.replace('_', ' ')} x{check[side]:.2f} ({check[f'meas_{side}_ms']:.3f} vs "
              f"{check[f'pred_{side}_ms']:.3f} ms)" for side in compute if side in check and check[side] == check[side]]

@@ -300,6 +300,6 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
         print(stalls)
     summary.update(promised_mean_ms=best["expected_ms"], within_10pct_of_prediction=within,
                    within_10pct_of_promise=kept, foreign_profiles=foreign, profile_check=check,
-                   retimed_ms=retimed_ms(p, check) if check and p else None)
+                   retimed_ms=retimed_ms(p, check) if p else None)
     (out / "deploy.json").write_text(json.dumps({"predicted": p, "measured": summary}, indent=2, default=str))
     return summary
