@@ -208,15 +208,17 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     }).reset_index()
 
 
-def report(df: pd.DataFrame, table: pd.DataFrame, command: str, seconds: float) -> str:
-    """docs/search_efficiency.md: what was run, the table, and the goal check (nothing here is measured)."""
+def report(df: pd.DataFrame, table: pd.DataFrame, command: str, seconds: float | None) -> str:
+    """docs/search_efficiency.md: what was run, the table, and the goal check (nothing here is measured).
+    `seconds` None: the rows come from an earlier run's CSV (`command` rewrote the page from it)."""
     import platform
     from datetime import datetime, timezone
 
+    ran = (f"{platform.machine()}, {seconds / 60:.1f} min" if seconds is not None
+           else "rows of an earlier run, the page rewritten from them")
     lines = [
         "# Search efficiency on replayed landscapes", "",
-        f"Written by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({platform.machine()}, "
-        f"{seconds / 60:.1f} min). Every figure is a count of fine-tunes, replayed from a landscape: no wall "
+        f"Written by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({ran}). Every figure is a count of fine-tunes, replayed from a landscape: no wall "
         "time is involved. " + (__doc__.split("\n\n")[1].replace("\n", " ")), "",
         "Landscapes: *synthetic* ones re-grid the shipped 32 px profiles (emulated-10x or emulated-50x with the "
         "server profile) to 40 ratios, 0 to 0.975, interpolated linearly in r, without exits, and draw "
@@ -254,6 +256,14 @@ def report(df: pd.DataFrame, table: pd.DataFrame, command: str, seconds: float) 
                      f"{100 * mine.median_to_reach / grid:.1f}% of the grid's {grid} (goal <= 10%); fewer than every "
                      f"other method: {'yes' if (others.median_to_reach.fillna(1e9) > mine.median_to_reach).all() else 'NO'} "
                      f"(" + ", ".join(f"{r.method} {r.median_to_reach:g}" for r in others.itertuples()) + ")")
+    if "a0_above_unpruned_bound" in df:
+        ran = df[df.optimum_pruned & df.landscape.str.contains("40 ratios")]
+        lines += ["", "Lottery scenes against the rest, every landscape above pooled (runs whose optimum needs a "
+                  "fine-tune; reached within the budget):", ""]
+        for method, g in ran.groupby("method", sort=False):
+            lot, fair = g[g.a0_above_unpruned_bound], g[~g.a0_above_unpruned_bound]
+            lines.append(f"- {method}: lottery {int(lot.reached_in_budget.sum())} of {len(lot)}, "
+                         f"the rest {int(fair.reached_in_budget.sum())} of {len(fair)}")
     return "\n".join(lines) + "\n"
 
 
@@ -276,7 +286,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.from_csv:
         df = pd.read_csv(args.from_csv)
-        Path(args.report).write_text(report(df, summary(df), " ".join(["python", *sys.argv]), 0.0))
+        Path(args.report).write_text(report(df, summary(df), " ".join(["python", *sys.argv]), None))
         return
     started = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
