@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import math
 import os
 import socket
 import sys
@@ -124,9 +125,10 @@ def emulate(source: str, factor: float, name: str, root: str | Path | None = Non
 
 
 def validate(device: Profile, server: Profile, repeats: int | None = None, warmup: int | None = None,
-             min_ms: float | None = None, progress: bool = True, at: tuple[int, float] | None = None) -> pd.DataFrame:
+             min_ms: float | None = None, progress: bool = True, at: tuple[int, float] | None = None,
+             device_side: bool = True) -> pd.DataFrame:
     """Predicted vs freshly measured compute time of every (k, r), or of the one (k, r) `at`: device
-    (head + exit) and server (tail).
+    (head + exit) and server (tail); without `device_side` the server alone (the device's columns NaN).
 
     The device side is measured as one graph (head with its exit, as the runtime runs it) so the check
     also covers the additivity of the profile's separate head and exit rows.  An emulated profile's
@@ -142,17 +144,18 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
     min_ms = float(device.meta.get("min_ms", 0.0)) if min_ms is None else min_ms  # as the profile was timed
     rows = []
     with tempfile.TemporaryDirectory(prefix="validate-") as tmp:
-        bundle = export_parts(device.model, device.input_size, tmp, "both", device.ratios if at is None else [at[1]],
+        bundle = export_parts(device.model, device.input_size, tmp, "both" if device_side else "server",
+                              device.ratios if at is None else [at[1]],
                               device.num_classes, progress, standalone=False, splits=None if at is None else [at[0]])
         K, jobs = bundle["K"], bundle["jobs"]
 
         def on_dev(job: dict) -> str:  # the device's graph: head with its exit where the split has one
             return job["fused"] if exit_allowed(job["k"], K) else job["head"]
 
-        dev_ids = [on_dev(job) for job in jobs if job["k"] > 0]
+        dev_ids = [on_dev(job) for job in jobs if job["k"] > 0] if device_side else []
         # one split (the deploy's check): also back to back, as a request after an on-device answer runs
         quota = device.meta.get("cpu_quota")
-        if quota:  # timed as the profile was: the runner's own timing in a process under the same quota
+        if quota and dev_ids:  # timed as the profile was: the runner's own timing in a process under the same quota
             on_device = _time_under_quota(quota, tmp, dev_ids, device.threads, repeats, warmup, min_ms,
                                           warm=at is not None)
         else:
@@ -162,14 +165,14 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
                                       repeats, warmup, min_ms, bundle=bundle)
     for job in jobs:
         k, r = job["k"], job["r"]
-        dev_ms = on_device[on_dev(job)][STAT] * device.slowdown if k > 0 else 0.0
+        dev_ms = (on_device[on_dev(job)][STAT] * device.slowdown if k > 0 else 0.0) if device_side else math.nan
         srv_ms = on_server[job["tail"]][STAT] * server.slowdown if job["tail"] else 0.0
         pred_dev = device.ms("head", k, r) + device.ms("exit", k, r)
         pred_srv = server.ms("tail", k, r)
         rows.append({"k": k, "r": r, "pred_device_ms": pred_dev, "meas_device_ms": round(dev_ms, 4),
                      "pred_server_ms": pred_srv, "meas_server_ms": round(srv_ms, 4),
                      "pred_ms": pred_dev + pred_srv, "meas_ms": round(dev_ms + srv_ms, 4)})
-        warm = on_device[on_dev(job)].get("warm_ms") if k > 0 else None
+        warm = on_device[on_dev(job)].get("warm_ms") if k > 0 and device_side else None
         if warm is not None:
             rows[-1].update(pred_device_warm_ms=device.ms("head", k, r, warm=True) + device.ms("exit", k, r, warm=True),
                             meas_device_warm_ms=round(warm * device.slowdown, 4))
@@ -232,7 +235,7 @@ def drift(device: Profile, server: Profile, k: int, r: float, edge: Profile | No
         out["pred_edge_ms"], out["meas_edge_ms"] = out.pop("pred_server_ms"), out.pop("meas_server_ms")
         cloud = {"pred_server_ms": 0.0, "meas_server_ms": 0.0}
         if k2 is not None and k2 < device.K:
-            cloud = validate(device, server, progress=False, at=(k2, 0.0)).iloc[0]
+            cloud = validate(device, server, progress=False, at=(k2, 0.0), device_side=False).iloc[0]
         out["pred_cloud_ms"], out["meas_cloud_ms"] = float(cloud["pred_server_ms"]), float(cloud["meas_server_ms"])
     for side in ("device", "device_warm", "server", "edge", "cloud"):
         if f"pred_{side}_ms" in out:

@@ -493,6 +493,8 @@ def test_drift_times_one_split_against_its_rows(root, dev, srv):
     assert three["pred_cloud_ms"] == pytest.approx(srv.ms("tail", 4, 0.0)) and three["cloud"] > 0
     assert 0.5 * plain["server"] < three["edge"] < 2 * plain["server"]
     assert math.isnan(drift(dev, srv, 2, 0.5, edge=edge_box, k2=K)["cloud"])  # the edge answers: no cloud
+    cloud_side = validate_profiles(dev, srv, progress=False, at=(4, 0.0), device_side=False).iloc[0]  # the cloud's
+    assert math.isnan(cloud_side.meas_device_ms) and cloud_side.meas_server_ms > 0  # check: the tail alone timed
 
 
 def test_drift_of_a_device_profiled_under_a_cpu_quota_is_timed_under_it(root, srv):
