@@ -467,7 +467,13 @@ def test_drift_times_one_split_against_its_rows(root, dev, srv):
     both alike."""
     from profiles.profiler import drift
 
-    plain = drift(dev, srv, 2, 0.5)  # the fixture's own rows: the reference every ratio below is taken against
+    def steady(*args, **kwargs) -> dict:
+        """The faster of two timings per side: a busy machine only ever slows one, and a single spike failed
+        1 run in 5 with another process on the second core."""
+        first, second = drift(*args, **kwargs), drift(*args, **kwargs)
+        return {key: min(first[key], second[key]) for key in first}
+
+    plain = steady(dev, srv, 2, 0.5)  # the fixture's own rows: the reference every ratio below is taken against
     doc = scaled(_doc(root), 0.2, "stale", "dev")
     doc["meta"]["slowdown"] = 1.0  # not an emulation: rows that are simply too fast for this machine
     stale = Profile(doc, "stale")
@@ -481,14 +487,14 @@ def test_drift_times_one_split_against_its_rows(root, dev, srv):
                                                        + stale.ms("exit", 2, 0.5, warm=True))
     assert got["device_warm"] == pytest.approx(got["meas_device_warm_ms"] / got["pred_device_warm_ms"])
     assert got["device_warm"] > 2.5 * plain["device_warm"]
-    emu = drift(load_profile("dev-10x", MODEL, SIZE, root=root), srv, 2, 0.5)
+    emu = steady(load_profile("dev-10x", MODEL, SIZE, root=root), srv, 2, 0.5)  # upper bounds: steady timings
     assert emu["device"] < 2 * plain["device"] and emu["device_warm"] < 2 * plain["device_warm"]
     edge_box = Profile(scaled(_doc(root, "srv"), 4.0, "srv-4x", "srv"), "srv-4x")  # a server-role emulation
     assert drift(dev, edge_box, 2, 0.5)["server"] > 0.5 * plain["server"]  # x4 rows against x4 the time, not x1
     cloud_only = drift(dev, srv, 0, 0.0)
     assert math.isnan(cloud_only["device"]) and cloud_only["server"] > 0
     # three tiers: the edge box timed on its tail from k (x4 rows, x4 the host's time), the cloud from k2
-    three = drift(dev, srv, 2, 0.5, edge=edge_box, k2=4)
+    three = steady(dev, srv, 2, 0.5, edge=edge_box, k2=4)
     assert "server" not in three and three["pred_edge_ms"] == pytest.approx(edge_box.ms("tail", 2, 0.5))
     assert three["pred_cloud_ms"] == pytest.approx(srv.ms("tail", 4, 0.0)) and three["cloud"] > 0
     assert 0.5 * plain["server"] < three["edge"] < 2 * plain["server"]
