@@ -257,10 +257,10 @@ def report(df: pd.DataFrame, table: pd.DataFrame, command: str, seconds: float |
                      f"other method: {'yes' if (others.median_to_reach.fillna(1e9) > mine.median_to_reach).all() else 'NO'} "
                      f"(" + ", ".join(f"{r.method} {r.median_to_reach:g}" for r in others.itertuples()) + ")")
     if "a0_above_unpruned_bound" in df:
-        ran = df[df.optimum_pruned & df.landscape.str.contains("40 ratios")]
+        pruned = df[df.optimum_pruned & df.landscape.str.contains("40 ratios")]
         lines += ["", "Lottery scenes against the rest, every landscape above pooled (runs whose optimum needs a "
                   "fine-tune; reached within the budget):", ""]
-        for method, g in ran.groupby("method", sort=False):
+        for method, g in pruned.groupby("method", sort=False):
             lot, fair = g[g.a0_above_unpruned_bound], g[~g.a0_above_unpruned_bound]
             lines.append(f"- {method}: lottery {int(lot.reached_in_budget.sum())} of {len(lot)}, "
                          f"the rest {int(fair.reached_in_budget.sum())} of {len(fair)}")

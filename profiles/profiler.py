@@ -195,23 +195,14 @@ def _time_under_quota(quota: dict, bundle_dir: str, ids: list[str], threads: int
     """`runner.time_parts` in a child process under the CPU quota a device profile records (profiles.quota),
     so a quota'd device is re-timed as it was measured."""
     import json
-    import subprocess
 
     from profiles import quota as quotas
 
     out = Path(bundle_dir) / "quota-stats.json"
     args = json.dumps({"dir": str(bundle_dir), "ids": ids, "threads": threads, "repeats": repeats,
                        "warmup": warmup, "min_ms": min_ms, "warm": warm, "out": str(out)})
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    log = Path(bundle_dir) / "quota-stats.log"
-    with open(log, "w") as err, quotas.Limited([sys.executable, "-c", _TIME_PARTS, args], float(quota["fraction"]),
-                                               quota.get("period_ms"), env=env, stdout=subprocess.DEVNULL,
-                                               stderr=err) as child:
-        code = child.wait()
-    if code:
-        tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"timing under a {quota['fraction']:g} CPU quota exited with {code}: {tail[0]}")
+    quotas.run_python(["-c", _TIME_PARTS, args], float(quota["fraction"]), quota.get("period_ms"), "timing",
+                      Path(__file__).resolve().parent.parent)
     return json.loads(out.read_text())
 
 

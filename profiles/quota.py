@@ -296,6 +296,26 @@ def run(cmd: Sequence[str], fraction: float, period_ms: float | None = None, mec
     return code
 
 
+def run_python(args: Sequence[str], fraction: float, period_ms: float | None, what: str,
+               root: str | Path) -> tuple[dict[str, object], float | None]:
+    """`python ARGS` (this interpreter, in `root` with `root` importable) to the end under the quota, its
+    output kept aside; (the limiter's info, ms the quota held it back).  A RuntimeError naming `what` and
+    the last line it printed when it fails."""
+    import tempfile
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    with tempfile.TemporaryFile("w+") as log:
+        with Limited([sys.executable, *args], fraction, period_ms, env=env, cwd=str(root), stdout=log,
+                     stderr=log) as child:
+            code = child.wait()
+            info, throttled = child.info(), child.throttled_ms()
+        if code:
+            log.seek(0)
+            tail = log.read().strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"{what} under a {fraction:g} CPU quota exited with {code}: {tail[0]}")
+    return info, throttled
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m profiles.quota", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

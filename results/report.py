@@ -308,7 +308,7 @@ def noise_note(A0: float | None, unpruned_bound: float | None, unreachable: bool
     alike: "unreachable" where A0 is above even its upper bound (`Plan.unreachable`, the planner stops), else
     that pruning rarely adds accuracy, so the candidates that reach A0 are those whose selection accuracy
     came out high by chance.  On replayed landscapes every scene the search missed within its budget was of
-    the second kind (2026-12-07, synthetic mobilenet_v2, seeds 0-14)."""
+    the second kind (2026-12-07, synthetic resnet18 and mobilenet_v2, seeds 0-29: docs/search_efficiency*.md)."""
     if unreachable:
         return ("A0 looks unreachable: it is above even the upper confidence bound of the unpruned network's "
                 "accuracy (a pruned one would have to be significantly more accurate)")

@@ -8,8 +8,6 @@ same quota, fed the test samples as a file, so the quota slows the device and no
 from __future__ import annotations
 
 import json
-import os
-import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -75,28 +73,20 @@ def run_end(model_dir: str | Path, server: tuple[str, int] | None, data=None, *,
     samples = mf.save_samples(out / "samples.npz", images[:n], labels[:n])
     csv = Path(csv) if csv is not None else out / "edge.csv"
     summary_json = out / "edge-summary.json"
-    cmd = [sys.executable, "-m", "runtime.edge", "--model-dir", str(out), "--images", str(samples), "--csv", str(csv),
-           "--summary-json", str(summary_json), "--quiet"]
+    args = ["-m", "runtime.edge", "--model-dir", str(out), "--images", str(samples), "--csv", str(csv),
+            "--summary-json", str(summary_json), "--quiet"]
     for flag in ("rtt", "slowdown", "timeout", "bandwidth"):
         if kwargs.get(flag) is not None:
-            cmd += [f"--{flag}", str(kwargs[flag])]
+            args += [f"--{flag}", str(kwargs[flag])]
     if server is not None:
-        cmd += ["--server", f"{server[0]}:{server[1]}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        args += ["--server", f"{server[0]}:{server[1]}"]
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
         if secret is not None:
             key = Path(tmp) / "secret"
             key.write_bytes(secret)
             key.chmod(0o600)
-            cmd += ["--secret-file", str(key)]
-        log = Path(tmp) / "edge.log"
-        with open(log, "w") as err, quota.Limited(cmd, cpu_quota, quota_period_ms, env=env, cwd=str(ROOT),
-                                                  stdout=err, stderr=err) as edge:
-            code = edge.wait()
-            info, throttled = edge.info(), edge.throttled_ms()
-        if code != 0:
-            tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(f"the end device (runtime.edge) under a {cpu_quota:g} CPU quota exited with {code}: {tail[0]}")
+            args += ["--secret-file", str(key)]
+        info, throttled = quota.run_python(args, cpu_quota, quota_period_ms, "the end device (runtime.edge)", ROOT)
     df = pd.read_csv(csv, keep_default_na=False, dtype={"error": str})
     df.attrs.update(json.loads(summary_json.read_text())["attrs"])
     summary = summarize(df)
