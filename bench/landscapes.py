@@ -55,13 +55,15 @@ def regrid(doc: dict, ratios: list[float], keep_exits: bool = False) -> dict:
                              f"ratios {old} to {len(ratios)} ratios")
     out["meta"]["device"] = f"{doc['meta']['device']}-regridded"
     rows = []
-    for part in {row["part"] for row in doc["latency"]} - (set() if keep_exits else {"exit"}):
+    server = doc["meta"]["role"] == "server"
+    parts = {row["part"] for row in doc["latency"]} - (set() if keep_exits else {"exit"} | ({"head"} if server else set()))
+    for part in parts:
         for k in range(int(doc["meta"]["K"]) + 1):
             src = {round(float(x["r"]), 4): x for x in doc["latency"] if x["part"] == part and int(x["k"]) == k}
             xs = sorted(src)
             if not xs:  # no such part at this split (an exit at k = 0 or K)
                 continue
-            for r in ratios:
+            for r in ([0.0] if server and part != "tail" else ratios):  # a server's head and exit: r = 0 only
                 row = {key: float(np.interp(r, xs, [src[x][key] for x in xs]))
                        for key in ("mean_ms", "median_ms", "p10_ms", "p90_ms") if key in src[xs[0]]}
                 rows.append({"part": part, "k": k, "r": r, **row, "n": src[xs[0]]["n"]})

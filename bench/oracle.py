@@ -33,9 +33,14 @@ class Tables:
     def __init__(self, device: dict, server: dict):
         self.K = int(device["meta"]["K"])
         self.ms = {}
-        for doc in (device, server):
+        # the device's head and exit, the server's tail (an edge box's server profile may time heads too)
+        for doc, parts in ((device, ("head", "exit")), (server, ("tail",))):
             for row in doc["latency"]:
-                self.ms[(row["part"], int(row["k"]), round(float(row["r"]), 4))] = float(row.get("mean_ms", row["median_ms"]))
+                if row["part"] in parts:
+                    self.ms[(row["part"], int(row["k"]), round(float(row["r"]), 4))] = float(row.get("mean_ms", row["median_ms"]))
+        # an edge box's own head and exit rows (unpruned, r = 0): what it pays to run an exit itself
+        self.own = {(row["part"], int(row["k"])): float(row.get("mean_ms", row["median_ms"]))
+                    for row in server["latency"] if row["part"] in ("head", "exit") and float(row["r"]) == 0.0}
         # back to back (warm) device times where measured, else the cold ones
         self.warm = {(row["part"], int(row["k"]), round(float(row["r"]), 4)): float(row.get("warm_ms", row.get("mean_ms", row["median_ms"])))
                      for row in device["latency"]}
@@ -141,8 +146,36 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
                 ways.append((up + _send(t.bytes[(k2, 0.0, second)], bw2, rtt2, t.frame)
                              + t.overhead("link_overhead_ms", k2, 0.0, second), mid, mid_runtime,
                              t.overhead("server_overhead_ms", k2, 0.0, second), t.ms[("tail", k2, 0.0)]))
-    return min(_priced(t, w, head, exit_ms, dev_over, encode, with_exit, k, r, sent_share,
-                       None if edge is None else edge[0]) for w in ways)  # the fastest way once priced
+    priced = [_priced(t, w, head, exit_ms, dev_over, encode, with_exit, k, r, sent_share,
+                      None if edge is None else edge[0]) for w in ways]
+    if edge is not None and with_exit and r == 0.0 and not fixed and ("exit", k) in edge[0].own:
+        priced += [_exit_on_edge(t, edge, k, k1, codec, sent_share, bandwidth, rtt, mean_bytes) for k1 in range(k)]
+    return min(priced)  # the fastest way once priced
+
+
+def _exit_on_edge(t: Tables, edge: tuple, k: int, k1: int, codec: str, sent_share: float, bandwidth: float,
+                  rtt: float, on_bytes: float) -> float:
+    """The unpruned (k, 0)'s exit run by the edge: the device runs [0, k1) and sends the exact tensor (the
+    raw image at k1 = 0) to the edge, which runs [k1, k) and the exit on every request and sends the
+    unanswered share on under `codec` to the cloud's tail k.  The device waits for every reply (cold, priced
+    at the longest wait: every request sent on); the cloud's tail as in `_priced`; the edge's part after
+    its wait from the end of that part to the next request, priced with every request sent on."""
+    e, bw2, rtt2 = edge
+    up_codec = "raw" if k1 == 0 else "fp32"
+    head = t.ms.get(("head", k1, 0.0), 0.0)
+    dev_over, encode = t.overhead("device_overhead_ms", k1, 0.0, up_codec), t.overhead("encode_ms", k1, 0.0, up_codec)
+    up = _send(t.bytes[(k1, 0.0, "fp32")], bandwidth, rtt, t.frame) + e.overhead("link_overhead_ms", k1, 0.0, up_codec)
+    own = max(e.own.get(("head", k), 0.0) - e.own.get(("head", k1), 0.0), 0.0) + e.own[("exit", k)]
+    own_runtime = e.overhead("server_overhead_ms", k1, 0.0, up_codec)
+    on = _send(on_bytes, bw2, rtt2, t.frame) + t.overhead("link_overhead_ms", k, 0.0, codec)
+    cloud_runtime, tail = t.overhead("server_overhead_ms", k, 0.0, codec), t.ms[("tail", k, 0.0)]
+    cold = head * t.slower("device", up + own + own_runtime + on + cloud_runtime + tail)
+    to_exit = encode + up + own + own_runtime  # every request, after the device's part
+    after_send = cold + dev_over + to_exit + on  # the cloud's wait when the next request is sent on too
+    own *= e.slower("server", cold + dev_over + encode + up + on + cloud_runtime + tail * t.slower("server", after_send))
+    return (cold + dev_over + encode + up + own + own_runtime
+            + sent_share * (on + cloud_runtime + tail * t.slower_between_sends(after_send, cold + dev_over + to_exit,
+                                                                                sent_share)))
 
 
 def _priced(t: Tables, way: tuple, head: float, exit_ms: float, dev_over: float, encode: float, with_exit: bool,

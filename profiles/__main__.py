@@ -4,6 +4,7 @@
     python -m profiles emulate --from host --factor 10 --name emulated-10x [--input-size 32]
     python -m profiles overhead --model resnet18 --input-size 32 --device host   # adds the overhead section
     python -m profiles idle --model resnet18 --input-size 32 --device host   # adds the idle curve only
+    python -m profiles exits --model resnet18 --input-size 32 --device server   # a server's head and exit rows (r = 0)
     python -m profiles defaults --input-size 224          # host, server, emulated-10x/-50x, both models
     python -m profiles validate --model resnet18 --input-size 32 --device host --server server --csv out.csv
     python -m profiles list
@@ -83,6 +84,12 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--input-size", type=int, required=True)
     i.add_argument("--device", required=True, help="device name (its folder under the root) or a profile .json path")
     i.add_argument("--calls", type=int, default=40, help="timed calls per gap")
+
+    x = sub.add_parser("exits", help="measure the head and exit rows at r = 0 an edge box needs to run an exit and add "
+                                     "them to an existing server profile (an emulated profile copies its source's)")
+    x.add_argument("--model", required=True)
+    x.add_argument("--input-size", type=int, required=True)
+    x.add_argument("--device", required=True, help="device name (its folder under the root) or a profile .json path")
 
     d = sub.add_parser("defaults", help="measure the shipped set: host (1 thread), server (2 threads), emulated-10x "
                                         "and -50x, each with its overhead section and idle curve")
@@ -228,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "overhead":
             _overhead(args.device, args.model, args.input_size, args.root, repeats=args.repeats,
                       warmup=args.warmup, min_ms=args.min_ms, every_ratio=args.every_ratio)
+        elif args.command == "exits":
+            from profiles.profile import _is_path
+
+            path = profiler.add_exits(args.device, args.model, args.input_size, args.root,
+                                      path=args.device if _is_path(args.device) else None)
+            print(f"wrote the exit rows of {path} ({profiler.read_json(path)['meta']['exits'].get('copied_from') or 'measured'})")
         elif args.command == "idle":
             _idle(args.device, args.model, args.input_size, args.root, calls=args.calls)
         elif args.command == "defaults":

@@ -155,7 +155,9 @@ def parts_method(role: str) -> str:
              "the pruned split tensor, as the marginal time of one graph of head and exit (what the runtime "
              "runs) over the head alone, per statistic; k = 0 runs no head (0 ms)") if role == "device" else \
         ("tail = blocks [k, K) of the network pruned at (k, r) (its first layer's input channels follow the "
-         "pruned split tensor); k = K runs no tail (0 ms); k = 0 is unpruned, so one tail is timed for every r")
+         "pruned split tensor); k = K runs no tail (0 ms); k = 0 is unpruned, so one tail is timed for every r; "
+         "exit (r = 0 only: an exit an edge box runs) = compress.candidate.ExitBranch at k as the marginal time "
+         "of one graph of head and exit over the head alone, per statistic")
     return (f"Parts from profiles.bundle: each (k, r) pruned once (torch-pruning, {IMPORTANCE}, random weights) "
             f"and each part exported whole (TorchScript exporter, opset 17). {parts}. bytes = "
             f"compress.zoo.SplitInfo.bytes of the pruned split tensor.")
@@ -187,7 +189,8 @@ def export_parts(model: str, input_size: int, out: str | Path, role: str = "devi
             pruned, x, feats = variant(base, k, r, input_size)
             nbytes += bytes_rows(split_info(base, k, feats), r)
             job: dict[str, Any] = {"k": k, "r": r}
-            if role in ("device", "both"):
+            if role in ("device", "both") or (role == "server" and r == 0.0 and exit_allowed(k, K)):
+                # a server times the exit of unpruned candidates only (an exit placed on an edge box)
                 job["head"] = write(f"head-k{k}-r{r:g}", pruned.head(k), x) if k > 0 else None
                 if exit_allowed(k, K):
                     torch.manual_seed(k)

@@ -10,9 +10,12 @@ A profile is one JSON file per (device, model, input size) at
 
 A device-role profile holds head rows for every (k, r) and exit rows where the split has an exit
 (0 < k < K), or no exit rows at all (then the search runs without exits);
+a server-role profile holds tail rows for every (k, r) and, optionally, head and exit rows at r = 0 for
+every 0 < k < K (what an edge box pays to run an unpruned candidate's first blocks and its exit branch:
+search.latency's exit on the edge);
 a split may also be measured at a subset of `meta.ratios` only (a per-split rate grid, as published
 tables often are): the ratios its head (tail) rows cover are its grid, and every other table must
-cover exactly those; a server-role profile holds tail rows for every (k, r).  Both hold the bytes table, for
+cover exactly those.  Both hold the bytes table, for
 the fixed-size codecs (fp32, fp16, int8; at k = 0 every row is the uint8 image, which is also "raw").
 Numbers of an emulated profile are already scaled: nothing downstream multiplies them again.
 
@@ -103,7 +106,7 @@ def has_exit(k: int, K: int) -> bool:
 
 
 def parts_for(role: str) -> tuple[str, ...]:
-    return ("head", "exit") if role == "device" else ("tail",)
+    return ("head", "exit") if role == "device" else ("tail", "head", "exit")
 
 
 def profile_path(device: str, model: str, input_size: int, root: str | Path | None = None) -> Path:
@@ -148,8 +151,8 @@ class Profile:
         self._bytes = {(int(row["k"]), rkey(row["r"]), row["codec"]): int(row["bytes"]) for row in doc["bytes"]}
         self._shapes = {(int(row["k"]), rkey(row["r"])): tuple(row["shape"]) for row in doc["bytes"]}
         self._ratios = [rkey(r) for r in self.meta["ratios"]]  # looked up on every prediction: kept once
-        # an exit is optional: a device profile holds exit rows for every intermediate split or none at all
-        self.has_exits = self.role == "device" and any(part == "exit" for part, _, _ in self._ms)
+        # an exit is optional: a profile holds exit rows for every intermediate split or none at all
+        self.has_exits = any(part == "exit" for part, _, _ in self._ms)
         main = "head" if self.role == "device" else "tail"
         # a split may be measured at some ratios of the grid only (a per-split rate grid): its rows say which
         self._grid = {k: [r for r in self._ratios if (main, k, r) in self._ms] for k in range(self.K + 1)}
@@ -213,6 +216,11 @@ class Profile:
             if has_exit(k, self.K):
                 raise ValueError(f"profile {self.source} has no exit rows: the search there runs without exits")
             return 0.0
+        if part == "head" and k == 0:  # k = 0 runs no head (a server profile has no row for it)
+            return 0.0
+        if part != "tail" and self.role == "server" and (rkey(r) != 0.0 or not self.has_exits):
+            raise ValueError(f"server profile {self.source} has {part} rows at r = 0 only, where it has exit rows "
+                             f"(an exit on an edge belongs to an unpruned candidate), not at k={k} r={r}")
         key = (part, int(k), rkey(r))
         return self._warm.get(key, self._ms[key]) if warm else self._ms[key]
 
@@ -331,6 +339,8 @@ class Profile:
                 for part in parts_for(self.role):
                     if part == "exit" and not (self.has_exits and has_exit(k, self.K)):
                         continue
+                    if self.role == "server" and part != "tail" and not (r == 0.0 and self.exit_at(k)):
+                        continue  # an edge's head and exit: unpruned, beside the exit rows only
                     if (part, k, r) not in self._ms:
                         missing.append(f"{part} k={k} r={r}")
                 missing += [f"bytes k={k} r={r} {c}" for c in CODECS if (k, r, c) not in self._bytes]

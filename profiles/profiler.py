@@ -28,7 +28,7 @@ from profiles.profile import (DATA_ROOT, Profile, ProfileNotFoundError, availabl
                               profile_path, read_json, save_json)
 # Timing lives in profiles.runner (numpy and onnxruntime only); these names stay importable from here.
 from profiles.runner import (COLD_FLUSH_BYTES, COLD_GAP_S, DEFAULT_MIN_MS, DEFAULT_REPEATS, DEFAULT_WARMUP,  # noqa: F401
-                             MAX_COLD_RUNS, MAX_RUNS, NOTHING, cpu_name, time_session)
+                             MAX_COLD_RUNS, MAX_RUNS, NOTHING, STAT_KEYS, cpu_name, time_session)
 
 STAT = "mean_ms"  # what the latency model predicts with: expected latency is a mean
 WORKSTATION_LIBS = ("torch", "torchvision", "torch-pruning", "onnxruntime", "onnx", "numpy")
@@ -122,6 +122,57 @@ def emulate(source: str, factor: float, name: str, root: str | Path | None = Non
         src = Path(root or DATA_ROOT) / source / f"{stem}.json"
         out.append(save_json(scaled(read_json(src), factor, name, source), Path(root or DATA_ROOT) / name / src.name))
     return out
+
+
+def add_exits(device: str, model: str, input_size: int, root: str | Path | None = None,
+              path: str | Path | None = None, progress: bool = True) -> Path:
+    """Add head and exit rows at r = 0 to an existing server-role profile in place: what an edge box pays to
+    run an unpruned candidate's first blocks and its exit (search.latency's exit on the edge).  A measured profile's are timed here as its
+    rows were (its threads, repeats, warmup, min_ms); an emulated profile copies its source's, scaled by its
+    own slowdown over the source's (measure that one first).  Rows already there are replaced."""
+    from profiles.bundle import export_parts
+    from profiles.profile import emulated_source_path
+
+    path = Path(path or profile_path(device, model, input_size, root))
+    doc = read_json(path)
+    meta = doc["meta"]
+    if meta["role"] != "server":
+        raise ValueError(f"{path} is a {meta['role']} profile: exit rows are measured with its heads (profiles "
+                         "measure --role device); this adds them to a server-role (edge) profile")
+    if 0.0 not in [float(r) for r in meta["ratios"]]:
+        raise ValueError(f"{path} has no r = 0 in its grid: an edge's exit rows are at r = 0")
+    source = meta.get("emulates")
+    if source:
+        src_path = emulated_source_path(source, model, input_size, root)
+        src = read_json(src_path)
+        factor = float(meta["slowdown"]) / float(src["meta"]["slowdown"])
+        rows = [{**row, **{key: round(row[key] * factor, 4) for key in STAT_KEYS + ("warm_ms",) if key in row}}
+                for row in src["latency"] if row["part"] != "tail"]
+        if not rows:
+            raise ValueError(f"{src_path} has no exit rows: add them first (python -m profiles exits --device "
+                             f"{source} ...)")
+        how = {**(src["meta"].get("exits") or {}), "copied_from": f"{source!r} x {factor:g}"}
+    else:
+        threads, repeats, warmup = int(meta["threads"]), int(meta["repeats"]), int(meta["warmup"])
+        min_ms = float(meta.get("min_ms", DEFAULT_MIN_MS))
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="exits-") as tmp:
+            bundle = export_parts(model, input_size, tmp, "server", [0.0], int(meta["num_classes"]), progress,
+                                  standalone=False)
+            ids = [job[key] for job in bundle["jobs"] for key in ("head", "fused") if job.get(key)]
+            stats = runner.time_parts(tmp, ids, threads, repeats, warmup, min_ms, bundle=bundle)
+        rows = [row for row in runner.latency_rows(bundle, {**stats, **{j["tail"]: NOTHING for j in bundle["jobs"]
+                                                                          if j.get("tail")}})
+                if row["part"] != "tail"]
+        how = {"host": socket.gethostname(), "cpu": cpu_name(), "threads": threads, "repeats": repeats,
+               "warmup": warmup, "min_ms": min_ms, "versions": versions(),
+               "seconds": round(time.perf_counter() - start, 2),
+               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               "method": "profiles.profiler.add_exits: " + bundle["method"]}
+    doc["latency"] = [row for row in doc["latency"] if row["part"] == "tail"] + rows
+    meta["exits"] = how
+    Profile(doc, str(path))  # complete and valid before anything is written
+    return save_json(doc, path)
 
 
 def validate(device: Profile, server: Profile, repeats: int | None = None, warmup: int | None = None,

@@ -206,20 +206,19 @@ def latency_rows(bundle: dict[str, Any], stats: dict[str, dict]) -> list[dict]:
     rows = []
     for job in bundle["jobs"]:
         k, r = int(job["k"]), float(job["r"])
-        if bundle["role"] == "device":
-            head = stats[job["head"]] if job.get("head") else NOTHING
-            rows.append({"part": "head", "k": k, "r": r, **head})
-            if job.get("fused"):
-                rows.append({"part": "exit", "k": k, "r": r, **marginal(stats[job["fused"]], head)})
-        else:
+        head = stats[job["head"]] if job.get("head") else NOTHING
+        if bundle["role"] != "device":
             rows.append({"part": "tail", "k": k, "r": r, **(stats[job["tail"]] if job.get("tail") else NOTHING)})
+        if bundle["role"] == "device" or job.get("fused"):  # a server's at r = 0 only: what an edge box runs
+            rows.append({"part": "head", "k": k, "r": r, **head})
+        if job.get("fused"):
+            rows.append({"part": "exit", "k": k, "r": r, **marginal(stats[job["fused"]], head)})
     return rows
 
 
 def needed_parts(bundle: dict[str, Any]) -> list[str]:
     """Every part the bundle's jobs time, in job order."""
-    keys = ("head", "fused") if bundle["role"] == "device" else ("tail",)
-    return [job[key] for job in bundle["jobs"] for key in keys if job.get(key)]
+    return [job[key] for job in bundle["jobs"] for key in ("head", "fused", "tail") if job.get(key)]
 
 
 def current_quota() -> dict[str, Any] | None:

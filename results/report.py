@@ -232,7 +232,13 @@ def print_summary(result: dict, problem, out: Path) -> None:
         print(f"best: k={b['k']} r={b['r']:g} t={t} codec={b['codec']}, {b['bytes']:.0f} bytes per request sent")
         sent = 1 - b["exit_rate"]
         edge = ""
-        if b.get("k2") is not None:
+        if b.get("k1") is not None:  # the exit runs on the edge
+            K = problem.space.K
+            end = f"end device blocks 0..{b['k1'] - 1}" if b["k1"] > 0 else "end device sends the image"
+            print(f"  tiers: {end}, the edge runs blocks {b['k1']}..{b['k'] - 1} and the exit (answers "
+                  f"{b['exit_rate']:.3f}), sends the rest on as {b['codec']} ({b['edge_bytes']:.0f} bytes), the cloud "
+                  f"runs blocks {b['k']}..{K - 1}")
+        elif b.get("k2") is not None:
             K = problem.space.K
             where = ("the edge relays it" if b["k2"] == b["k"] else
                      f"the edge runs blocks {b['k']}..{b['k2'] - 1}" + (" and answers" if b["k2"] == K else
@@ -243,16 +249,25 @@ def print_summary(result: dict, problem, out: Path) -> None:
             edge = (f" + edge {b['edge_ms']:.3f} + edge runtime {b['edge_overhead_ms']:.3f} + edge-cloud transfer "
                     f"{b['edge_transfer_ms']:.3f}")
         idle = [f"{side} x{b[key]:.2f} after idling" for side, key in (("device and exit", "device_idle_factor"),
-                                                                     ("server", "server_idle_factor"))
+                                                                     ("server", "server_idle_factor"),
+                                                                     ("edge", "edge_idle_factor"))
                 if b.get(key, 1.0) > 1.0]
         if idle:
             print(f"  cold parts priced after the idle gap each side waits (the profiles' idle curves): {', '.join(idle)}")
         saving = b.get("warm_saving_ms", 0.0)
         warm = f" - {b['exit_rate']:.3f} after an on-device answer x warm {saving:.3f}" if saving else ""
-        print(f"  promised latency {b['latency_ms']:.3f} ms ({problem.objective}); mean = device {b['device_ms']:.3f}"
-              f" + exit {b['exit_ms']:.3f} + runtime {b['device_overhead_ms']:.3f}{warm} + {sent:.3f} sent x (encode "
-              f"{b['encode_ms']:.3f} + transfer {b['transfer_ms']:.3f} + link {b['link_overhead_ms']:.3f}{edge} + "
-              f"server {b['server_ms']:.3f} + server runtime {b['server_overhead_ms']:.3f}) = {b['expected_ms']:.3f} ms")
+        if b.get("k1") is not None:
+            print(f"  promised latency {b['latency_ms']:.3f} ms ({problem.objective}); mean = device {b['device_ms']:.3f}"
+                  f" + runtime {b['device_overhead_ms']:.3f} + encode {b['encode_ms']:.3f} + transfer "
+                  f"{b['transfer_ms']:.3f} + link {b['link_overhead_ms']:.3f} + edge {b['edge_ms']:.3f} + edge exit "
+                  f"{b['edge_exit_ms']:.3f} + edge runtime {b['edge_overhead_ms']:.3f} + {sent:.3f} sent on x "
+                  f"(edge-cloud transfer {b['edge_transfer_ms']:.3f} + link {b['cloud_link_overhead_ms']:.3f} + server "
+                  f"{b['server_ms']:.3f} + server runtime {b['server_overhead_ms']:.3f}) = {b['expected_ms']:.3f} ms")
+        else:
+            print(f"  promised latency {b['latency_ms']:.3f} ms ({problem.objective}); mean = device {b['device_ms']:.3f}"
+                  f" + exit {b['exit_ms']:.3f} + runtime {b['device_overhead_ms']:.3f}{warm} + {sent:.3f} sent x (encode "
+                  f"{b['encode_ms']:.3f} + transfer {b['transfer_ms']:.3f} + link {b['link_overhead_ms']:.3f}{edge} + "
+                  f"server {b['server_ms']:.3f} + server runtime {b['server_overhead_ms']:.3f}) = {b['expected_ms']:.3f} ms")
         acc_claim = (f"accuracy >= {pr['acc_bound']:.4f} with confidence {problem.confidence:g}" if problem.confidence
                      else f"accuracy {pr['acc_bound']:.4f} (point estimate)")
         print(f"  promised {acc_claim} (selection {pr['sel_acc']:.4f}, n = {pr['n_selection']}); exit rate "
@@ -297,7 +312,7 @@ def print_summary(result: dict, problem, out: Path) -> None:
             print(note)
     if result.get("baselines"):
         df = pd.DataFrame(result["baselines"])
-        cols = [c for c in ("method", "k", "r", "t", "codec", "k2", "latency_ms", "delivered_ms", "acc_bound", "test_acc",
+        cols = [c for c in ("method", "k", "r", "t", "codec", "k2", "k1", "latency_ms", "delivered_ms", "acc_bound", "test_acc",
                             "bytes", "feasible", "complete", "speedup_of_ours") if c in df]
         print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"outputs: {out}")

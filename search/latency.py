@@ -51,7 +51,7 @@ import pandas as pd
 
 from compress.codec import is_variable, split_via
 from profiles.network import Network
-from profiles.profile import Profile, check_pair, has_exit
+from profiles.profile import Profile, check_pair, has_exit, rkey
 
 OBJECTIVES = {"mean": None, "p95": 0.95, "p99": 0.99}
 OVERHEADS = ("device_overhead_ms", "encode_ms", "link_overhead_ms", "server_overhead_ms")
@@ -92,6 +92,18 @@ class Breakdown:
     edge_idle_factor: float = 1.0  # edge_ms is blocks [k, k2) on the edge x this, F_E at exit_rate
     edge_gap_ms: float = 0.0  # the edge's g0: from the end of its compute to the next sent request
     edge_idle_curve: tuple = ()  # the edge profile's idle curve; () without one (or when the edge only relays)
+    k1: int | None = None  # an exit on the edge: the end device runs [0, k1) and the edge [k1, k) with the exit
+    edge_exit_ms: float = 0.0  # with k1: the exit branch at k on the edge (every request)
+    cloud_link_overhead_ms: float = 0.0  # with k1: the edge-to-cloud link's framing (sent requests only)
+
+    @property
+    def always_ms(self) -> float:
+        """With an exit on the edge (k1), what every request pays beyond the device before the exit decides:
+        encoding, the first link, the edge's blocks, its exit and runtime; 0 otherwise."""
+        if self.k1 is None:
+            return 0.0
+        return (self.encode_ms + self.transfer_ms + self.link_overhead_ms + self.edge_ms + self.edge_exit_ms
+                + self.edge_overhead_ms)
 
     @property
     def exit_path_ms(self) -> float:
@@ -100,11 +112,14 @@ class Breakdown:
     def exit_path_at(self, exit_rates) -> np.ndarray:
         """The device's part of every request at these exit rates: a share p_exit of requests follow an
         on-device answer and run warm."""
-        return self.device_ms + self.exit_ms + self.device_overhead_ms - np.asarray(exit_rates, float) * self.warm_saving_ms
+        return (self.device_ms + self.exit_ms + self.device_overhead_ms + self.always_ms
+                - np.asarray(exit_rates, float) * self.warm_saving_ms)
 
     @property
     def sent_ms(self) -> float:
         """What a sent request adds to the exit path (the server priced at this breakdown's exit rate)."""
+        if self.k1 is not None:  # the exit decided on the edge: only the way on to the cloud is left
+            return self.edge_transfer_ms + self.cloud_link_overhead_ms + self.server_ms + self.server_overhead_ms
         return (self.encode_ms + self.transfer_ms + self.link_overhead_ms + self.edge_ms + self.edge_overhead_ms
                 + self.edge_transfer_ms + self.server_ms + self.server_overhead_ms)
 
@@ -167,12 +182,13 @@ class Breakdown:
         return {**asdict(self), "expected_ms": self.expected_ms}
 
 
-PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms") + OVERHEADS + ("edge_ms", "edge_overhead_ms",
-                                                                           "edge_transfer_ms", "warm_saving_ms")
+PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms") + OVERHEADS + (
+    "edge_ms", "edge_overhead_ms", "edge_transfer_ms", "warm_saving_ms", "edge_exit_ms", "cloud_link_overhead_ms")
 # what reprices a breakdown at another exit rate (with the server's and edge's curves)
 PRICING = ("exit_rate", "server_idle_factor", "server_gap_ms", "exit_gap_ms", "edge_idle_factor", "edge_gap_ms")
 CURVES = ("server_idle_curve", "edge_idle_curve")
-EDGE_PARTS = ("k2", "edge_ms", "edge_overhead_ms", "edge_transfer_ms", "edge_bytes")  # a 3-tier breakdown's own
+EDGE_PARTS = ("k2", "edge_ms", "edge_overhead_ms", "edge_transfer_ms", "edge_bytes", "k1", "edge_exit_ms",
+              "cloud_link_overhead_ms")  # a 3-tier breakdown's own
 TIERS = ("all", "relay", "edge")  # every k2; k2 = k only (end and cloud); k2 = K only (end and edge)
 
 
@@ -226,7 +242,9 @@ def breakdown_from(parts: dict) -> Breakdown:
     (files from before the server's idle curve) leave the server priced as stored."""
     defaults = {"exit_rate": 0.0, "server_idle_factor": 1.0, "server_gap_ms": 0.0, "exit_gap_ms": 0.0,
                 "edge_idle_factor": 1.0, "edge_gap_ms": 0.0}
+    k1 = parts.get("k1")
     return Breakdown(**{p: float(parts.get(p, 0.0)) for p in PARTS}, bytes=float(parts.get("bytes", 0.0)),
+                     k1=None if k1 is None else int(k1),
                      **{p: float(parts.get(p, defaults[p])) for p in PRICING},
                      **{c: tuple(tuple(map(float, knot)) for knot in parts.get(c, ())) for c in CURVES})
 
@@ -270,7 +288,12 @@ def predicted_per_sample(parts: dict, exited) -> dict[str, float]:
     mean_edge = float(np.where(exited, 0.0, edge).mean()) if exited.size else sent * b.edge_ms
     # the share of the device's part run back to back (after an on-device answer), which drifts on its own;
     # with nothing sent (k = K, the only split with no bytes) every request follows an on-device answer
-    device = float(path.mean()) if exited.size else b.exit_path_ms
+    device = (float(path.mean()) if exited.size else b.exit_path_ms) - b.always_ms
+    if b.k1 is not None:  # the device never answers itself: every request sends, cold
+        out.update(mean_device_exit_ms=device + b.encode_ms, mean_device_warm_ms=0.0,
+                   mean_transfer_ms=b.transfer_ms + b.link_overhead_ms, mean_server_ms=mean_server
+                   + sent * b.server_overhead_ms, mean_edge_ms=b.edge_ms + b.edge_exit_ms + b.edge_overhead_ms)
+        return out
     if b.bytes == 0:
         warm = device
     elif exited.size:
@@ -304,15 +327,28 @@ def _overheads(device: Profile, server: Profile, k: int, r: float, codec: str) -
     return out
 
 
+def edge_exit_cuts(device: Profile, edge: Edge | None, k: int, r: float, codec: str, with_exit: bool) -> list[int]:
+    """The first cuts k1 from which (k, r)'s exit may run on the edge (none where it may not).
+
+    Only an unpruned candidate's, with one codec (to the cloud) and an edge profile with exit rows: the end
+    device sends the exact tensor at k1 (raw image or fp32), so the edge computes the candidate's own exit
+    and every answer stays the evaluated one; a pruned head's blocks [k1, k) have no rows of their own."""
+    if (edge is None or edge.tiers != "all" or not with_exit or rkey(r) != 0.0 or not 0 < k < device.K
+            or split_via(codec)[1] is not None or not edge.profile.exit_at(k)):
+        return []
+    return list(range(k))
+
+
 def predict(device: Profile, server: Profile, network: Network, k: int, r: float, codec: str = "fp32",
             exit_rate: float | None = None, n_bytes: float | None = None, edge: Edge | None = None,
-            k2: int | None = None) -> Breakdown:
+            k2: int | None = None, k1: int | None = None) -> Breakdown:
     """Breakdown of the latency of (k, r) under `codec` with a measured exit rate.
 
     `n_bytes` gives the (mean) payload of a variable-size codec, measured per sample; fixed-size codecs
     take the profile's bytes table.  With an `edge`, the second cut is `k2`, else the one with the lowest
     mean latency at this exit rate once every part is priced (idle curves included) among those its tiers
-    allow; a two-link codec fixes it.
+    allow; a two-link codec fixes it.  `k1` places the exit on the edge (`edge_exit_cuts`): the end device
+    runs [0, k1), the edge [k1, k) and the exit, the cloud the rest (k2 = k).
     """
     check_pair(device, server)
     rate = _check_rate(exit_rate, k, device.K)
@@ -327,6 +363,11 @@ def predict(device: Profile, server: Profile, network: Network, k: int, r: float
         n_bytes = device.tensor_bytes(k, r, "fp32" if k == 0 and first == "raw" else first)
     if k == device.K:
         n_bytes = 0
+    if k1 is not None:
+        if k1 not in edge_exit_cuts(device, edge, k, r, codec, exit_rate is not None) or k2 not in (None, k):
+            raise ValueError(f"an exit at k={k} (r={r}, {codec}) cannot run on the edge from k1={k1}: that needs an "
+                             f"edge with exit rows, an unpruned candidate with an exit, one codec and 0 <= k1 < k")
+        return _edge_exit(device, server, network, edge, k, codec, rate, float(n_bytes), k1)
     exit_ms = device.ms("exit", k, r) if exit_rate is not None else 0.0
     head_ms = device.ms("head", k, r, warm=k == device.K)  # k = K: every request back to back
     frame = server.frame_bytes  # the request's header, serialised with the payload
@@ -344,6 +385,33 @@ def predict(device: Profile, server: Profile, network: Network, k: int, r: float
                key=lambda x: x.expected_ms)
 
 
+def _edge_exit(device: Profile, server: Profile, network: Network, edge: Edge, k: int, codec: str, rate: float,
+               n_bytes: float, k1: int) -> Breakdown:
+    """The unpruned candidate (k, 0) with its exit on the edge: every request pays the device's [0, k1), the
+    exact tensor up (the raw image at k1 = 0), the edge's [k1, k), its exit and runtime; the share not
+    answered there pays the way on to the cloud (n_bytes under `codec`) and the cloud's tail k."""
+    e = edge.profile
+    check_pair(device, e)
+    up_codec = "raw" if k1 == 0 else "fp32"
+    up = device.tensor_bytes(k1, 0.0, "fp32")  # the uint8 image at k1 = 0
+    dev, at_edge, at_cloud = device.overhead(k1, 0.0, up_codec), e.overhead(k1, 0.0, up_codec), server.overhead(k, 0.0, codec)
+    frame = server.frame_bytes
+    b = Breakdown(device_ms=device.ms("head", k1, 0.0), exit_ms=0.0, transfer_ms=network.transfer_ms(up + frame),
+                  server_ms=server.ms("tail", k, 0.0), bytes=float(up), exit_rate=rate, k=k, r=0.0, codec=codec,
+                  device_overhead_ms=dev["device_overhead_ms"], encode_ms=dev["encode_ms"],
+                  link_overhead_ms=at_edge["link_overhead_ms"], server_overhead_ms=at_cloud["server_overhead_ms"],
+                  k2=k, k1=k1, edge_ms=max(e.ms("head", k, 0.0) - e.ms("head", k1, 0.0), 0.0),
+                  edge_exit_ms=e.ms("exit", k, 0.0), edge_overhead_ms=at_edge["server_overhead_ms"],
+                  edge_transfer_ms=edge.network.transfer_ms(n_bytes + frame), edge_bytes=n_bytes,
+                  cloud_link_overhead_ms=at_cloud["link_overhead_ms"])
+    b = _after_idle(b, device, server, None)
+    # the edge computes every request: it waits from its reply to the next one (priced with every request
+    # sent on, the longest wait), a fixed factor at any exit rate
+    f = e.idle_factor(b.device_ms + b.device_overhead_ms + b.encode_ms + b.transfer_ms + b.link_overhead_ms
+                      + b.sent_ms)
+    return replace(b, edge_ms=b.edge_ms * f, edge_exit_ms=b.edge_exit_ms * f, edge_idle_factor=f)
+
+
 def _after_idle(b: Breakdown, device: Profile, server: Profile, warm_ms: float | None) -> Breakdown:
     """`b` with its cold parts priced after the idle gap each side really waits (Profile.idle_factor).
 
@@ -351,13 +419,14 @@ def _after_idle(b: Breakdown, device: Profile, server: Profile, warm_ms: float |
     next head; the server, from its reply to the next sent request: g0 (the device's path and the way up)
     plus the warm exit path of each exited request in between, priced at `b.exit_rate` (F_C).  `warm_ms`
     (head + exit back to back, with an exit) gives the saving of a request after an on-device answer."""
-    f_dev = device.idle_factor(b.sent_ms - b.encode_ms)
+    f_dev = device.idle_factor(b.always_ms + b.sent_ms - b.encode_ms)
     cold = (b.device_ms + b.exit_ms) * f_dev
-    gap = cold + b.device_overhead_ms + b.sent_ms - b.server_ms - b.server_overhead_ms
+    gap = cold + b.device_overhead_ms + b.always_ms + b.sent_ms - b.server_ms - b.server_overhead_ms
     f_srv = server.idle_factor(gap)
     edge_gap = cold + b.device_overhead_ms + b.sent_ms - b.edge_ms - b.edge_overhead_ms  # F_E: with_exit_rate
     saving = max(cold - warm_ms, 0.0) if warm_ms is not None else 0.0
-    step = cold + b.device_overhead_ms - saving if warm_ms is not None else 0.0  # an exited request, warm
+    exits = warm_ms is not None or b.k1 is not None
+    step = cold + b.device_overhead_ms + b.always_ms - saving if exits else 0.0  # an exited request (warm)
     out = replace(b, device_ms=b.device_ms * f_dev, exit_ms=b.exit_ms * f_dev, server_ms=b.server_ms * f_srv,
                   warm_saving_ms=saving, device_idle_factor=f_dev, server_idle_factor=f_srv, server_gap_ms=gap,
                   exit_gap_ms=step, server_idle_curve=server.idle_curve(),
@@ -409,7 +478,12 @@ def lower_bound_ms(device: Profile, server: Profile, network: Network, k: int, r
         return none.expected_ms
     # never below the line through p = 0 and p = 1 (F_C grows with p): its least is all warm or without an exit
     all_warm = none.device_overhead_ms + device.ms("head", k, r, warm=True) + device.ms("exit", k, r, warm=True)
-    return min(all_warm, none.expected_ms)
+    # an exit on the edge answering every request: its rows before any idle factor (each factor is >= 1)
+    at_edge = [b.device_ms / b.device_idle_factor + b.device_overhead_ms + b.always_ms - b.edge_ms - b.edge_exit_ms
+               + (b.edge_ms + b.edge_exit_ms) / b.edge_idle_factor
+               for b in (predict(device, server, network, k, r, codec, 1.0, 0 if is_variable(codec) else None, edge,
+                                 k1=k1) for k1 in edge_exit_cuts(device, edge, k, r, codec, True))]
+    return min([all_warm, none.expected_ms, *at_edge])
 
 
 def predict_all(device: Profile, server: Profile, network: Network, codec: str = "fp32") -> pd.DataFrame:

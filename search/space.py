@@ -11,7 +11,8 @@ from compress.candidate import Evaluation, exit_allowed
 from compress.codec import FEATURE_CODECS, INPUT_CODECS, is_variable, split_via, via
 from profiles import Network, Profile
 from search import bounds
-from search.latency import EDGE_PARTS, OVERHEADS, Breakdown, Edge, check_objective, lower_bound_ms, predict
+from search.latency import (EDGE_PARTS, OVERHEADS, Breakdown, Edge, check_objective, edge_exit_cuts, lower_bound_ms,
+                            predict)
 
 T_RANGE = (0.1, 1.0)  # max softmax over >= 2 classes is above 1/classes; 1.0 answers only certain samples
 
@@ -277,30 +278,37 @@ def _bytes(problem: Problem, config: Config, ev: Evaluation) -> tuple[float | No
     return mean, net.transfer_ms_many(sizes) - net.transfer_ms(mean)
 
 
-def second_cuts(problem: Problem, config: Config) -> list[int | None]:
-    """The second cuts `config` may use (None: the latency model's choice, as without an edge)."""
+def placements(problem: Problem, config: Config) -> list[tuple[int | None, int | None]]:
+    """The ways (k2, k1) `config` may be served: each second cut it may use (None: the latency model's
+    choice, as without an edge), then each first cut from which its exit may run on the edge (k2 = k).
+    None of them changes an answer, so the objective picks among them (search.latency)."""
     if problem.edge is None or config.k == problem.space.K or split_via(config.codec)[1] is not None:
-        return [None]
-    return list(problem.edge.second_cuts(config.k, problem.space.K))
+        ways: list[tuple[int | None, int | None]] = [(None, None)]
+    else:
+        ways = [(k2, None) for k2 in problem.edge.second_cuts(config.k, problem.space.K)]
+    return ways + [(config.k, k1) for k1 in edge_exit_cuts(problem.device, problem.edge, config.k, config.r,
+                                                           config.codec, config.t is not None)]
 
 
-def breakdown_for(problem: Problem, config: Config, ev: Evaluation,
-                  k2: int | None = None) -> tuple[Breakdown, np.ndarray | None]:
-    """`config`'s latency breakdown (exit rate 0; second cut `k2`, else the model's choice) with the bytes
-    measured on `ev`, and the per-sample transfer deviations a quantile objective needs."""
+def breakdown_for(problem: Problem, config: Config, ev: Evaluation, k2: int | None = None,
+                  k1: int | None = None) -> tuple[Breakdown, np.ndarray | None]:
+    """`config`'s latency breakdown (exit rate 0; second cut `k2`, else the model's choice; its exit on the
+    edge from `k1`) with the bytes measured on `ev`, and the per-sample transfer deviations a quantile
+    objective needs."""
     n_bytes, extra = _bytes(problem, config, ev)
     b = predict(problem.device, problem.server, problem.network, config.k, config.r, config.codec,
-                exit_rate=0.0 if config.t is not None else None, n_bytes=n_bytes, edge=problem.edge, k2=k2)
+                exit_rate=0.0 if config.t is not None else None, n_bytes=n_bytes, edge=problem.edge, k2=k2, k1=k1)
     if extra is not None and b.k2 == config.k:  # relayed: the variable-size payload crosses both links
         sizes = ev.sample_bytes(config.codec)
         net = problem.edge.network
-        extra = extra + net.transfer_ms_many(sizes) - net.transfer_ms(float(sizes.mean()))
+        second = net.transfer_ms_many(sizes) - net.transfer_ms(float(sizes.mean()))
+        extra = second if b.k1 is not None else extra + second  # an exit on the edge: the second link only
     return b, extra
 
 
 def breakdowns(problem: Problem, config: Config, ev: Evaluation) -> list[tuple[Breakdown, np.ndarray | None]]:
-    """`breakdown_for` at each second cut `config` may use (one entry without an edge)."""
-    return [breakdown_for(problem, config, ev, k2) for k2 in second_cuts(problem, config)]
+    """`breakdown_for` in each way `config` may be served (one without an edge)."""
+    return [breakdown_for(problem, config, ev, k2, k1) for k2, k1 in placements(problem, config)]
 
 
 def promised_rates(problem: Problem, point_rates, n: int) -> np.ndarray:
@@ -341,7 +349,7 @@ def score(problem: Problem, config: Config, evaluations: dict[str, Evaluation]) 
         if passed:
             acc_bound = float(lb[passed - 1])
     test_rate = float(test.exit_rate([config.t])[0])
-    tb, textra = breakdown_for(problem, config, test, b.k2)  # delivery of the same deployment
+    tb, textra = breakdown_for(problem, config, test, b.k2, b.k1)  # delivery of the same deployment
     return Score(config, b, problem.objective, float(b.objective_at(problem.objective, [promised], extra)[0]),
                  acc, acc_bound, rate, float(test.accuracy([config.t], config.codec, problem.metric)[0]), test_rate,
                  float(tb.objective_at(problem.objective, [test_rate], textra)[0]))

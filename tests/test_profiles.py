@@ -78,8 +78,16 @@ def test_device_table_is_complete(dev):
 
 def test_server_table_is_complete(srv):
     lat = srv.latency
-    assert set(lat.part) == {"tail"} and srv.threads == 2
-    assert sorted(zip(lat.k, lat.r)) == [(k, r) for k in range(K + 1) for r in RATIOS]
+    assert set(lat.part) == {"tail", "head", "exit"} and srv.threads == 2
+    tails = lat[lat.part == "tail"]
+    assert sorted(zip(tails.k, tails.r)) == [(k, r) for k in range(K + 1) for r in RATIOS]
+    # head and exit rows (what an edge box pays to run an exit) at r = 0 only, where a split has an exit
+    for part in ("head", "exit"):
+        rows = lat[lat.part == part]
+        assert sorted(zip(rows.k, rows.r)) == [(k, 0.0) for k in range(1, K)] and srv.exit_at(1)
+        with pytest.raises(ValueError, match="r = 0 only"):
+            srv.ms(part, 1, 0.5)
+    assert srv.ms("head", 0, 0.0) == 0.0 and all(srv.ms("head", k, 0.0) > 0 for k in range(1, K))
     assert srv.ms("tail", K, 0.5) == 0.0
     assert all(srv.ms("tail", k, r) > 0 for k in range(K) for r in RATIOS)
     # at k = 0 nothing is pruned: the same tail serves every ratio
@@ -183,8 +191,8 @@ def test_lookups_reject_what_was_not_profiled(dev, srv):
         dev.ms("head", 7, 0.0)
     with pytest.raises(ValueError, match="device profile: it has no tail times"):
         dev.ms("tail", 2, 0.0)
-    with pytest.raises(ValueError, match="server profile: it has no head times"):
-        srv.ms("head", 2, 0.0)
+    with pytest.raises(ValueError, match="server profile .* head rows at r = 0 only"):
+        srv.ms("head", 2, 0.5)  # an edge box times the heads of unpruned candidates only
     with pytest.raises(ValueError, match="unknown codec 'bf16'"):
         dev.tensor_bytes(2, 0.0, "bf16")
     assert dev.ms("head", 2, 0.5000000001) == dev.ms("head", 2, 0.5)  # ratios compare rounded

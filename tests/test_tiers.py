@@ -420,3 +420,119 @@ def test_edge_exit_bound_on_the_measured_landscape():
                      np.where(e2, mid["exit_pred"] == sel["label"], final_ok))
     assert oracle.wilson(float(right.mean()), len(right), 1 - 0.05 / M) >= A0
     assert best["edge_exit_share"] == pytest.approx(e2.sum() / (~e1).sum())
+
+
+def _edge_exit_scene():
+    """The K = 3 scene of `_scene` with a slow end device (40 ms per block at r = 0, 20 at r = 0.5; its exit
+    0.5 ms) and head and exit rows on the edge at r = 0 (its 1 ms per block; the exit 0.3 ms at k = 1, 0.4 ms
+    at k = 2)."""
+    d, s, e = _scene()
+    dev, edge = copy.deepcopy(d.doc), copy.deepcopy(e.doc)
+    for row in dev["latency"]:
+        row["mean_ms"] = row["median_ms"] = 20 * row["mean_ms"]
+    dev["latency"] += [{"part": "exit", "k": k, "r": r, "mean_ms": 0.5, "median_ms": 0.5, "p10_ms": 0, "p90_ms": 0,
+                        "n": 1} for k in (1, 2) for r in (0.0, 0.5)]
+    edge["latency"] += [{"part": part, "k": k, "r": 0.0, "mean_ms": m, "median_ms": m, "p10_ms": 0, "p90_ms": 0,
+                         "n": 1} for part, k, m in (("exit", 1, 0.3), ("exit", 2, 0.4), ("head", 1, 1.0), ("head", 2, 2.0))]
+    return Profile(dev, "d"), s, Profile(edge, "e")
+
+
+def test_an_exit_placed_on_the_edge_is_priced_by_hand():
+    """k = 2, r = 0 with an exit answering 90%; end-edge 1 Mbit/s rtt 5 ms, edge-cloud 1 Mbit/s rtt 0.1 ms.
+    From k1 = 0 every request pays the image up, 5 + 8 * 3072 / 1000 = 29.576, the edge's blocks [0, 2),
+    3 - 1 = 2, and its exit 0.4: 31.976; the 10% not answered there go on, 0.1 + 8 * 64 / 1000 = 0.612,
+    and the cloud's tail(2) 0.1: 31.976 + 0.1 * 0.712.  From k1 = 1: the device's block 40, its tensor up
+    5 + 8 * 4096 / 1000 = 37.768, the edge's [1, 2) 1 and the exit: 79.168 + 0.1 * 0.712.  On the device
+    the exit costs 80 + 0.5 first.  Only an unpruned candidate with an exit, one codec and an edge with exit
+    rows under every tier may place it so."""
+    from search.latency import edge_exit_cuts, lower_bound_ms
+
+    d, s, e = _edge_exit_scene()
+    link, edge = Network(1.0, 5.0), Edge(e, Network(1.0, 0.1))
+    b = predict(d, s, link, 2, 0.0, "fp32", exit_rate=0.9, edge=edge, k1=0)
+    assert (b.k1, b.k2, b.device_ms, b.exit_ms, b.bytes, b.edge_bytes) == (0, 2, 0.0, 0.0, 3072, 64)
+    assert b.always_ms == pytest.approx(31.976) and b.sent_ms == pytest.approx(0.712)
+    assert b.expected_ms == pytest.approx(31.976 + 0.1 * 0.712)
+    assert b.expected_at([0.0, 1.0]) == pytest.approx([31.976 + 0.712, 31.976])
+    one = predict(d, s, link, 2, 0.0, "fp32", exit_rate=0.9, edge=edge, k1=1)
+    assert one.expected_ms == pytest.approx(79.168 + 0.1 * 0.712) and one.device_ms == 40
+    assert predict(d, s, link, 2, 0.0, "fp32", exit_rate=0.9, edge=edge).expected_ms > 80.5
+    # the bound of (2, 0) is the edge answering everything from k1 = 0, below any placement's price
+    assert lower_bound_ms(d, s, link, 2, 0.0, "fp32", edge) == pytest.approx(31.976)
+    assert edge_exit_cuts(d, edge, 2, 0.0, "fp32", True) == [0, 1]
+    for args in ((edge, 2, 0.5, "fp32", True), (edge, 2, 0.0, "fp32", False), (edge.only("relay"), 2, 0.0, "fp32", True),
+                 (edge, 1, 0.0, "int8>2:int8", True), (None, 2, 0.0, "fp32", True), (Edge(s, Network(1.0, 0.1)), 2, 0.0,
+                                                                                   "fp32", True)):
+        assert edge_exit_cuts(d, *args) == []
+    with pytest.raises(ValueError, match="cannot run on the edge from k1=2"):
+        predict(d, s, link, 2, 0.0, "fp32", exit_rate=0.9, edge=edge, k1=2)
+    with pytest.raises(ValueError, match="cannot run on the edge from k1=0"):
+        predict(d, s, link, 2, 0.5, "fp32", exit_rate=0.9, edge=edge, k1=0)
+
+
+def test_the_search_places_the_exit_on_the_edge_where_it_pays_with_its_own_answers():
+    """The scene above: (2, 0) with an exit sure of 90% of samples (and right on those only); the best
+    setting puts its exit on the edge from k1 = 0 (31.976 + 0.1 * 0.712 ms by hand), and the promise keeps
+    the candidate's own accuracy and exit rate.  A pruned (2, 0.5) cannot place its exit there."""
+    from search.space import best_setting, placements
+
+    d, s, e = _edge_exit_scene()
+    problem = Problem(d, s, Network(1.0, 5.0), A0=0.95, confidence=0.0, edge=Edge(e, Network(1.0, 0.1)))
+    n, label = 1000, np.zeros(1000, dtype=np.int64)
+    confident = np.arange(n) < 900
+    exit_pred = np.where(confident, 0, 1)  # the exit is wrong where it is unsure: t = 0.9 it must be
+    from compress.candidate import Evaluation
+
+    ev = Evaluation(label, np.where(confident, 0.9, 0.2), exit_pred, exit_pred == label, {"fp32": label.copy()},
+                    {"fp32": label == label})
+    evals = {"selection": ev, "test": ev}
+    best = best_setting(problem, 2, 0.0, evals)
+    assert best.breakdown.k1 == 0 and best.config.t == pytest.approx(0.9)
+    assert best.latency_ms == pytest.approx(31.976 + 0.1 * 0.712) and best.sel_exit_rate == pytest.approx(0.9)
+    assert best.as_dict()["k1"] == 0 and best.as_dict()["edge_exit_ms"] == pytest.approx(0.4)
+    config = best.config
+    assert placements(problem, config)[-2:] == [(2, 0), (2, 1)]
+    assert all(k1 is None for _, k1 in placements(problem, replace(config, r=0.5)))
+    pruned = best_setting(problem, 2, 0.5, evals)
+    assert pruned.breakdown.k1 is None
+
+
+@pytest.mark.parametrize("up, on, codecs", [
+    (100.0, 10.0, ("fp32",)),
+    pytest.param(100.0, 100.0, ("fp32", "int8", "int8-zlib"), marks=pytest.mark.slow),  # 30 s
+    pytest.param(20.0, 1.0, ("fp32", "int8"), marks=pytest.mark.slow)])
+def test_product_and_oracle_agree_with_an_exit_on_the_edge(up, on, codecs):
+    """The measured resnet18 fashion landscape (real exits) on the shipped emulated-50x, server and
+    emulated-edge-4x profiles, whose head and exit rows at r = 0 let the edge run an unpruned candidate's
+    exit: the product's exhaustive 3-tier answer and the independent oracle's agree, with the exit placed
+    on the edge where it pays (the first scene, by about 10% against the best answer without it)."""
+    from bench import oracle
+    from bench.landscapes import load_doc, measured, regrid
+    from bench.search_efficiency import families, problem_for
+
+    from compress import measurements
+
+    csv = Path(__file__).resolve().parent.parent / "docs/benchmarks/landscapes/resnet18-fashion-3r/measurements.csv"
+    land = measured(csv, "resnet18", "emulated-50x")
+    rows = measurements.load(csv, land.K, land.ratios, need_n=True)
+    land.codecs = {k: ["raw"] if k == 0 else list(codecs) if k < land.K else ["fp32"] for k in range(land.K + 1)}
+    edge_doc = regrid(load_doc("emulated-edge-4x", "resnet18", 32), land.ratios, keep_exits=True)
+    sel = land.arrays[(0, 0.0)]["selection"]
+    A0 = round(float(np.mean(sel["final"]["raw"] == sel["label"])) - 0.025, 4)
+    problem = problem_for(land, A0, up)
+    problem.edge = Edge(Profile(edge_doc, "edge"), Network(on, 10.0))
+    joint = next(m for m in methods(problem) if m.name == "joint optimum (exhaustive)")
+    ours, complete = best_of(problem, MeasuredPool(rows, None), joint)
+    ref = oracle.optimum(land.device, land.server, land.arrays, A0, up, 5.0, families=families(land),
+                         codecs=land.codecs, edge=edge_doc, edge_bandwidth=on, edge_rtt=10.0)
+    assert complete and ref is not None and ours.feasible(problem)
+    assert ours.latency_ms == pytest.approx(ref["latency_ms"], rel=1e-6)
+    assert (ours.config.k, ours.config.r, ours.config.codec) == (ref["k"], ref["r"], ref["codec"])
+    if (up, on) == (100.0, 10.0):
+        assert ours.breakdown.k1 == 0
+        without = Problem(problem.device, problem.server, problem.network, A0=A0, families=problem.families,
+                          edge=Edge(Profile(regrid(load_doc("emulated-edge-4x", "resnet18", 32), land.ratios), "e"),
+                                    Network(on, 10.0)))
+        without.space = problem.space
+        other, _ = best_of(without, MeasuredPool(rows, None), joint)
+        assert other.breakdown.k1 is None and ours.latency_ms < 0.95 * other.latency_ms
