@@ -194,7 +194,16 @@ def evaluated_answers(candidate, threshold: float | None, codec: str,
     return exited, answer, test.label[:n]
 
 
+def exit_decisions(df: pd.DataFrame) -> np.ndarray:
+    """Per deployed sample: answered by the candidate's exit under its threshold, on the end device or on
+    the edge (an exit placed there, runtime.tiers' k1); a fallback to an exit is no exit decision."""
+    decided = df.exited.to_numpy(dtype=bool)
+    if "edge_exited" in df:  # rows from before the edge's exit lack it
+        decided = decided | df.edge_exited.to_numpy(dtype=bool)
+    return decided
+
+
 def agreement(df: pd.DataFrame, exited: np.ndarray, answer: np.ndarray) -> float:
-    """The share of deployed samples whose exit decision and answer are the evaluation's."""
-    same = (df.exited.to_numpy() == exited[:len(df)]) & (df.pred.to_numpy() == answer[:len(df)])
+    """The share of deployed samples whose exit decision (exit_decisions) and answer are the evaluation's."""
+    same = (exit_decisions(df) == exited[:len(df)]) & (df.pred.to_numpy() == answer[:len(df)])
     return float(same.mean()) if len(df) else float("nan")

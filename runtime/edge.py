@@ -17,6 +17,12 @@ Per test sample, one row (all times in ms, measured with perf_counter):
   T_N(b) = rtt + 8 b / bandwidth plus the real loopback cost.
 - server_ms: the server's own time for the request (decode, queue, tail inference), from the reply.
 - total_ms: wall time of the whole sample, about the sum of the parts.
+- edge_ms, edge_transfer_ms, cloud_ms: through an edge server (runtime.relay), its reply's split of
+  server_ms (its own ms, edge-to-cloud, cloud; 0 otherwise).
+- edge_exited: the edge server answered with an exit placed on it (runtime.tiers' k1), by the exit's
+  threshold, without asking the cloud; edge_fallback: it answered with that exit because the cloud
+  failed.  Both come from the reply's flags (runtime.protocol), never from timings; `exited` stays the
+  device's own exit.
 - steal_ms: CPU time the hypervisor gave to other guests since the previous reading, summed over this
   machine's CPUs (/proc/stat, 10 ms ticks; NaN where the kernel does not count it), read after a sample
   slower than STALL_MIN_MS and otherwise at most once a second (0 in between): what tells a stalled sample
@@ -62,7 +68,8 @@ COLUMNS = ["index", "device_ms", "exit_ms", "transfer_ms", "server_ms", "total_m
            "direct", "bytes_sent", "pred", "label", "correct", "attempts", "error"]
 # through an edge server (runtime.relay), its reply splits server_ms: its own ms, edge-to-cloud, cloud (else 0)
 TIER_COLUMNS = ["edge_ms", "edge_transfer_ms", "cloud_ms"]
-COLUMNS += TIER_COLUMNS + ["head_ms", "steal_ms"]
+EDGE_EXIT_COLUMNS = ["edge_exited", "edge_fallback"]  # the reply's flags: the edge's exit answered (see the doc)
+COLUMNS += TIER_COLUMNS + EDGE_EXIT_COLUMNS + ["head_ms", "steal_ms"]
 _TICK_MS = 1e3 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
 # a sample this much slower than the median (and by at least STALL_MIN_MS) stalled: the machine, not the model
 STALL_FACTOR, STALL_MIN_MS = 20.0, 100.0
@@ -82,7 +89,9 @@ def stolen_ms(stat: str | None = None) -> float:
         return math.nan
 
 
-def _softmax_max(logits: np.ndarray) -> float:
+def exit_confidence(logits: np.ndarray) -> float:
+    """The max softmax of one sample's exit logits: the exit answers when it is >= t.  One function for
+    the end device and an edge server with an exit (runtime.relay), so both decide alike."""
     z = logits - logits.max()
     p = np.exp(z)
     return float(p.max() / p.sum())
@@ -236,7 +245,8 @@ class Device:
         row: dict[str, Any] = {"index": index, "exit_ms": 0.0, "transfer_ms": 0.0, "server_ms": 0.0,
                                "exited": False, "fallback": False, "direct": False, "bytes_sent": 0, "label": label,
                                "attempts": 0, "head_ms": 0.0,
-                               "error": "", **dict.fromkeys(TIER_COLUMNS, 0.0)}
+                               "error": "", **dict.fromkeys(TIER_COLUMNS, 0.0),
+                               **dict.fromkeys(EDGE_EXIT_COLUMNS, False)}
         exit_pred = -1
         x: np.ndarray = image
         if self.head is not None:
@@ -252,7 +262,7 @@ class Device:
             if self.use_exit:
                 exit_logits, x = outs
                 exit_pred = int(exit_logits[0].argmax())
-                if _softmax_max(exit_logits[0]) >= self.t:
+                if exit_confidence(exit_logits[0]) >= self.t:
                     row["exited"] = True
                     return self._device_only(row, start, exit_pred)
             else:
@@ -276,6 +286,8 @@ class Device:
                        bytes_sent=len(tensor.payload), pred=int(reply.classes[0]))  # payload, as bytes(k, r) counts
             if reply.tiers is not None:
                 row.update(zip(TIER_COLUMNS, reply.tiers))
+            row.update(edge_exited=bool(reply.flags & wire.EDGE_EXIT),  # the flags say it, not the timings
+                       edge_fallback=bool(reply.flags & wire.EXIT_FALLBACK))
         return _close(row, start)
 
     def _device_only(self, row: dict[str, Any], start: float, pred: int) -> dict[str, Any]:
@@ -339,8 +351,8 @@ def summarize(df: "pd.DataFrame | Iterable[Mapping[str, Any]]", attrs: Mapping[s
     def col(name: str) -> np.ndarray:
         return np.array([row[name] for row in rows], dtype=float)
 
-    def optional(name: str) -> np.ndarray:  # a column older rows may lack: NaN there
-        return np.array([row.get(name, math.nan) for row in rows], dtype=float)
+    def optional(name: str, missing: float = math.nan) -> np.ndarray:  # a column older rows may lack
+        return np.array([row.get(name, missing) for row in rows], dtype=float)
 
     def mean(values: np.ndarray) -> float:
         return float(values.mean()) if len(values) else float("nan")
@@ -351,7 +363,9 @@ def summarize(df: "pd.DataFrame | Iterable[Mapping[str, Any]]", attrs: Mapping[s
         "mean_ms": mean(total),
         "p50_ms": float(np.percentile(total, 50)) if n else float("nan"),
         "p95_ms": float(np.percentile(total, 95)) if n else float("nan"),
-        "exit_rate": mean(col("exited")),
+        "exit_rate": mean(col("exited")),  # the device's own exit
+        "edge_exit_rate": mean(optional("edge_exited", 0.0)),  # an exit placed on the edge (by its threshold)
+        "edge_fallback_rate": mean(optional("edge_fallback", 0.0)),  # that exit, answering for a failed cloud
         "fallback_rate": mean(col("fallback")),
         "direct_rate": mean(col("direct")) if all("direct" in row for row in rows) else 0.0,
         "failed": int((col("pred") < 0).sum()),
@@ -394,7 +408,9 @@ def format_summary(s: dict[str, Any]) -> str:
              f"  mean parts: device {s['device_ms']:.2f}  exit {s['exit_ms']:.2f}  transfer {s['transfer_ms']:.2f}"
              f"  server {s['server_ms']:.2f}",
              f"exit rate {s['exit_rate']:.3f}  fallback rate {s['fallback_rate']:.3f}"
-             + (f"  direct rate {s['direct_rate']:.3f}" if s.get("direct_rate") else "") + f"  failed {s['failed']}"
+             + (f"  direct rate {s['direct_rate']:.3f}" if s.get("direct_rate") else "")
+             + (f"  edge exit rate {s['edge_exit_rate']:.3f} (edge fallbacks {s['edge_fallback_rate']:.3f})"
+                if s.get("edge_exit_rate") or s.get("edge_fallback_rate") else "") + f"  failed {s['failed']}"
              f"  accuracy {s['accuracy']:.4f}",
              f"bytes per request {s['bytes_per_request']:.0f}  (per sample {s['bytes_per_sample']:.0f})"]
     if s.get("bandwidth_measured"):

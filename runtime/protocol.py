@@ -48,7 +48,12 @@ Payloads by message type:
 - REPLY: dtype FP32, shape (n, classes); payload = float64 server compute ms, n int64 classes,
   then the float32 logits.  An edge server (runtime.relay) appends a 28-byte trailer: b"TIER" and three
   float64, its own ms, the edge-to-cloud transfer ms and the cloud's ms (which sum to the server ms).
-  A cloud server never sends it, so a two-tier reply is unchanged.
+  A cloud server never sends it, so a two-tier reply is unchanged.  When the edge's own exit gave
+  answers (an exit placed on the edge), the trailer is b"TIEF", the same three float64 and one uint8 of
+  flags (29 bytes): EDGE_EXIT (1), the exit answered by its threshold and the cloud was not asked;
+  EXIT_FALLBACK (2), the exit answered because the cloud failed.  For a request of n > 1 samples a flag
+  says that some of its answers came so.  Flags 0 are sent as a b"TIER" trailer, so a reply without
+  them stays readable by a reader of the 28-byte trailer only; a reader keeps bits it does not know.
 - ERROR: a utf-8 message.  HELLO, AUTH, AUTH_OK: as above.  PING/PONG: empty.
   SINK: any bytes (for measuring the uplink); the server answers SINK_ACK once it has read them.
 
@@ -85,6 +90,11 @@ MAX_ERROR_CHARS = 1000
 _REPLY_PREFIX = struct.Struct("<d")
 _TIERS = struct.Struct("<4sddd")  # an edge's REPLY trailer: magic, edge ms, edge-to-cloud ms, cloud ms
 TIERS_MAGIC = b"TIER"
+_FLAGGED_TIERS = struct.Struct("<4sdddB")  # the same and a flags byte: how the edge answered
+FLAGGED_TIERS_MAGIC = b"TIEF"
+EDGE_EXIT = 1  # answered by the edge's exit (confidence >= t): the cloud was not asked
+EXIT_FALLBACK = 2  # answered by the edge's exit because the cloud failed
+MAX_FLAGS = 0xFF
 
 
 class MsgType(enum.IntEnum):
@@ -160,6 +170,7 @@ class Reply:
     classes: np.ndarray  # (n,) int64
     server_ms: float
     tiers: tuple[float, float, float] | None = None  # from an edge server: (edge, edge-to-cloud, cloud) ms
+    flags: int = 0  # from an edge server: EDGE_EXIT, EXIT_FALLBACK (0 for a reply without them)
 
 
 def payload_limits(dtype: DType, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -346,16 +357,35 @@ def tensor(frame: Frame) -> np.ndarray:
 
 
 def reply(request_id: int, logits: np.ndarray, server_ms: float,
-          tiers: tuple[float, float, float] | None = None) -> bytes:
-    """A REPLY frame; `tiers` (an edge server's own, edge-to-cloud and cloud ms) adds the trailer."""
+          tiers: tuple[float, float, float] | None = None, flags: int = 0) -> bytes:
+    """A REPLY frame; `tiers` (an edge server's own, edge-to-cloud and cloud ms) adds the trailer, and
+    non-zero `flags` (EDGE_EXIT, EXIT_FALLBACK) make it the flagged one."""
     logits = np.ascontiguousarray(logits, dtype="<f4")
     if logits.ndim != 2:
         raise ValueError(f"logits must be (n, classes), got shape {logits.shape}")
+    if not (isinstance(flags, int) and 0 <= flags <= MAX_FLAGS):
+        raise ValueError(f"reply flags must be an integer in 0..{MAX_FLAGS}, got {flags!r}")
+    if flags and tiers is None:
+        raise ValueError("reply flags travel in the tier trailer: give the tiers too")
     classes = logits.argmax(axis=1).astype("<i8")
     payload = _REPLY_PREFIX.pack(float(server_ms)) + classes.tobytes() + logits.tobytes()
-    if tiers is not None:
+    if tiers is not None and flags:
+        payload += _FLAGGED_TIERS.pack(FLAGGED_TIERS_MAGIC, *(float(t) for t in tiers), flags)
+    elif tiers is not None:
         payload += _TIERS.pack(TIERS_MAGIC, *(float(t) for t in tiers))
     return pack(MsgType.REPLY, request_id, payload, DType.FP32, logits.shape)
+
+
+def _trailer(rest: bytes) -> tuple[tuple[float, float, float] | None, int] | None:
+    """(tiers, flags) of a REPLY's bytes after its logits; None if they are no trailer this side knows."""
+    if not rest:
+        return None, 0
+    for layout, magic in ((_TIERS, TIERS_MAGIC), (_FLAGGED_TIERS, FLAGGED_TIERS_MAGIC)):
+        if len(rest) == layout.size and rest[:len(magic)] == magic:
+            _, *times = layout.unpack(rest)
+            flags = times.pop() if layout is _FLAGGED_TIERS else 0
+            return tuple(float(t) for t in times), int(flags)  # type: ignore[return-value]
+    return None
 
 
 def parse_reply(frame: Frame) -> Reply:
@@ -366,16 +396,15 @@ def parse_reply(frame: Frame) -> Reply:
                             f"{frame.dtype.name} {frame.shape}", frame.request_id)
     n, c = frame.shape
     size = _REPLY_PREFIX.size + 8 * n + 4 * n * c
-    tiers = None
-    if len(frame.payload) == size + _TIERS.size and frame.payload[size:size + len(TIERS_MAGIC)] == TIERS_MAGIC:
-        tiers = tuple(float(t) for t in _TIERS.unpack_from(frame.payload, size)[1:])
-    elif len(frame.payload) != size:
+    trailer = _trailer(frame.payload[size:]) if len(frame.payload) >= size else None
+    if trailer is None:
         raise ProtocolError(f"REPLY payload of {len(frame.payload)} bytes does not fit shape {frame.shape}",
                             frame.request_id)
+    tiers, flags = trailer
     (server_ms,) = _REPLY_PREFIX.unpack_from(frame.payload)
     classes = np.frombuffer(frame.payload, dtype="<i8", count=n, offset=_REPLY_PREFIX.size).astype(np.int64)
     logits = np.frombuffer(frame.payload, dtype="<f4", count=n * c, offset=_REPLY_PREFIX.size + 8 * n).reshape(n, c)
-    return Reply(frame.request_id, logits.astype(np.float32), classes, float(server_ms), tiers)  # type: ignore[arg-type]
+    return Reply(frame.request_id, logits.astype(np.float32), classes, float(server_ms), tiers, flags)
 
 
 def error(request_id: int, message: str) -> bytes:

@@ -12,19 +12,28 @@ device) whose part is the edge's, written by runtime.tiers.export_tiers into DIR
   it came, so both links carry the bytes the latency model priced (bytes(k, r) under the end's codec);
 - k < k2 < K: runs edge.onnx (blocks [k, k2) of the pruned candidate) and forwards the tensor at k2 under
   the manifest's forward codec (fp32, or fp16/int8 where the search chose a two-link codec);
-- k2 = K: edge.onnx is the whole rest of the network: the edge answers, there is no cloud.
+- k2 = K: edge.onnx is the whole rest of the network: the edge answers, there is no cloud;
+- an exit placed on the edge (the manifest's tiers.exit; runtime.tiers' k1): the end device ran blocks
+  [0, k1) and sent the exact tensor, edge.onnx is blocks [k1, k) fused with the candidate's exit at k
+  (outputs: the exit's logits and the tensor at k; the manifest's k is k1, its tiers.k2 the candidate's k).
+  A sample whose exit confidence is >= t (computed as the end device does: runtime.edge.exit_confidence)
+  is answered with the exit's logits and the cloud is not asked; any other is forwarded at k under the
+  forward codec, and the cloud runs [k, K).
 
 Forwarding uses runtime.client (Client/Remote: the shared secret, retries and back-off) through an
 emulated runtime.link.Link (--cloud-bandwidth/--cloud-rtt).  Forwards take turns on that one link, as
-frames on one real link would.  If the cloud cannot answer, the end device gets an ERROR naming the cause
-("cloud failed: ..."): there is no exit at the edge in this design, so the end device falls back to its
-own exit (runtime.edge), and every sample is answered exactly once.
+frames on one real link would.  If the cloud cannot answer, an edge with an exit answers the sample with
+its exit's logits (issue 15's rule: every sample answered exactly once); one without an exit sends the
+end device an ERROR naming the cause ("cloud failed: ..."), and the end device falls back to its own
+exit (runtime.edge).  stats counts "edge_exits" and "exit_fallbacks" (samples), "forwarded" and
+"cloud_failures" (requests).
 
 The REPLY carries the protocol's tier trailer (runtime.protocol): the edge's own ms (decode, the middle
 part, encoding for the cloud), the edge-to-cloud transfer ms (the forward's wall time minus the cloud's
-reported ms) and the cloud's ms; they sum to the reply's server ms.  --slowdown F emulates a slower
-edge box (a profile made by `python -m profiles emulate --factor F`) by spinning (F - 1) x its model
-compute, as runtime.edge does for the end device.
+reported ms; the failed attempts' wall time for an exit fallback) and the cloud's ms; they sum to the
+reply's server ms.  Its flags say when the edge's exit answered (EDGE_EXIT, EXIT_FALLBACK).  --slowdown F
+emulates a slower edge box (a profile made by `python -m profiles emulate --factor F`) by spinning
+(F - 1) x its model compute (the exit branch included), as runtime.edge does for the end device.
 """
 from __future__ import annotations
 
@@ -44,7 +53,7 @@ from runtime import protocol as wire
 from runtime.client import AuthError, Client, Remote, parse_address
 from runtime.cloud import CloudServer, serve_until_signalled, server_options
 from runtime.cloud import parser as cloud_parser
-from runtime.edge import _slow
+from runtime.edge import _slow, exit_confidence
 from runtime.protocol import Frame
 
 log = logging.getLogger("runtime.relay")
@@ -59,11 +68,24 @@ def edge_info(manifest: dict[str, Any]) -> dict[str, Any]:
     k, k2, K = manifest["k"], tiers.get("k2"), manifest["K"]
     if not isinstance(k2, int) or not k <= k2 <= K:
         raise ValueError(f"edge manifest: tiers.k2 must be an integer in {k}..{K}, got {k2!r}")
+    exit_ = tiers.get("exit")
+    if exit_ is not None:
+        t = exit_.get("t") if isinstance(exit_, dict) else None
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+            raise ValueError(f"edge manifest: tiers.exit.t must be a threshold in [0, 1], got {t!r}")
+        if not k < k2 < K:
+            raise ValueError(f"edge manifest: an exit on the edge needs blocks before it and a cloud after it "
+                             f"(k < k2 < K), got k={k}, k2={k2}, K={K}")
+        outputs = (manifest.get("tail") or {}).get("outputs")
+        if not (isinstance(outputs, list) and len(outputs) == 2):
+            raise ValueError(f"edge manifest: an exit on the edge needs a part with outputs [exit, split], "
+                             f"got {outputs!r}")
     return tiers
 
 
 class RelayServer(CloudServer):
-    """The edge tier: a CloudServer that runs blocks [k, k2) (or none) and forwards to the cloud.
+    """The edge tier: a CloudServer that runs blocks [k, k2) (or none, or those and an exit at k2) and
+    forwards to the cloud what it does not answer.
 
     `cloud` is the cloud server's address (not needed when k2 = K); `link` shapes the edge-to-cloud link;
     `cloud_secret` defaults to `secret` (one secret for both links).  Takes CloudServer's other arguments.
@@ -81,6 +103,9 @@ class RelayServer(CloudServer):
         self.relay = self.k2 == self.k  # no model: the payload goes on as it came
         self.answers = self.k2 == self.K  # no cloud: the edge's part ends with the logits
         self.forward_codec = (self.tiers.get("forward") or {}).get("codec") or "fp32"
+        self.exit = self.tiers.get("exit")  # an exit placed on the edge: it answers what it is sure of
+        self.t = None if self.exit is None else float(self.exit["t"])
+        self.outputs = manifest["tail"]["outputs"] if self.exit is not None else None
         self.slowdown = float(slowdown)
         self.remote: Remote | None = None
         if not self.answers:
@@ -120,11 +145,24 @@ class RelayServer(CloudServer):
                 self.remote.client.close()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        run = super()._run
         start = time.perf_counter()
-        out = run(x)
-        _slow(time.perf_counter() - start, self.slowdown, rerun=lambda: run(x))  # slower at its model only
+        out = self._part(x)
+        _slow(time.perf_counter() - start, self.slowdown, rerun=lambda: self._part(x))  # slower at its model only
         return out
+
+    def _part(self, x: np.ndarray) -> np.ndarray:
+        """One run of edge.onnx.  With an exit: (exit logits | flattened tensor at k) as one row per sample, so
+        the batching scheduler hands it back like logits (_split undoes it)."""
+        if self.exit is None:
+            return super()._run(x)
+        exit_logits, at_k = self.session.run(self.outputs, {self.input_name: x})
+        return np.concatenate([exit_logits, at_k.reshape(len(at_k), -1)], axis=1)
+
+    def _split(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(exit logits, tensor at k) of a _part row block."""
+        shape = tuple(self.tiers["forward"]["shape"])
+        classes = output.shape[1] - int(np.prod(shape))
+        return output[:, :classes], output[:, classes:].reshape(len(output), *shape)
 
     def _infer(self, frame: Frame) -> bytes:
         if not self.relay:
@@ -140,11 +178,27 @@ class RelayServer(CloudServer):
         if self.answers:  # k2 = K: the edge's part ends with the logits
             ms = (time.perf_counter() - start) * 1e3
             return wire.reply(rid, output, ms, (ms, 0.0, 0.0))
-        return self._forward(rid, wire.encode(np.ascontiguousarray(output, dtype=np.float32), self.forward_codec),
-                             start)
+        if self.exit is not None:
+            return self._exit_or_forward(rid, output, start)
+        return self._forward(rid, _encode(output, self.forward_codec), start)
 
-    def _forward(self, rid: int, tensor: wire.Encoded, start: float) -> bytes:
-        """Send `tensor` on to the cloud; the end device's REPLY (with the tier trailer) or an ERROR."""
+    def _exit_or_forward(self, rid: int, output: np.ndarray, start: float) -> bytes:
+        """The edge's exit answers each sample it is sure of (as the end device's would); the rest go on."""
+        exit_logits, at_k = self._split(output)
+        exited = np.array([exit_confidence(row) >= self.t for row in exit_logits])
+        self.stats["edge_exits"] += int(exited.sum())
+        if exited.all():
+            ms = (time.perf_counter() - start) * 1e3
+            return wire.reply(rid, exit_logits, ms, (ms, 0.0, 0.0), wire.EDGE_EXIT)
+        return self._forward(rid, _encode(at_k[~exited], self.forward_codec), start, exit_logits, exited)
+
+    def _forward(self, rid: int, tensor: wire.Encoded, start: float, exit_logits: np.ndarray | None = None,
+                 exited: np.ndarray | None = None) -> bytes:
+        """Send `tensor` on to the cloud; the end device's REPLY (with the tier trailer) or an ERROR.
+
+        With an exit on the edge, `tensor` holds the samples it did not answer (`exited` False) and
+        `exit_logits` every sample's: the cloud's answers fill those in, or, if the cloud fails, the exit's
+        stand (an EXIT_FALLBACK)."""
         assert self.remote is not None
         with self._forward_lock:
             sent = time.perf_counter()
@@ -153,15 +207,30 @@ class RelayServer(CloudServer):
             except AuthError as e:  # a configuration error: every request would fail alike
                 reply, error = None, f"edge-to-cloud authentication failed: {e}"
             back = time.perf_counter()
+        forward = (back - sent) * 1e3
         if reply is None:
             self.stats["cloud_failures"] += 1
-            return wire.error(rid, f"cloud failed: {error}")
+            if exit_logits is None:
+                return wire.error(rid, f"cloud failed: {error}")
+            self.stats["exit_fallbacks"] += int((~exited).sum())
+            total = (time.perf_counter() - start) * 1e3
+            flags = wire.EXIT_FALLBACK | (wire.EDGE_EXIT if exited.any() else 0)
+            return wire.reply(rid, exit_logits, total, (total - forward, forward, 0.0), flags)
         self.stats["forwarded"] += 1
+        logits, flags = reply.logits, 0
+        if exit_logits is not None:  # a batch the exit answered in part: the cloud's answers fill in the rest
+            logits = exit_logits.copy()
+            logits[~exited] = reply.logits
+            flags = wire.EDGE_EXIT if exited.any() else 0
         total = (time.perf_counter() - start) * 1e3
-        forward = (back - sent) * 1e3
         cloud = reply.server_ms
         tiers = (total - forward, max(forward - cloud, 0.0), cloud)  # edge, edge-to-cloud, cloud
-        return wire.reply(rid, reply.logits, total, tiers)
+        return wire.reply(rid, logits, total, tiers, flags)
+
+
+def _encode(x: np.ndarray, codec: str) -> wire.Encoded:
+    """The tensor the edge sends on, under its forward codec."""
+    return wire.encode(np.ascontiguousarray(x, dtype=np.float32), codec)
 
 
 def parser():
@@ -224,12 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     m = server.manifest
     role = ("relays k={k} unchanged" if server.relay else "runs blocks {k}..{last}").format(k=m["k"], last=server.k2 - 1)
+    if server.exit is not None:
+        role += f" and the exit at {server.k2} (t={server.t:g})"
     where = "and answers (no cloud)" if server.answers else f"-> cloud {server.cloud_address}"
     print(f"listening on {server.address} ({m['model']['arch']} edge: {role} {where}; "
           f"{'tls' if args.tls_cert else 'plain'}{', auth' if secret else ''})", flush=True)
     serve_until_signalled(server)
+    exits = (f", {server.stats['edge_exits']} answered by the edge's exit ({server.stats['exit_fallbacks']} more "
+             f"for a failed cloud)" if server.exit is not None else "")
     print(f"stopped after {server.stats['requests']} requests ({server.stats['forwarded']} forwarded, "
-          f"{server.stats['cloud_failures']} cloud failures)", flush=True)
+          f"{server.stats['cloud_failures']} cloud failures){exits}", flush=True)
     return 0
 
 
