@@ -3,7 +3,9 @@
 For each end device, end-to-edge and edge-to-cloud bandwidth and A0, the exhaustive best of each method
 over the same measured candidates (replayed from a measurements file, every threshold and codec):
 
-- 3-tier joint: the product's space (two cuts, pruning, exit, codecs), k2 chosen per candidate;
+- 3-tier joint: the product's space (two cuts, pruning, exit, codecs), k2 chosen per candidate, and an
+  unpruned candidate's exit run by the edge where the edge profile has head and exit rows (k1);
+- 3-tier joint, no exit on the edge: the same without those rows;
 - CNNPC-like 3-tier: two cuts with pruning, no exits;
 - best 2-tier end + edge (the edge answers) and best 2-tier end + cloud (relayed through the edge);
 - 2-tier direct: no edge at all, the end device's link goes straight to the cloud (today's scene);
@@ -46,6 +48,7 @@ from search.latency import Edge  # noqa: E402
 from search.pool import MeasuredPool  # noqa: E402
 from search.reference import METHODS, best_of  # noqa: E402
 
+NO_EDGE_EXIT = "3-tier joint, no exit on the edge"  # the same space with the edge unable to run an exit
 SHOWN = {"joint optimum (exhaustive)": "3-tier joint", "split + pruning (CNNPC-like)": "CNNPC-like 3-tier",
          "best 2-tier: end + edge": "2-tier end+edge", "best 2-tier: end + cloud": "2-tier end+cloud (relayed)"}
 
@@ -58,6 +61,11 @@ def scene_rows(land, rows: dict, edge_doc: dict, A0: float, up: float, on: float
     problem.edge = Edge(Profile(edge_doc, "edge"), Network(on, rtt))
     out = [{"method": "2-tier direct (no edge)", "score": direct}]
     out += [{"method": SHOWN[m.name], "score": best_of(problem, pool, m)[0]} for m in METHODS if m.name in SHOWN]
+    no_edge_exit = {**edge_doc, "latency": [row for row in edge_doc["latency"] if row["part"] == "tail"]}
+    problem.edge = Edge(Profile(no_edge_exit, "edge without exit rows"), Network(on, rtt))
+    joint_method = next(m for m in METHODS if m.name == "joint optimum (exhaustive)")
+    out.append({"method": NO_EDGE_EXIT, "score": best_of(problem, pool, joint_method)[0]})
+    problem.edge = Edge(Profile(edge_doc, "edge"), Network(on, rtt))
     _, answer = run_ours(problem, rows, BUDGET, seed)
     rows_out = []
     joint = next(o["score"] for o in out if o["method"] == "3-tier joint")
@@ -67,7 +75,8 @@ def scene_rows(land, rows: dict, edge_doc: dict, A0: float, up: float, on: float
         rows_out.append({"method": o["method"], "feasible": ok, "latency_ms": s.latency_ms if ok else np.nan,
                          "tiers": _tiers(s, problem.space.K) if ok else None,
                          "k": s.config.k if ok else None, "r": s.config.r if ok else None,
-                         "k2": s.breakdown.k2 if ok else None, "exit": ok and s.config.t is not None,
+                         "k2": s.breakdown.k2 if ok else None, "k1": s.breakdown.k1 if ok else None,
+                         "exit": ok and s.config.t is not None,
                          "vs_joint": (s.latency_ms / joint.latency_ms) if ok and joint.feasible(problem) else np.nan})
     rows_out.append({"method": "ours (search, 40 trials)", "feasible": answer is not None,
                      "latency_ms": np.nan if answer is None else answer,
@@ -76,7 +85,9 @@ def scene_rows(land, rows: dict, edge_doc: dict, A0: float, up: float, on: float
 
 
 def _tiers(s, K: int) -> str:
-    k, k2 = s.config.k, s.breakdown.k2
+    k, k2, k1 = s.config.k, s.breakdown.k2, s.breakdown.k1
+    if k1 is not None:  # the exit at k run by the edge
+        return ("end+" if k1 > 0 else "") + "edge (exit)+cloud"
     if k2 is None:
         return "device only" if k == K else "end+cloud (direct)"
     if k2 == k:
@@ -195,7 +206,7 @@ def deployed(args, device: str, A0: float, up: float, on: float, ratios: list[fl
         return row
     best = json.loads((run_dir / "best.json").read_text())
     b = best["best"]
-    row.update(k=b["k"], r=b["r"], k2=b.get("k2"), t=b["t"], codec=b["codec"], exit_rate=b["exit_rate"],
+    row.update(k=b["k"], r=b["r"], k2=b.get("k2"), k1=b.get("k1"), t=b["t"], codec=b["codec"], exit_rate=b["exit_rate"],
                promised_ms=b["expected_ms"], acc_bound=b["acc_bound"])
     for base in best["baselines"]:
         if base["method"] in ("best 2-tier: end + edge", "best 2-tier: end + cloud", "split + pruning (CNNPC-like)"):
@@ -235,9 +246,17 @@ def report(df: pd.DataFrame, command: str, seconds: float, dep: pd.DataFrame | N
     lines.append(f"The 3-tier joint optimum is below the best 2-tier answer (end+edge or end+cloud relayed, whichever "
                  f"is faster) in {(gain > 1e-9).sum()} of {len(piv)} scenes" + (f", by up to {100 * gain.max():.1f}%"
                                                                                if (gain > 1e-9).any() else "") + ".")
+    if NO_EDGE_EXIT in piv:
+        placed = joint[joint.k1.notna()] if "k1" in joint else joint.iloc[:0]
+        gain = 1 - piv["3-tier joint"] / piv[NO_EDGE_EXIT]
+        lines.append(f"The 3-tier joint optimum runs its exit on the edge (an unpruned candidate's own exit, the end "
+                     f"device sending the exact tensor) in {len(placed)} of {len(joint)} scenes; there it is below the "
+                     f"same space without an exit on the edge by up to {100 * gain.max():.1f}% (median "
+                     f"{100 * gain[gain > 1e-9].median():.1f}% where it is below)." if len(placed) else
+                     f"The 3-tier joint optimum runs its exit on the edge in none of the {len(joint)} scenes.")
     lines.append("")
     for name in ("2-tier end+edge", "2-tier end+cloud (relayed)", "2-tier direct (no edge)", "CNNPC-like 3-tier",
-                 "ours (search, 40 trials)"):
+                 NO_EDGE_EXIT, "ours (search, 40 trials)"):
         g = df[df.method == name].vs_joint
         if len(g):
             lines.append(f"- {name}: median {g.median():.3g}x the 3-tier joint optimum's latency, worst "

@@ -189,7 +189,12 @@ def validate(device: Profile, server: Profile, repeats: int | None = None, warmu
     """
     from profiles.bundle import export_parts
 
-    check_pair(device, server)
+    if device.role == "server":  # an edge box timing its own head and exit (drift's k1): rows at r = 0 only
+        if not device.has_exits or at is None or at[1] != 0.0:
+            raise ValueError(f"{device.source} is a server profile: it can only be timed as a device at one unpruned "
+                             "split, with its head and exit rows (python -m profiles exits)")
+    else:
+        check_pair(device, server)
     repeats = repeats or int(device.meta["repeats"])
     warmup = int(device.meta["warmup"]) if warmup is None else warmup
     min_ms = float(device.meta.get("min_ms", 0.0)) if min_ms is None else min_ms  # as the profile was timed
@@ -258,7 +263,7 @@ def _time_under_quota(quota: dict, bundle_dir: str, ids: list[str], threads: int
 
 
 def drift(device: Profile, server: Profile, k: int, r: float, edge: Profile | None = None,
-          k2: int | None = None) -> dict[str, float]:
+          k2: int | None = None, k1: int | None = None) -> dict[str, float]:
     """How much slower (> 1) or faster (< 1) this machine runs one (k, r)'s parts now than their profile rows
     say: freshly measured over profiled compute time per side, with both times (NaN for a side that runs
     nothing).  A shared VM's speed drifts, and a deployment inherits the drift before its runtime adds
@@ -269,7 +274,18 @@ def drift(device: Profile, server: Profile, k: int, r: float, edge: Profile | No
     profile (three tiers, the edge running blocks [k, k2)): "device", "device_warm", "edge" and "cloud" (the
     tail from k2, on `server`).  The edge
     is timed on its tail from k, blocks [k, K): its rows price [k, k2) as the difference of two tails, which
-    a ratio of one of them tracks without timing a second graph that differs only in its length."""
+    a ratio of one of them tracks without timing a second graph that differs only in its length.  With `k1`
+    (the exit at k run by the edge): "device" is timed at (k1, 0) (k1 = 0: nothing runs there), "edge" on
+    its blocks [0, k) with the exit (its head and exit rows) and "cloud" on the tail from k, beside it."""
+    if k1 is not None and edge is not None:
+        out = {"pred_device_ms": 0.0, "meas_device_ms": 0.0}
+        if k1 > 0:
+            dev = validate(device, server, progress=False, at=(k1, 0.0)).iloc[0]
+            out = {col: float(dev[col]) for col in ("pred_device_ms", "meas_device_ms")}
+        row = validate(edge, server, progress=False, at=(k, 0.0)).iloc[0]  # the edge as the device of one graph
+        out.update(pred_edge_ms=float(row["pred_device_ms"]), meas_edge_ms=float(row["meas_device_ms"]),
+                   pred_cloud_ms=float(row["pred_server_ms"]), meas_cloud_ms=float(row["meas_server_ms"]))
+        return _ratios(out)
     row = validate(device, edge or server, progress=False, at=(k, r)).iloc[0]
     out = {col: float(row[col]) for col in ("pred_device_ms", "meas_device_ms", "pred_server_ms", "meas_server_ms",
                                             "pred_device_warm_ms", "meas_device_warm_ms") if col in row}
@@ -279,6 +295,11 @@ def drift(device: Profile, server: Profile, k: int, r: float, edge: Profile | No
         if k2 is not None and k2 < device.K:
             cloud = validate(device, server, progress=False, at=(k2, 0.0), device_side=False).iloc[0]
         out["pred_cloud_ms"], out["meas_cloud_ms"] = float(cloud["pred_server_ms"]), float(cloud["meas_server_ms"])
+    return _ratios(out)
+
+
+def _ratios(out: dict[str, float]) -> dict[str, float]:
+    """`out` with each timed side's measured/predicted ratio (NaN for a side that runs nothing)."""
     for side in ("device", "device_warm", "server", "edge", "cloud"):
         if f"pred_{side}_ms" in out:
             pred = out[f"pred_{side}_ms"]

@@ -131,12 +131,14 @@ def deploy_candidate(candidate, data, out_dir: str | Path, threshold: float | No
 DRIFT_WARN = 0.20
 
 
-def profile_check(device, server, k: int, r: float, edge=None, k2: int | None = None) -> dict[str, float]:
+def profile_check(device, server, k: int, r: float, edge=None, k2: int | None = None,
+                  k1: int | None = None) -> dict[str, float]:
     """`profiles.profiler.drift` of the deployed (k, r) (with an `edge` profile: the three tiers, the edge's
-    blocks [k, k2)), timed right before the deployment (a device profiled under a CPU quota under that quota)."""
+    blocks [k, k2), or [k1, k) and the exit with `k1`), timed right before the deployment (a device profiled
+    under a CPU quota under that quota)."""
     from profiles.profiler import drift
 
-    return drift(device, server, k, r, edge=edge, k2=k2)
+    return drift(device, server, k, r, edge=edge, k2=k2, k1=k1)
 
 
 def side_compute(predicted: dict) -> tuple[dict[str, float], float]:

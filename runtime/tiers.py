@@ -343,8 +343,7 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
     edge = problem.edge
     parts = {**result["predicted"], "k2": k2}
     quota = problem.device.meta.get("cpu_quota") or {}  # the end device runs under the quota it was profiled under
-    # timed right before; profiles.profiler.drift times the exit on the device, so not for an exit on the edge
-    check = profile_check(problem.device, problem.server, k, r, edge=edge.profile, k2=k2) if k1 is None else {}
+    check = profile_check(problem.device, problem.server, k, r, edge=edge.profile, k2=k2, k1=k1)  # timed right before
     _, summary = deploy_three(
         cand, ctx.pool.data, out, best["t"], best["codec"], k2, parts, seed=ctx.spec.seed, limit=limit,
         bandwidth=problem.network.bandwidth_mbps, rtt=problem.network.rtt_ms,
@@ -383,7 +382,7 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
     kept = summary["mean_ms"] <= 1.10 * best["expected_ms"]
     print(f"mean within 10% of the prediction: {'yes' if within else 'NO'}; "
           f"not above the promise by more than 10%: {'yes' if kept else 'NO'}")
-    if p and check:
+    if p:
         print(drift_line(check, p, summary["mean_ms"]))
     stalls = stall_line(summary, p["mean total"]) if p else None
     if stalls:

@@ -507,6 +507,12 @@ def test_drift_times_one_split_against_its_rows(root, dev, srv):
     assert three["pred_cloud_ms"] == pytest.approx(srv.ms("tail", 4, 0.0)) and three["cloud"] > 0
     assert 0.5 * plain["server"] < three["edge"] < 2 * plain["server"]
     assert math.isnan(drift(dev, srv, 2, 0.5, edge=edge_box, k2=K)["cloud"])  # the edge answers: no cloud
+    # the exit run by the edge (k1): the device to k1, the edge's head and exit rows to k, the cloud's tail from k
+    placed = drift(dev, srv, 2, 0.0, edge=edge_box, k2=2, k1=1)
+    assert placed["pred_device_ms"] == pytest.approx(dev.ms("head", 1, 0.0) + dev.ms("exit", 1, 0.0))
+    assert placed["pred_edge_ms"] == pytest.approx(edge_box.ms("head", 2, 0.0) + edge_box.ms("exit", 2, 0.0))
+    assert placed["pred_cloud_ms"] == pytest.approx(srv.ms("tail", 2, 0.0)) and placed["edge"] > 0
+    assert math.isnan(drift(dev, srv, 2, 0.0, edge=edge_box, k2=2, k1=0)["device"])  # the image sent: no head
     cloud_side = validate_profiles(dev, srv, progress=False, at=(4, 0.0), device_side=False).iloc[0]  # the cloud's
     assert math.isnan(cloud_side.meas_device_ms) and cloud_side.meas_server_ms > 0  # check: the tail alone timed
 
