@@ -103,12 +103,15 @@ def _send(n_bytes: float, bandwidth: float, rtt: float, frame: int = 0) -> float
 
 
 def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share: float,
-            bandwidth: float, rtt: float, mean_bytes: float | None, edge: tuple | None = None) -> float:
+            bandwidth: float, rtt: float, mean_bytes: float | None, edge: tuple | None = None,
+            png_bytes: float | None = None) -> float:
     """Mean per-request latency (ms) of one deployment, the share of requests sent being `sent_share`.
 
     `edge` = (Tables of the device and the edge profile, edge-to-cloud bandwidth, rtt): the sent request
     goes to the edge, which relays it, runs some blocks and sends on, or runs the rest, whichever is fastest
-    once every part is priced (idle curves included) at this share sent.
+    once every part is priced (idle curves included) at this share sent; and, for an unpruned candidate
+    with an exit and an edge profile with head and exit rows, the edge running that exit (`_exit_on_edge`),
+    the image sent raw or, given its mean PNG bytes `png_bytes`, as PNG.
     Cold device parts are slowed by the device's idle curve at the time it waits for a reply, the cloud's
     tail by the server's, averaged over the times from its reply to the next sent request; the edge's blocks
     by the edge's, over the times from the end of its blocks to the next sent request."""
@@ -149,22 +152,25 @@ def latency(t: Tables, k: int, r: float, codec: str, with_exit: bool, sent_share
     priced = [_priced(t, w, head, exit_ms, dev_over, encode, with_exit, k, r, sent_share,
                       None if edge is None else edge[0]) for w in ways]
     if edge is not None and with_exit and r == 0.0 and not fixed and ("exit", k) in edge[0].own:
-        priced += [_exit_on_edge(t, edge, k, k1, codec, sent_share, bandwidth, rtt, mean_bytes) for k1 in range(k)]
+        ups = [(k1, up, None) for k1 in range(k) for up in (("raw",) if k1 == 0 else ("fp32",))]
+        ups += [(0, "png", png_bytes)] if png_bytes is not None else []
+        priced += [_exit_on_edge(t, edge, k, k1, codec, sent_share, bandwidth, rtt, mean_bytes, up, size)
+                   for k1, up, size in ups]
     return min(priced)  # the fastest way once priced
 
 
 def _exit_on_edge(t: Tables, edge: tuple, k: int, k1: int, codec: str, sent_share: float, bandwidth: float,
-                  rtt: float, on_bytes: float) -> float:
+                  rtt: float, on_bytes: float, up_codec: str, up_bytes: float | None) -> float:
     """The unpruned (k, 0)'s exit run by the edge: the device runs [0, k1) and sends the exact tensor (the
     raw image at k1 = 0) to the edge, which runs [k1, k) and the exit on every request and sends the
     unanswered share on under `codec` to the cloud's tail k.  The device waits for every reply (cold, priced
     at the longest wait: every request sent on); the cloud's tail as in `_priced`; the edge's part after
     its wait from the end of that part to the next request, priced with every request sent on."""
     e, bw2, rtt2 = edge
-    up_codec = "raw" if k1 == 0 else "fp32"
     head = t.ms.get(("head", k1, 0.0), 0.0)
     dev_over, encode = t.overhead("device_overhead_ms", k1, 0.0, up_codec), t.overhead("encode_ms", k1, 0.0, up_codec)
-    up = _send(t.bytes[(k1, 0.0, "fp32")], bandwidth, rtt, t.frame) + e.overhead("link_overhead_ms", k1, 0.0, up_codec)
+    size = t.bytes[(k1, 0.0, "fp32")] if up_bytes is None else up_bytes
+    up = _send(size, bandwidth, rtt, t.frame) + e.overhead("link_overhead_ms", k1, 0.0, up_codec)
     own = max(e.own.get(("head", k), 0.0) - e.own.get(("head", k1), 0.0), 0.0) + e.own[("exit", k)]
     own_runtime = e.overhead("server_overhead_ms", k1, 0.0, up_codec)
     on = _send(on_bytes, bw2, rtt2, t.frame) + t.overhead("link_overhead_ms", k, 0.0, codec)
@@ -209,6 +215,8 @@ def optimum(device: dict, server: dict, candidates: dict, A0: float, bandwidth: 
     """
     t = Tables(device, server)
     tiers = None if edge is None else (Tables(device, edge), edge_bandwidth, edge_rtt)
+    image = candidates.get((0, 0.0), {}).get("selection", {}).get("nbytes", {}).get("png")
+    png_bytes = float(np.mean(image)) if image is not None and "png" in (codecs or {}).get(0, ["png"]) else None
     options = []
     for (k, r), splits in candidates.items():
         sel = splits["selection"]
@@ -238,7 +246,7 @@ def optimum(device: dict, server: dict, candidates: dict, A0: float, bandwidth: 
             if bound < A0:
                 continue
             share = 0.0 if k == t.K else (wilson(1 - rate, n, each, upper=True) if th is not None else 1.0)
-            ms = latency(t, k, r, codec, th is not None, share, bandwidth, rtt, mean_bytes, tiers)
+            ms = latency(t, k, r, codec, th is not None, share, bandwidth, rtt, mean_bytes, tiers, png_bytes)
             if best is None or ms < best["latency_ms"]:
                 best = {"k": k, "r": r, "codec": codec, "t": th, "latency_ms": ms, "acc_bound": bound}
     return best

@@ -56,6 +56,9 @@ SHOWN = {"joint optimum (exhaustive)": "3-tier joint", "split + pruning (CNNPC-l
 def scene_rows(land, rows: dict, edge_doc: dict, A0: float, up: float, on: float, rtt: float, seed: int) -> list[dict]:
     problem = problem_for(land, A0, up, rtt)
     problem.families = families(land)
+    image = land.arrays[(0, 0.0)]  # the images' PNG sizes, for an exit on the edge fed the image losslessly
+    problem.image_bytes = {role: {"png": image[role]["nbytes"]["png"]} for role in ("selection", "test")
+                           if "png" in image[role].get("nbytes", {})}
     pool = MeasuredPool(rows, None)
     direct = best_of(problem, pool, next(m for m in METHODS if m.name == "joint optimum (exhaustive)"))[0]
     problem.edge = Edge(Profile(edge_doc, "edge"), Network(on, rtt))
@@ -87,7 +90,7 @@ def scene_rows(land, rows: dict, edge_doc: dict, A0: float, up: float, on: float
 def _tiers(s, K: int) -> str:
     k, k2, k1 = s.config.k, s.breakdown.k2, s.breakdown.k1
     if k1 is not None:  # the exit at k run by the edge
-        return ("end+" if k1 > 0 else "") + "edge (exit)+cloud"
+        return ("end+" if k1 > 0 else f"{s.breakdown.up_codec} image to ") + "edge (exit)+cloud"
     if k2 is None:
         return "device only" if k == K else "end+cloud (direct)"
     if k2 == k:

@@ -234,7 +234,8 @@ def print_summary(result: dict, problem, out: Path) -> None:
         edge = ""
         if b.get("k1") is not None:  # the exit runs on the edge
             K = problem.space.K
-            end = f"end device blocks 0..{b['k1'] - 1}" if b["k1"] > 0 else "end device sends the image"
+            end = (f"end device blocks 0..{b['k1'] - 1}" if b["k1"] > 0 else
+                   f"end device sends the image ({b.get('up_codec') or 'raw'}, {b['bytes']:.0f} bytes)")
             print(f"  tiers: {end}, the edge runs blocks {b['k1']}..{b['k'] - 1} and the exit (answers "
                   f"{b['exit_rate']:.3f}), sends the rest on as {b['codec']} ({b['edge_bytes']:.0f} bytes), the cloud "
                   f"runs blocks {b['k']}..{K - 1}")

@@ -7,7 +7,8 @@
   `client`: its connection to the server (handshake, retries, back-off)
 - `link`: uplink shaping (token bucket + rtt) and link measurement
 - `deploy`: server on loopback + edge over the test split, for `auto.py --deploy`
-- `relay`: the edge server of three tiers (`python -m runtime.relay`: blocks [k, k2), then on to the cloud);
+- `relay`: the edge server of three tiers (`python -m runtime.relay`: blocks [k, k2), or [k1, k) and an exit that answers
+  when sure, then on to the cloud);
   `tiers`: the three parts' export and their deployment, for `auto.py --deploy --edge_device ...`
 
 Names are imported lazily so that `python -m runtime.cloud` does not load torch's exporter.

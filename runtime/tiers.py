@@ -14,7 +14,7 @@ exported as three directories, each with its own manifest.json (runtime.manifest
 
 Edge exit placement (`k1`, 0 <= k1 < k; the cloud runs [k, K), so k2 = k): the candidate's own network,
 exit and threshold, placed differently.  The end device runs blocks [0, k1) with no exit and sends the exact
-tensor (the raw uint8 image at k1 = 0, fp32 features otherwise); the edge runs blocks [k1, k) and the exit
+tensor (the uint8 image at k1 = 0, raw or PNG, lossless; fp32 features otherwise); the edge runs blocks [k1, k) and the exit
 at k as one graph and answers a sample itself when the exit's confidence is >= t, else sends the tensor at
 k under the candidate's codec to the cloud, which runs [k, K):
 
@@ -67,25 +67,27 @@ def tier_dirs(out_dir: str | Path) -> dict[str, Path]:
 
 def export_tiers(candidate, data, out_dir: str | Path, threshold: float | None, codec: str, k2: int,
                  predicted: dict[str, Any] | None = None, seed: int = 0, samples: int = SAMPLES,
-                 atol: float = ATOL, rtol: float = RTOL, k1: int | None = None) -> dict[str, dict[str, Any]]:
+                 atol: float = ATOL, rtol: float = RTOL, k1: int | None = None,
+                 up_codec: str | None = None) -> dict[str, dict[str, Any]]:
     """Write end/, edge/ and cloud/ under `out_dir` (see the module doc); returns their manifests.
 
     Each part is checked against PyTorch on `samples` test images (ValueError beyond the tolerance).
     k = K sends nothing: only end/ is written (the device answers every sample).  `k1` places the
-    candidate's exit on the edge (the module doc; check_k1 says what it needs).
+    candidate's exit on the edge (the module doc; check_k1 says what it needs), the end device sending
+    `up_codec` (raw or png at k1 = 0, fp32 after; default the uncompressed tensor).
     """
     k, model = candidate.k, candidate.model
     K = model.K
     if not (isinstance(k2, int) and k <= k2 <= K):
         raise ValueError(f"second cut k2={k2!r} must be an integer in k..K = {k}..{K}")
     if k1 is not None:
-        check_k1(candidate, threshold, codec, k2, k1)
+        check_k1(candidate, threshold, codec, k2, k1, up_codec)
     codec, fixed, second = codecs.split_via(codec)  # a two-link codec: the edge sends on under `second`
     if fixed is not None and (fixed != k2 or not k < k2 < K):
         raise ValueError(f"codec {codec}>{fixed}:{second} sends on at cut {fixed}, the deployment cuts at k2={k2}")
     first = k if k1 is None else k1  # where the end device cuts
     if k1 is not None:  # the end device sends the exact tensor, the edge the candidate's codec
-        codec, second = "fp32", codec
+        codec, second = up_codec or "fp32", codec
     dirs = tier_dirs(out_dir)
     end_part = candidate if k1 is None else dataclasses.replace(candidate, k=k1, exit=None)  # the candidate at k1
     end = export_split(end_part, data, dirs[END], threshold if k1 is None else None, codec, predicted=predicted,
@@ -154,9 +156,10 @@ def export_tiers(candidate, data, out_dir: str | Path, threshold: float | None, 
     return out
 
 
-def check_k1(candidate, threshold: float | None, codec: str, k2: int, k1: Any) -> None:
+def check_k1(candidate, threshold: float | None, codec: str, k2: int, k1: Any, up_codec: str | None = None) -> None:
     """ValueError (one line) unless `k1` can place the candidate's exit on the edge: 0 <= k1 < k, a
-    threshold and an exit branch at k, k2 = k (the cloud runs [k, K)) and a one-link codec at k."""
+    threshold and an exit branch at k, k2 = k (the cloud runs [k, K)), a one-link codec at k, and a lossless
+    `up_codec` to the edge (search.latency.UP_CODECS: raw or png at k1 = 0, fp32 after; None: uncompressed)."""
     k, K = candidate.k, candidate.model.K
     if isinstance(k1, bool) or not isinstance(k1, int) or not 0 <= k1 < k:
         raise ValueError(f"first cut k1={k1!r} must be an integer with 0 <= k1 < k = {k} (the end device's blocks "
@@ -175,6 +178,10 @@ def check_k1(candidate, threshold: float | None, codec: str, k2: int, k1: Any) -
         raise ValueError(f"k1={k1}: two-link codec {codec!r} refused; with an exit on the edge the end device sends "
                          f"the exact tensor and the edge one of: {', '.join(codecs.FEATURE_CODECS)}")
     mf.wire_codec(k, K, codec)  # a feature codec at k (an image codec is refused here)
+    lossless = ("raw", "png", "fp32") if k1 == 0 else ("fp32",)  # fp32 at k1 = 0 means the raw image
+    if up_codec is not None and up_codec not in lossless:
+        raise ValueError(f"k1={k1}: the end device sends the edge the exact tensor, one of {', '.join(lossless)}, "
+                         f"not {up_codec!r} (the edge's exit must see what it was evaluated on)")
 
 
 def _split_entry(tensor: torch.Tensor, sent: str) -> dict[str, Any]:
@@ -246,7 +253,8 @@ def deploy_three(candidate, data, out_dir: str | Path, threshold: float | None, 
                  edge_threads: int = 1, server_threads: int = 1, end_edge_link_ms: float = 0.0,
                  secret: bytes | None = None, cloud_timeout: float = 2.0, cloud_retries: int = 1,
                  csv: str | Path | None = None, progress: bool = False, cpu_quota: float | None = None,
-                 quota_period_ms: float | None = None, k1: int | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+                 quota_period_ms: float | None = None, k1: int | None = None,
+                 up_codec: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Export the three parts of (candidate, t, codec, k2), serve the cloud and the edge on 127.0.0.1, run the
     end device over the first `limit` test samples; (per-sample rows, summary).  `k1` places the exit on the
     edge (export_tiers; k2 = k then): the edge answers the samples the exit answers, the cloud the others.
@@ -261,7 +269,7 @@ def deploy_three(candidate, data, out_dir: str | Path, threshold: float | None, 
     (edge_exit_rate among them) and both servers' stats.
     """
     if k1 is not None:
-        check_k1(candidate, threshold, codec, k2, k1)
+        check_k1(candidate, threshold, codec, k2, k1, up_codec)
     evaluated = evaluated_answers(candidate, threshold, codec, limit)
     predicted = None
     if evaluated is not None and parts is not None:
@@ -271,7 +279,8 @@ def deploy_three(candidate, data, out_dir: str | Path, threshold: float | None, 
             raise ValueError(f"the prediction is for k1={parts['k1']}, the deployment for k1={k1}")
         exited, answer, label = evaluated
         predicted = {**predicted_tiers(parts, exited, end_edge_link_ms), "accuracy": float((answer == label).mean())}
-    manifests = export_tiers(candidate, data, out_dir, threshold, codec, k2, predicted=predicted, seed=seed, k1=k1)
+    manifests = export_tiers(candidate, data, out_dir, threshold, codec, k2, predicted=predicted, seed=seed, k1=k1,
+                             up_codec=up_codec)
     dirs = tier_dirs(out_dir)
     k, K = candidate.k, candidate.model.K
     # the end device must outwait the edge's attempts on the cloud, so the edge's ERROR reaches it
@@ -355,7 +364,7 @@ def deploy_searched(ctx, cand, result: dict, out: Path, limit: int | None, progr
         end_edge_link_ms=edge.profile.overhead(k, r, codecs.first(best["codec"]))["link_overhead_ms"]
         if k < K and k1 is None else 0.0,  # with k1 the breakdown holds each hop's framing apart
         csv=out / "end.csv", progress=progress, cpu_quota=quota.get("fraction"), quota_period_ms=quota.get("period_ms"),
-        k1=k1)
+        k1=k1, up_codec=best.get("up_codec"))
     print(f"\n== deployed on three tiers over loopback (end-edge {problem.network}, edge-cloud {edge.network}, "
           f"edge {edge.profile.device}), {summary['n']} test samples")
     print(f"tiers: {tiers_line(k, k2, K, k1)}")

@@ -34,6 +34,17 @@ sends bytes(k2) under its second codec: it changes answers, so the search takes 
 T_E(k..k2) = T_E(tail k, r) - T_E(tail k2, 0), both measured on the edge profile: the pruning of the end
 part trims only the input of block k, so the blocks from k2 > k on are unpruned.
 
+An exit on the edge (`k1`, `edge_exit_cuts`): an unpruned candidate (k, 0) whose exit the edge runs.  The end
+device runs [0, k1) and sends the exact tensor (UP_CODECS: the image raw or as PNG at k1 = 0, fp32 after), so
+the exit sees what it was evaluated on and every answer stays the candidate's:
+
+    exit path  E = T_D(head k1) + O_D + encode + T_N1(up) + link + T_E(head k) - T_E(head k1) + T_E(exit k) + O_E
+    sent part  S = T_N2(bytes k) + link2 + T_C(tail k, 0) + O_C                 (the share the exit leaves)
+
+with T_E from the edge profile's head and exit rows at r = 0.  The device waits for every reply (no warm
+saving); the edge's part is priced at its wait with every request sent on, a fixed factor.  Like k2, it
+changes no answer, so it is a placement the objective picks (search.space.placements), not a parameter.
+
 O_D, encode, link and O_C are the per-request runtime overheads measured beside the model's compute
 (`Profile.overhead`; 0 for a profile measured without them).  T_N counts the request's frame header with
 its payload (the server profile's `frame_bytes`: a shaped link serialises both); `bytes` is the payload.  Every number comes from a measured (or
@@ -95,6 +106,7 @@ class Breakdown:
     k1: int | None = None  # an exit on the edge: the end device runs [0, k1) and the edge [k1, k) with the exit
     edge_exit_ms: float = 0.0  # with k1: the exit branch at k on the edge (every request)
     cloud_link_overhead_ms: float = 0.0  # with k1: the edge-to-cloud link's framing (sent requests only)
+    up_codec: str | None = None  # with k1: what the end device sends the edge (raw or png image, fp32 features)
 
     @property
     def always_ms(self) -> float:
@@ -188,7 +200,7 @@ PARTS = ("device_ms", "exit_ms", "transfer_ms", "server_ms") + OVERHEADS + (
 PRICING = ("exit_rate", "server_idle_factor", "server_gap_ms", "exit_gap_ms", "edge_idle_factor", "edge_gap_ms")
 CURVES = ("server_idle_curve", "edge_idle_curve")
 EDGE_PARTS = ("k2", "edge_ms", "edge_overhead_ms", "edge_transfer_ms", "edge_bytes", "k1", "edge_exit_ms",
-              "cloud_link_overhead_ms")  # a 3-tier breakdown's own
+              "cloud_link_overhead_ms", "up_codec")  # a 3-tier breakdown's own
 TIERS = ("all", "relay", "edge")  # every k2; k2 = k only (end and cloud); k2 = K only (end and edge)
 
 
@@ -244,7 +256,7 @@ def breakdown_from(parts: dict) -> Breakdown:
                 "edge_idle_factor": 1.0, "edge_gap_ms": 0.0}
     k1 = parts.get("k1")
     return Breakdown(**{p: float(parts.get(p, 0.0)) for p in PARTS}, bytes=float(parts.get("bytes", 0.0)),
-                     k1=None if k1 is None else int(k1),
+                     k1=None if k1 is None else int(k1), up_codec=parts.get("up_codec"),
                      **{p: float(parts.get(p, defaults[p])) for p in PRICING},
                      **{c: tuple(tuple(map(float, knot)) for knot in parts.get(c, ())) for c in CURVES})
 
@@ -341,14 +353,16 @@ def edge_exit_cuts(device: Profile, edge: Edge | None, k: int, r: float, codec: 
 
 def predict(device: Profile, server: Profile, network: Network, k: int, r: float, codec: str = "fp32",
             exit_rate: float | None = None, n_bytes: float | None = None, edge: Edge | None = None,
-            k2: int | None = None, k1: int | None = None) -> Breakdown:
+            k2: int | None = None, k1: int | None = None, up_codec: str | None = None,
+            up_bytes: float | None = None) -> Breakdown:
     """Breakdown of the latency of (k, r) under `codec` with a measured exit rate.
 
     `n_bytes` gives the (mean) payload of a variable-size codec, measured per sample; fixed-size codecs
     take the profile's bytes table.  With an `edge`, the second cut is `k2`, else the one with the lowest
     mean latency at this exit rate once every part is priced (idle curves included) among those its tiers
     allow; a two-link codec fixes it.  `k1` places the exit on the edge (`edge_exit_cuts`): the end device
-    runs [0, k1), the edge [k1, k) and the exit, the cloud the rest (k2 = k).
+    runs [0, k1), the edge [k1, k) and the exit, the cloud the rest (k2 = k); it sends the edge `up_codec`
+    (UP_CODECS: png, of `up_bytes` mean bytes measured per sample, or the raw image at k1 = 0; fp32 features).
     """
     check_pair(device, server)
     rate = _check_rate(exit_rate, k, device.K)
@@ -367,7 +381,11 @@ def predict(device: Profile, server: Profile, network: Network, k: int, r: float
         if k1 not in edge_exit_cuts(device, edge, k, r, codec, exit_rate is not None) or k2 not in (None, k):
             raise ValueError(f"an exit at k={k} (r={r}, {codec}) cannot run on the edge from k1={k1}: that needs an "
                              f"edge with exit rows, an unpruned candidate with an exit, one codec and 0 <= k1 < k")
-        return _edge_exit(device, server, network, edge, k, codec, rate, float(n_bytes), k1)
+        up_codec = up_codec or ("raw" if k1 == 0 else "fp32")
+        if up_codec not in UP_CODECS[k1 == 0] or (is_variable(up_codec) and up_bytes is None):
+            raise ValueError(f"the end device sends the edge an exact tensor: at k1={k1} one of "
+                             f"{', '.join(UP_CODECS[k1 == 0])} (png with its measured bytes), not {up_codec}")
+        return _edge_exit(device, server, network, edge, k, codec, rate, float(n_bytes), k1, up_codec, up_bytes)
     exit_ms = device.ms("exit", k, r) if exit_rate is not None else 0.0
     head_ms = device.ms("head", k, r, warm=k == device.K)  # k = K: every request back to back
     frame = server.frame_bytes  # the request's header, serialised with the payload
@@ -385,15 +403,17 @@ def predict(device: Profile, server: Profile, network: Network, k: int, r: float
                key=lambda x: x.expected_ms)
 
 
+UP_CODECS = {True: ("raw", "png"), False: ("fp32",)}  # lossless: at k1 = 0 (the image) and after it
+
+
 def _edge_exit(device: Profile, server: Profile, network: Network, edge: Edge, k: int, codec: str, rate: float,
-               n_bytes: float, k1: int) -> Breakdown:
+               n_bytes: float, k1: int, up_codec: str, up_bytes: float | None) -> Breakdown:
     """The unpruned candidate (k, 0) with its exit on the edge: every request pays the device's [0, k1), the
     exact tensor up (the raw image at k1 = 0), the edge's [k1, k), its exit and runtime; the share not
     answered there pays the way on to the cloud (n_bytes under `codec`) and the cloud's tail k."""
     e = edge.profile
     check_pair(device, e)
-    up_codec = "raw" if k1 == 0 else "fp32"
-    up = device.tensor_bytes(k1, 0.0, "fp32")  # the uint8 image at k1 = 0
+    up = device.tensor_bytes(k1, 0.0, "fp32") if up_bytes is None else up_bytes  # the uint8 image at k1 = 0
     dev, at_edge, at_cloud = device.overhead(k1, 0.0, up_codec), e.overhead(k1, 0.0, up_codec), server.overhead(k, 0.0, codec)
     frame = server.frame_bytes
     b = Breakdown(device_ms=device.ms("head", k1, 0.0), exit_ms=0.0, transfer_ms=network.transfer_ms(up + frame),
@@ -403,7 +423,7 @@ def _edge_exit(device: Profile, server: Profile, network: Network, edge: Edge, k
                   k2=k, k1=k1, edge_ms=max(e.ms("head", k, 0.0) - e.ms("head", k1, 0.0), 0.0),
                   edge_exit_ms=e.ms("exit", k, 0.0), edge_overhead_ms=at_edge["server_overhead_ms"],
                   edge_transfer_ms=edge.network.transfer_ms(n_bytes + frame), edge_bytes=n_bytes,
-                  cloud_link_overhead_ms=at_cloud["link_overhead_ms"])
+                  cloud_link_overhead_ms=at_cloud["link_overhead_ms"], up_codec=up_codec)
     b = _after_idle(b, device, server, None)
     # the edge computes every request: it waits from its reply to the next one (priced with every request
     # sent on, the longest wait), a fixed factor at any exit rate
@@ -464,7 +484,7 @@ def expected_ms_many(device: Profile, server: Profile, network: Network, k: int,
 
 
 def lower_bound_ms(device: Profile, server: Profile, network: Network, k: int, r: float,
-                   codec: str = "fp32", edge: Edge | None = None) -> float:
+                   codec: str = "fp32", edge: Edge | None = None, up_codecs: tuple[str, ...] = ("raw",)) -> float:
     """The lowest latency (k, r, codec) can reach over every threshold and objective, "no exit" included.
 
     With an exit, the best case answers every sample there (exit rate 1): the exit path; without one (or
@@ -478,11 +498,14 @@ def lower_bound_ms(device: Profile, server: Profile, network: Network, k: int, r
         return none.expected_ms
     # never below the line through p = 0 and p = 1 (F_C grows with p): its least is all warm or without an exit
     all_warm = none.device_overhead_ms + device.ms("head", k, r, warm=True) + device.ms("exit", k, r, warm=True)
-    # an exit on the edge answering every request: its rows before any idle factor (each factor is >= 1)
+    # an exit on the edge answering every request: its rows before any idle factor (each factor is >= 1); the
+    # image under a variable-size codec (`up_codecs` at k1 = 0) bounded by sending nothing
+    ways = [(k1, c) for k1 in edge_exit_cuts(device, edge, k, r, codec, True)
+            for c in (up_codecs if k1 == 0 else UP_CODECS[False]) if c in UP_CODECS[k1 == 0]]
     at_edge = [b.device_ms / b.device_idle_factor + b.device_overhead_ms + b.always_ms - b.edge_ms - b.edge_exit_ms
                + (b.edge_ms + b.edge_exit_ms) / b.edge_idle_factor
                for b in (predict(device, server, network, k, r, codec, 1.0, 0 if is_variable(codec) else None, edge,
-                                 k1=k1) for k1 in edge_exit_cuts(device, edge, k, r, codec, True))]
+                                 k1=k1, up_codec=c, up_bytes=0 if is_variable(c) else None) for k1, c in ways)]
     return min([all_warm, none.expected_ms, *at_edge])
 
 

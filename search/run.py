@@ -18,7 +18,7 @@ from compress import measurements
 from compress import zoo
 from compress.base import base_model
 from compress.candidate import EXIT_EPOCHS, FINETUNE
-from compress.codec import FEATURE_CODECS, INPUT_CODECS, split_via
+from compress.codec import FEATURE_CODECS, INPUT_CODECS, sample_bytes, split_via
 from compress.train import Recipe
 from profiles import Network, load_profile
 from results.db import ProjectDB, redact
@@ -191,7 +191,20 @@ def context(spec: RunSpec, log=print) -> Context:
                 problem.families = families(problem.space)
     else:
         pool = make_pool()
+    problem.image_bytes = image_bytes(problem, pool)
     return Context(spec, problem, pool, db, study_storage)
+
+
+def image_bytes(problem: Problem, pool) -> dict:
+    """Problem.image_bytes: the selection and test images' PNG sizes, for an exit on the edge fed the image
+    losslessly; from the measurements' k = 0 arrays, else encoded from the data (nothing without an edge, a
+    png input codec, or either source)."""
+    if problem.edge is None or "png" not in problem.space.input_codecs:
+        return {}
+    if isinstance(pool, MeasuredPool):
+        row = pool.rows.get((0, 0.0), {})
+        return {role: {"png": ev.nbytes["png"]} for role, ev in row.items() if "png" in ev.nbytes}
+    return {role: {"png": sample_bytes(pool.data.arrays(role)[0].numpy(), "png")} for role in ("selection", "test")}
 
 
 def work(ctx: Context, show_progress: bool = True) -> optuna.Study:

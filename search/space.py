@@ -198,6 +198,9 @@ class Problem:
     objective: str = "mean"  # mean, p95 or p99 of per-request latency
     families: int = 1  # candidates (k, r, codec) the answer is chosen among: the bound is shared out (Bonferroni)
     edge: Edge | None = None  # a middle tier between the end device and the server (the cloud)
+    # per split role ("selection", "test"): per-sample bytes of the input images under lossless image codecs
+    # ({"png": sizes}), what an end device sending the image to an exit on the edge pays (search.latency)
+    image_bytes: dict = field(default_factory=dict)
     space: SearchSpace = field(init=False)
 
     def __post_init__(self) -> None:
@@ -216,8 +219,16 @@ class Problem:
     def lower_bound_ms(self, k: int, r: float) -> float:
         """The lowest latency (k, r) can reach under any of its codecs and thresholds: one fine-tune answers
         for all of them, so this decides whether it is worth one."""
-        return min(lower_bound_ms(self.device, self.server, self.network, k, r, c, self.edge)
+        return min(lower_bound_ms(self.device, self.server, self.network, k, r, c, self.edge, self.up_codecs())
                    for c in self.codecs_at(k))
+
+    def up_codecs(self) -> tuple[str, ...]:
+        """What an end device may send the image to an exit on the edge as: raw, and png where its bytes are
+        measured and the input codecs allow it (the mean objective only: the quantiles price the variable
+        bytes of the link the exit's share skips, not of one every request crosses)."""
+        png = ("png" in self.space.input_codecs and "png" in self.image_bytes.get("selection", {})
+               and self.objective == "mean")
+        return ("raw", "png") if png else ("raw",)
 
     @property
     def bound_confidence(self) -> float:
@@ -278,26 +289,34 @@ def _bytes(problem: Problem, config: Config, ev: Evaluation) -> tuple[float | No
     return mean, net.transfer_ms_many(sizes) - net.transfer_ms(mean)
 
 
-def placements(problem: Problem, config: Config) -> list[tuple[int | None, int | None]]:
-    """The ways (k2, k1) `config` may be served: each second cut it may use (None: the latency model's
-    choice, as without an edge), then each first cut from which its exit may run on the edge (k2 = k).
-    None of them changes an answer, so the objective picks among them (search.latency)."""
+def placements(problem: Problem, config: Config) -> list[tuple[int | None, int | None, str | None]]:
+    """The ways (k2, k1, up codec) `config` may be served: each second cut it may use (None: the latency
+    model's choice, as without an edge), then each first cut from which its exit may run on the edge (k2 = k),
+    the image sent as each of `Problem.up_codecs` at k1 = 0.  None of them changes an answer, so the
+    objective picks among them (search.latency)."""
     if problem.edge is None or config.k == problem.space.K or split_via(config.codec)[1] is not None:
-        ways: list[tuple[int | None, int | None]] = [(None, None)]
+        ways: list[tuple[int | None, int | None, str | None]] = [(None, None, None)]
     else:
-        ways = [(k2, None) for k2 in problem.edge.second_cuts(config.k, problem.space.K)]
-    return ways + [(config.k, k1) for k1 in edge_exit_cuts(problem.device, problem.edge, config.k, config.r,
-                                                           config.codec, config.t is not None)]
+        ways = [(k2, None, None) for k2 in problem.edge.second_cuts(config.k, problem.space.K)]
+    return ways + [(config.k, k1, up) for k1 in edge_exit_cuts(problem.device, problem.edge, config.k, config.r,
+                                                               config.codec, config.t is not None)
+                   for up in (problem.up_codecs() if k1 == 0 else ("fp32",))]
 
 
 def breakdown_for(problem: Problem, config: Config, ev: Evaluation, k2: int | None = None,
-                  k1: int | None = None) -> tuple[Breakdown, np.ndarray | None]:
+                  k1: int | None = None, up: str | None = None,
+                  role: str = "selection") -> tuple[Breakdown, np.ndarray | None]:
     """`config`'s latency breakdown (exit rate 0; second cut `k2`, else the model's choice; its exit on the
-    edge from `k1`) with the bytes measured on `ev`, and the per-sample transfer deviations a quantile
-    objective needs."""
+    edge from `k1`, sent up as `up`) with the bytes measured on `ev` (the `role` split), and the per-sample
+    transfer deviations a quantile objective needs."""
     n_bytes, extra = _bytes(problem, config, ev)
+    up_bytes = None
+    if up is not None and is_variable(up):
+        sizes = problem.image_bytes.get(role) or problem.image_bytes["selection"]
+        up_bytes = float(np.mean(sizes[up]))
     b = predict(problem.device, problem.server, problem.network, config.k, config.r, config.codec,
-                exit_rate=0.0 if config.t is not None else None, n_bytes=n_bytes, edge=problem.edge, k2=k2, k1=k1)
+                exit_rate=0.0 if config.t is not None else None, n_bytes=n_bytes, edge=problem.edge, k2=k2, k1=k1,
+                up_codec=up, up_bytes=up_bytes)
     if extra is not None and b.k2 == config.k:  # relayed: the variable-size payload crosses both links
         sizes = ev.sample_bytes(config.codec)
         net = problem.edge.network
@@ -307,8 +326,8 @@ def breakdown_for(problem: Problem, config: Config, ev: Evaluation, k2: int | No
 
 
 def breakdowns(problem: Problem, config: Config, ev: Evaluation) -> list[tuple[Breakdown, np.ndarray | None]]:
-    """`breakdown_for` in each way `config` may be served (one without an edge)."""
-    return [breakdown_for(problem, config, ev, k2, k1) for k2, k1 in placements(problem, config)]
+    """`breakdown_for` in each way `config` may be served (one without an edge), on the selection split."""
+    return [breakdown_for(problem, config, ev, k2, k1, up) for k2, k1, up in placements(problem, config)]
 
 
 def promised_rates(problem: Problem, point_rates, n: int) -> np.ndarray:
@@ -349,7 +368,7 @@ def score(problem: Problem, config: Config, evaluations: dict[str, Evaluation]) 
         if passed:
             acc_bound = float(lb[passed - 1])
     test_rate = float(test.exit_rate([config.t])[0])
-    tb, textra = breakdown_for(problem, config, test, b.k2, b.k1)  # delivery of the same deployment
+    tb, textra = breakdown_for(problem, config, test, b.k2, b.k1, b.up_codec, "test")  # the same deployment
     return Score(config, b, problem.objective, float(b.objective_at(problem.objective, [promised], extra)[0]),
                  acc, acc_bound, rate, float(test.accuracy([config.t], config.codec, problem.metric)[0]), test_rate,
                  float(tb.objective_at(problem.objective, [test_rate], textra)[0]))

@@ -183,6 +183,23 @@ def test_deploy_with_the_exit_on_the_edge_answers_as_evaluated(candidate, digits
     assert p["end-edge transfer"] == pytest.approx(parts["transfer_ms"] + parts["link_overhead_ms"])
 
 
+def test_the_image_goes_to_the_edge_exit_as_png(candidate, digits32, tmp_path):
+    """k1 = 0 with the image sent as PNG (lossless): the edge decodes it and its exit answers exactly as
+    evaluated on the raw image, with fewer bytes on the first hop than the raw image's; a lossy image codec
+    is refused before anything is written."""
+    t = _threshold(candidate)
+    df, s = deploy_three(candidate, digits32, tmp_path, t, "int8", K_SPLIT, limit=N, bandwidth=100, rtt=1,
+                         edge_cloud_bandwidth=50, edge_cloud_rtt=2, k1=0, up_codec="png")
+    exited, answer, _ = _evaluated(candidate, t)
+    np.testing.assert_array_equal(df.pred, answer)
+    np.testing.assert_array_equal(df.edge_exited, exited)
+    assert mf.load(tier_dirs(tmp_path)[END])["codec"] == "png"
+    assert 0 < df.bytes_sent.max() < 3 * 32 * 32 and df.bytes_sent.nunique() > 1  # per-sample PNG sizes
+    with pytest.raises(ValueError, match="exact tensor, one of raw, png, fp32, not 'jpeg90'"):
+        deploy_three(candidate, digits32, tmp_path / "lossy", t, "int8", K_SPLIT, limit=N, k1=0, up_codec="jpeg90")
+    assert not (tmp_path / "lossy").exists()
+
+
 def test_the_cloud_sees_only_what_the_edge_does_not_answer(candidate, digits32, tmp_path):
     """The end device's payloads are the fp32 tensor at k1, every one; the cloud's the int8 tensor at k, only
     for the samples the edge's exit does not answer (the evaluation's non-exited ones, in order)."""
