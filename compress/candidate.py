@@ -43,6 +43,19 @@ class ExitBranch(nn.Module):
         return self.body(x)
 
 
+class HeadWithExit(nn.Module):
+    """blocks -> (exit logits, split tensor) in one graph: what the end device (head.onnx), a profile's fused
+    part and an edge running the exit (edge.onnx) export."""
+
+    def __init__(self, head: nn.Module, exit_branch: nn.Module):
+        super().__init__()
+        self.head, self.exit = head, exit_branch
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.head(x)
+        return self.exit(feats), feats
+
+
 @dataclass
 class Evaluation:
     """Per-sample arrays of one candidate on one split; `final` and `final_top5` are per codec."""

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compress import onnx_io, zoo
-from compress.candidate import ExitBranch, exit_allowed
+from compress.candidate import ExitBranch, HeadWithExit, exit_allowed
 from compress.codec import CODECS
 from compress.prune import RATIO_GRID, prune
 from profiles import runner
@@ -41,18 +41,6 @@ WEIGHT_MIN_BYTES = 1024  # float tensors at least this large are written by the 
 ROLES = ("device", "server")
 _HERE = Path(__file__).resolve().parent
 SHIPPED = ("runner.py", "quota.py")  # what a device needs beside the parts
-
-
-class HeadWithExit(nn.Module):
-    """Image -> (exit logits, split tensor): the device graph the runtime exports as head.onnx."""
-
-    def __init__(self, head: nn.Module, exit_branch: nn.Module):
-        super().__init__()
-        self.head, self.exit = head, exit_branch
-
-    def forward(self, x: torch.Tensor):
-        feats = self.head(x)
-        return self.exit(feats), feats
 
 
 @contextmanager

@@ -21,26 +21,13 @@ from torch import nn
 
 from compress import codec as codecs
 from compress import onnx_io
-from compress.candidate import Candidate
+from compress.candidate import Candidate, HeadWithExit
 from compress.data import DataSplits
 from runtime import manifest as mf
 
 ATOL = 1e-4  # ORT and eager PyTorch agree to ~1e-6 on these models; 1e-4 leaves room, catches real faults
 RTOL = 1e-4  # of the largest reference magnitude: deep random-weight features can reach the hundreds
 SAMPLES = 32
-
-
-class _HeadWithExit(nn.Module):
-    """The device part as one graph: (exit logits, split tensor)."""
-
-    def __init__(self, head: nn.Module, exit_branch: nn.Module):
-        super().__init__()
-        self.head = head
-        self.exit = exit_branch
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.head(x)
-        return self.exit(feats), feats
 
 
 def check_close(part: str, got: np.ndarray, ref: np.ndarray, atol: float = ATOL, rtol: float = RTOL) -> float:
@@ -104,7 +91,7 @@ def export_split(candidate: Candidate, data: DataSplits, out_dir: str | Path, th
         head_entry = tail_entry = None
         if k > 0:
             names = ("exit", "split") if use_exit else ("logits",) if k == K else ("split",)
-            module = _HeadWithExit(head, exit_branch) if use_exit else head
+            module = HeadWithExit(head, exit_branch) if use_exit else head
             refs = (exit_logits, feats) if use_exit else (feats,)
             diffs.update(export_checked(module, x, out / mf.HEAD, names, refs, atol, rtol))
             head_entry = {"file": mf.HEAD, "input": "input", "input_shape": list(x.shape[1:]),

@@ -45,13 +45,14 @@ import pandas as pd
 import torch
 
 from compress import codec as codecs
+from compress.candidate import HeadWithExit
 from profiles.profile import foreign_profiles
 from runtime import link as links
 from runtime import manifest as mf
 from runtime.cloud import CloudServer
 from runtime.deploy import agreement, drift_line, evaluated_answers, profile_check, quota_line, retimed_ms, run_end
 from runtime.edge import stall_line
-from runtime.export import ATOL, RTOL, SAMPLES, _HeadWithExit, export_checked, export_split
+from runtime.export import ATOL, RTOL, SAMPLES, export_checked, export_split
 from runtime.relay import RelayServer
 from search.latency import predicted_per_sample
 
@@ -123,7 +124,7 @@ def export_tiers(candidate, data, out_dir: str | Path, threshold: float | None, 
                 module, refs = blocks, (at_k2,)
             else:  # the exit at k2 = k in the same graph
                 names = ("exit", "split")
-                module, refs = _HeadWithExit(blocks, exit_branch), (exit_logits, at_k2)
+                module, refs = HeadWithExit(blocks, exit_branch), (exit_logits, at_k2)
             diffs.update(export_checked(module, at_first, dirs[EDGE] / EDGE_ONNX, names, refs, atol, rtol))
             edge_part = {"file": EDGE_ONNX, "input": "input", "input_shape": list(at_first.shape[1:]),
                          "output": names[-1], "blocks": [first, k2]}
