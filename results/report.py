@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from compress.codec import split_via  # noqa: E402
-from search.latency import CURVES, PARTS, PRICING  # noqa: E402
+from search.latency import predicted_parts  # noqa: E402
 from search.space import Config, breakdowns, score  # noqa: E402
 
 
@@ -175,12 +175,8 @@ def write(ctx, study, reference: pd.DataFrame | None, spent: dict, versions: dic
         result["pareto_front"] = front
     if best is not None:
         s = score(problem, _config(best), ctx.pool.evaluations(int(best["k"]), float(best["r"])))
-        b = s.breakdown.as_dict()
-        result.update(feasible=True, best=s.as_dict(), predicted={**{p: b[p] for p in PARTS + PRICING},
-                                                                  **{c: b[c] for c in CURVES},
-                                                                  "bytes": s.breakdown.bytes,
-                                                                  "expected_ms": s.breakdown.expected_ms,
-                                                                  "promised_ms": s.latency_ms},
+        result.update(feasible=True, best=s.as_dict(),
+                      predicted={**predicted_parts(s.breakdown), "promised_ms": s.latency_ms},
                       promise=promise(s, problem, ctx.pool.sizes()))
         threshold_plot(problem, ctx.pool.evaluations(s.config.k, s.config.r), s.config, out / "threshold.png")
     else:

@@ -261,6 +261,14 @@ def breakdown_from(parts: dict) -> Breakdown:
                      **{c: tuple(tuple(map(float, knot)) for knot in parts.get(c, ())) for c in CURVES})
 
 
+def predicted_parts(b: Breakdown) -> dict:
+    """What a result stores as its prediction (best.json's `predicted`): every part, the pricing, the idle
+    curves and the placement, enough for `breakdown_from` to price it again at any exit rate."""
+    d = b.as_dict()
+    return {**{p: d[p] for p in PARTS + PRICING + CURVES}, "bytes": b.bytes, "k1": b.k1, "up_codec": b.up_codec,
+            "expected_ms": b.expected_ms}
+
+
 def predicted_at(parts: dict, exit_rate: float) -> dict[str, float]:
     """The predicted parts with their expected total at another exit rate (a deployment's test split)."""
     b = breakdown_from(parts).with_exit_rate(exit_rate)

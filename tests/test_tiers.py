@@ -470,6 +470,26 @@ def test_an_exit_placed_on_the_edge_is_priced_by_hand():
         predict(d, s, link, 2, 0.5, "fp32", exit_rate=0.9, edge=edge, k1=0)
 
 
+def test_a_stored_prediction_prices_the_placement_again():
+    """best.json's `predicted` (search.latency.predicted_parts) read back by breakdown_from prices the same
+    deployment at any exit rate: with the exit on the edge (k1, the image as PNG) as without an edge."""
+    from search.latency import breakdown_from, predicted_at, predicted_parts
+
+    d, s, e = _edge_exit_scene()
+    link, edge = Network(1.0, 5.0), Edge(e, Network(1.0, 0.1))
+    for b in (predict(d, s, link, 2, 0.0, "fp32", exit_rate=0.9, edge=edge, k1=0, up_codec="png", up_bytes=500.0),
+              predict(d, s, link, 2, 0.0, "fp32", exit_rate=0.9, edge=edge, k1=1),
+              predict(d, s, link, 1, 0.5, "fp32", exit_rate=0.3)):
+        back = breakdown_from(predicted_parts(b))
+        assert (back.k1, back.up_codec) == (b.k1, b.up_codec)
+        assert back.expected_ms == pytest.approx(b.expected_ms)
+        assert predicted_at(predicted_parts(b), 0.5)["total_ms"] == pytest.approx(b.with_exit_rate(0.5).expected_ms)
+    placed = predict(d, s, link, 2, 0.0, "fp32", exit_rate=0.9, edge=edge, k1=0, up_codec="png", up_bytes=500.0)
+    assert placed.bytes == 500.0 and placed.transfer_ms == pytest.approx(5 + 8 * 500 / 1000)
+    with pytest.raises(ValueError, match="at k1=0 one of raw, png .* not jpeg90"):
+        predict(d, s, link, 2, 0.0, "fp32", exit_rate=0.9, edge=edge, k1=0, up_codec="jpeg90", up_bytes=500.0)
+
+
 def test_the_search_places_the_exit_on_the_edge_where_it_pays_with_its_own_answers():
     """The scene above: (2, 0) with an exit sure of 90% of samples (and right on those only); the best
     setting puts its exit on the edge from k1 = 0 (31.976 + 0.1 * 0.712 ms by hand), and the promise keeps
