@@ -56,7 +56,8 @@ def regrid(doc: dict, ratios: list[float], keep_exits: bool = False) -> dict:
     out["meta"]["device"] = f"{doc['meta']['device']}-regridded"
     rows = []
     server = doc["meta"]["role"] == "server"
-    parts = {row["part"] for row in doc["latency"]} - (set() if keep_exits else {"exit"} | ({"head"} if server else set()))
+    dropped = set() if keep_exits else {"exit"} | ({"head"} if server else set())  # a server's head goes with its exit
+    parts = {row["part"] for row in doc["latency"]} - dropped
     for part in parts:
         for k in range(int(doc["meta"]["K"]) + 1):
             src = {round(float(x["r"]), 4): x for x in doc["latency"] if x["part"] == part and int(x["k"]) == k}

@@ -37,7 +37,8 @@ class Tables:
         for doc, parts in ((device, ("head", "exit")), (server, ("tail",))):
             for row in doc["latency"]:
                 if row["part"] in parts:
-                    self.ms[(row["part"], int(row["k"]), round(float(row["r"]), 4))] = float(row.get("mean_ms", row["median_ms"]))
+                    key = (row["part"], int(row["k"]), round(float(row["r"]), 4))
+                    self.ms[key] = float(row.get("mean_ms", row["median_ms"]))
         # an edge box's own head and exit rows (unpruned, r = 0): what it pays to run an exit itself
         self.own = {(row["part"], int(row["k"])): float(row.get("mean_ms", row["median_ms"]))
                     for row in server["latency"] if row["part"] in ("head", "exit") and float(row["r"]) == 0.0}

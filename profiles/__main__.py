@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
 
             path = profiler.add_exits(args.device, args.model, args.input_size, args.root,
                                       path=args.device if _is_path(args.device) else None)
-            print(f"wrote the exit rows of {path} ({profiler.read_json(path)['meta']['exits'].get('copied_from') or 'measured'})")
+            how = profiler.read_json(path)["meta"]["exits"].get("copied_from") or "measured"
+            print(f"wrote the head and exit rows of {path} ({how})")
         elif args.command == "idle":
             _idle(args.device, args.model, args.input_size, args.root, calls=args.calls)
         elif args.command == "defaults":

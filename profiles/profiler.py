@@ -127,9 +127,10 @@ def emulate(source: str, factor: float, name: str, root: str | Path | None = Non
 def add_exits(device: str, model: str, input_size: int, root: str | Path | None = None,
               path: str | Path | None = None, progress: bool = True) -> Path:
     """Add head and exit rows at r = 0 to an existing server-role profile in place: what an edge box pays to
-    run an unpruned candidate's first blocks and its exit (search.latency's exit on the edge).  A measured profile's are timed here as its
-    rows were (its threads, repeats, warmup, min_ms); an emulated profile copies its source's, scaled by its
-    own slowdown over the source's (measure that one first).  Rows already there are replaced."""
+    run an unpruned candidate's first blocks and its exit (search.latency's exit on the edge).  A measured
+    profile's are timed here as its rows were (its threads, repeats, warmup, min_ms); an emulated profile
+    copies its source's, scaled by its own slowdown over the source's (measure that one first).  Rows
+    already there are replaced."""
     from profiles.bundle import export_parts
     from profiles.profile import emulated_source_path
 
