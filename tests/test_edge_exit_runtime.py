@@ -314,3 +314,39 @@ def test_predicted_tiers_with_the_exit_on_the_edge_sum_to_the_total():
     assert rows["exit_rate"] == pytest.approx(0.4)
     unplaced = predicted_tiers({**parts, "k1": None}, exited)
     assert unplaced["end-edge transfer"] == pytest.approx(0.6 * b.transfer_ms)  # sent samples only, as before
+
+
+def test_auto_deploys_the_searched_exit_on_the_edge_with_its_own_prediction(candidate, digits32, tmp_path, capsys):
+    """auto.py --deploy's three-tier path (deploy_searched) given a search result whose answer runs its exit
+    on the edge (the image sent raw): it deploys that placement, and the per-tier prediction is the stored
+    one read back (search.latency.predicted_parts), so every sample pays the first hop in it; before the
+    placement was stored, the same deployment was predicted as an exit on the device (a fiftieth of it)."""
+    from types import SimpleNamespace
+
+    from search.latency import predicted_parts, predicted_per_sample
+    from search.space import Config, Problem, breakdown_for, score
+    from runtime.tiers import deploy_searched
+
+    device, server = load_profile("host", "resnet18", 32), load_profile("server", "resnet18", 32)
+    problem = Problem(device, server, Network(100, 1), A0=0.0, edge=Edge(load_profile("emulated-edge-4x", "resnet18",
+                                                                                        32), Network(50, 2)))
+    t = _threshold(candidate)
+    config = Config(K_SPLIT, 0.0, t, "int8")
+    s = score(problem, config, candidate.evaluations)
+    b, _ = breakdown_for(problem, config, candidate.evaluations["selection"], K_SPLIT, 0, "raw")
+    b = b.with_exit_rate(s.breakdown.exit_rate)
+    best = {**s.as_dict(), "k1": 0, "k2": K_SPLIT, "up_codec": "raw", "expected_ms": b.expected_ms}
+    result = {"best": best, "predicted": predicted_parts(b)}
+    ctx = SimpleNamespace(problem=problem, pool=SimpleNamespace(data=digits32),
+                          spec=SimpleNamespace(seed=0, objective="mean"))
+    summary = deploy_searched(ctx, candidate, result, tmp_path, limit=N)
+    out = capsys.readouterr().out
+    assert "edge blocks 0..2 and the exit at 3" in out and summary["k1"] == 0
+    exited, answer, _ = _evaluated(candidate, t)
+    assert summary["agreement"] == 1.0 and summary["edge_exits"] == exited.sum()
+    p = summary["predicted"]
+    assert p["mean total"] == pytest.approx(predicted_per_sample(result["predicted"], exited)["total_ms"])
+    assert p["end-edge transfer"] == pytest.approx(b.transfer_ms + b.link_overhead_ms)  # every sample's
+    assert b.transfer_ms > 1.0  # the rtt alone: an exit on the device would pay it for the sent share only
+    assert p["mean total"] > b.always_ms
+    assert set(summary["profile_check"]) >= {"edge", "cloud"}  # the edge timed on its own head and exit
