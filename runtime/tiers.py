@@ -54,7 +54,7 @@ from runtime.deploy import agreement, drift_line, evaluated_answers, profile_che
 from runtime.edge import stall_line
 from runtime.export import ATOL, RTOL, SAMPLES, export_checked, export_split
 from runtime.relay import RelayServer
-from search.latency import predicted_per_sample
+from search.latency import UP_CODECS, predicted_per_sample
 
 END, EDGE, CLOUD = "end", "edge", "cloud"  # the three directories under the export directory
 EDGE_ONNX = "edge.onnx"
@@ -179,7 +179,7 @@ def check_k1(candidate, threshold: float | None, codec: str, k2: int, k1: Any, u
         raise ValueError(f"k1={k1}: two-link codec {codec!r} refused; with an exit on the edge the end device sends "
                          f"the exact tensor and the edge one of: {', '.join(codecs.FEATURE_CODECS)}")
     mf.wire_codec(k, K, codec)  # a feature codec at k (an image codec is refused here)
-    lossless = ("raw", "png", "fp32") if k1 == 0 else ("fp32",)  # fp32 at k1 = 0 means the raw image
+    lossless = UP_CODECS[k1 == 0] + (("fp32",) if k1 == 0 else ())  # fp32 at k1 = 0 means the raw image
     if up_codec is not None and up_codec not in lossless:
         raise ValueError(f"k1={k1}: the end device sends the edge the exact tensor, one of {', '.join(lossless)}, "
                          f"not {up_codec!r} (the edge's exit must see what it was evaluated on)")
