@@ -1,5 +1,8 @@
 """Would an exit at the edge pay?  An optimistic bound from measured per-sample arrays, before building one.
 
+(It was then built for one exit, the candidate's own run by the edge: search.latency's `k1`, priced and
+searched by the product and measured in docs/tiers.md.  This bound also covers two exits, device and edge.)
+
 An edge exit at k2 answers a sent sample on the edge after blocks [k, k2) when its confidence reaches t2,
 saving the edge-to-cloud transfer and the cloud's part.  For an unpruned head (r = 0) the edge sees the
 unpruned network's tensor at k2, so the measured candidate (k2, 0)'s exit branch *is* that edge exit: its
@@ -34,7 +37,7 @@ from bench import oracle  # noqa: E402
 from bench.landscapes import load_doc, measured, regrid  # noqa: E402
 from bench.search_efficiency import families  # noqa: E402
 from bench.tables import markdown  # noqa: E402
-from bench.tiers import scene_arguments  # noqa: E402
+from bench.tiers import NO_EDGE_EXIT, scene_arguments  # noqa: E402
 
 LOSSLESS = ("raw", "png", "fp32")
 LEVELS = np.linspace(0.0, 1.0, 41)  # threshold grid: quantiles of each exit's confidence
@@ -51,7 +54,10 @@ def edge_exit_bounds(land, edge_doc: dict, A0: float, up: float, on: float, rtt:
     cost added (an estimate, no longer a bound); "same", the same space's best without an edge exit (t2
     never set, every way of serving priced as bench/oracle prices it: relayed, the edge answering, or any
     second cut)."""
-    t, e = oracle.Tables(land.device, land.server), oracle.Tables(land.device, edge_doc)
+    # the edge's tail rows only: with its head and exit rows the oracle would also price the exit the product
+    # now runs on the edge (its `_exit_on_edge`), which this bound is the reference for
+    tails = {**edge_doc, "latency": [row for row in edge_doc["latency"] if row["part"] == "tail"]}
+    t, e = oracle.Tables(land.device, land.server), oracle.Tables(land.device, tails)
     K, each = t.K, 1 - 0.05 / M
     # the exit branch on the edge: the device's row at (k2, 0) brought back to the host, at the edge's slowdown
     # (both are emulations of this project's host); "priced" adds it to every sample the edge receives
@@ -127,10 +133,11 @@ def scenes(args) -> pd.DataFrame:
                     found = edge_exit_bounds(land, edge_doc, A0, up, on, args.rtt, M)
                     bound = found["bound"]
                     ms = {name: np.nan if b is None else b["latency_ms"] for name, b in found.items()}
-                    best = float(np.nanmin([at.get("2-tier direct (no edge)", np.nan), at.get("3-tier joint", np.nan)]))
+                    joint = at.get(NO_EDGE_EXIT, at.get("3-tier joint", np.nan))  # older tables: no such row
+                    best = float(np.nanmin([at.get("2-tier direct (no edge)", np.nan), joint]))
                     rows.append({"device": device, "A0": A0, "end_edge_mbps": up, "edge_cloud_mbps": on,
                                  "2-tier direct": at.get("2-tier direct (no edge)", np.nan),
-                                 "3-tier joint": at.get("3-tier joint", np.nan),
+                                 "3-tier joint": joint,
                                  "3-tier r=0 lossless, no edge exit": ms["same"], "edge exit bound": ms["bound"],
                                  "bound vs best without": ms["bound"] / best,
                                  "bound vs same space": ms["bound"] / ms["same"], "bound at": _where(bound),
