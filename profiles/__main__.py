@@ -115,7 +115,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--input-size", type=int, required=True)
     b.add_argument("--out", required=True, help="bundle directory (new, or an older bundle to replace)")
     b.add_argument("--role", choices=("device", "server"), default="device",
-                   help="device: heads and exits (an end device); server: tails")
+                   help="device: heads and exits (an end device); server: tails, and heads and exits at r = 0 "
+                        "(what an edge box runs for an exit on the edge)")
     b.add_argument("--ratios", type=_ratios, default=list(RATIO_GRID),
                    help="comma-separated pruning ratios (default: the shipped profiles' grid, which a device "
                         "profile must share with its server profile)")
